@@ -1,0 +1,337 @@
+//! Backend choice and the batched API.
+//!
+//! An [`Engine`] is a chosen [`Backend`]. [`Engine::auto`] picks the fastest backend the CPU
+//! supports, once, after a self-test against fixed vectors; [`Engine::forced`] gives any backend
+//! the CPU supports (for tests and benchmarks).
+
+use std::sync::OnceLock;
+
+use crate::portable::{self, state_to_digest, IV};
+use crate::Digest;
+
+/// A SHA-256 implementation strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// AVX-512 (F, BW, VL): 16 independent messages, one per 32-bit lane.
+    Avx512,
+    /// SHA-NI with two interleaved message streams.
+    ShaNi,
+    /// AVX2: 8 independent messages, one per 32-bit lane.
+    Avx2,
+    /// Plain Rust, on every CPU.
+    Portable,
+}
+
+impl Backend {
+    /// Every backend, fastest first (the order [`Engine::auto`] tries them in).
+    pub const ALL: [Backend; 4] = [
+        Backend::Avx512,
+        Backend::ShaNi,
+        Backend::Avx2,
+        Backend::Portable,
+    ];
+
+    /// A short lowercase name (`avx512`, `sha-ni`, `avx2`, `portable`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Avx512 => "avx512",
+            Backend::ShaNi => "sha-ni",
+            Backend::Avx2 => "avx2",
+            Backend::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU has the instructions the backend needs.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => {
+                std::is_x86_feature_detected!("sha")
+                    && std::is_x86_feature_detected!("sse4.1")
+                    && std::is_x86_feature_detected!("ssse3")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+impl core::fmt::Display for Backend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A backend that cannot be used on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedBackend {
+    /// The CPU lacks the instructions.
+    #[error("backend {0} is not supported by this cpu")]
+    MissingCpuFeatures(Backend),
+    /// The backend gave a wrong digest on a fixed vector and was disabled.
+    #[error("backend {0} failed its self-test and is disabled")]
+    SelfTestFailed(Backend),
+}
+
+/// Errors of the batched API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The output slice does not have one digest per input message.
+    #[error("output has room for {outputs} digests but there are {inputs} messages")]
+    OutputLength {
+        /// Number of input messages.
+        inputs: usize,
+        /// Number of output slots.
+        outputs: usize,
+    },
+    /// The message buffer is not a whole number of messages of the given length.
+    #[error("buffer of {buffer} bytes is not a whole number of {message_len}-byte messages")]
+    RaggedMessages {
+        /// The buffer length.
+        buffer: usize,
+        /// The message length.
+        message_len: usize,
+    },
+    /// A Merkle level needs an even number of nodes.
+    #[error("a merkle level needs an even number of nodes, got {0}")]
+    OddLevel(usize),
+}
+
+/// A SHA-256 engine bound to one backend.
+#[derive(Debug)]
+pub struct Engine {
+    backend: Backend,
+}
+
+static AUTO: OnceLock<&'static Engine> = OnceLock::new();
+static FORCED: [OnceLock<Result<Engine, UnsupportedBackend>>; 4] =
+    [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+static PORTABLE: Engine = Engine {
+    backend: Backend::Portable,
+};
+
+fn index(b: Backend) -> usize {
+    match b {
+        Backend::Avx512 => 0,
+        Backend::ShaNi => 1,
+        Backend::Avx2 => 2,
+        Backend::Portable => 3,
+    }
+}
+
+impl Engine {
+    /// The engine on the fastest backend this CPU supports that passed its self-test.
+    pub fn auto() -> &'static Engine {
+        AUTO.get_or_init(|| {
+            Backend::ALL
+                .into_iter()
+                .find_map(|b| Engine::forced(b).ok())
+                .unwrap_or(&PORTABLE)
+        })
+    }
+
+    /// The engine on `backend`, if this CPU supports it and it passes its self-test.
+    ///
+    /// # Errors
+    /// [`UnsupportedBackend`] when the CPU lacks the instructions or the self-test failed.
+    pub fn forced(backend: Backend) -> Result<&'static Engine, UnsupportedBackend> {
+        FORCED[index(backend)]
+            .get_or_init(|| {
+                if !backend.is_supported() {
+                    return Err(UnsupportedBackend::MissingCpuFeatures(backend));
+                }
+                let engine = Engine { backend };
+                if engine.self_test() {
+                    Ok(engine)
+                } else {
+                    Err(UnsupportedBackend::SelfTestFailed(backend))
+                }
+            })
+            .as_ref()
+            .map_err(|e| *e)
+    }
+
+    /// The engines of every backend this CPU supports (portable always included).
+    pub fn available() -> Vec<&'static Engine> {
+        Backend::ALL
+            .into_iter()
+            .filter_map(|b| Engine::forced(b).ok())
+            .collect()
+    }
+
+    /// This engine's backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks the backend against fixed vectors (single stream and batched).
+    fn self_test(&self) -> bool {
+        // FIPS 180-4 "abc" and the SHA256D64 vector of 64 zero bytes, through every entry point.
+        let mut state = IV;
+        let mut block = [0u8; 64];
+        block[..3].copy_from_slice(b"abc");
+        block[3] = 0x80;
+        block[63] = 24;
+        self.compress(&mut state, core::slice::from_ref(&block));
+        let abc = state_to_digest(&state);
+        let want_abc = [
+            0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae,
+            0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61,
+            0xf2, 0x00, 0x15, 0xad,
+        ];
+        if abc != want_abc {
+            return false;
+        }
+        // Batched: compare against the portable code on 37 distinct messages (odd count, so
+        // every backend exercises both full lane groups and a tail).
+        let msgs: Vec<[u8; 64]> = (0..37u8)
+            .map(|i| core::array::from_fn(|j| i.wrapping_mul(31).wrapping_add(j as u8)))
+            .collect();
+        let mut got = vec![[0u8; 32]; msgs.len()];
+        let mut want = vec![[0u8; 32]; msgs.len()];
+        if self.hash64(&msgs, &mut got).is_err() || PORTABLE.hash64(&msgs, &mut want).is_err() {
+            return false;
+        }
+        if got != want {
+            return false;
+        }
+        if self.hash64d(&msgs, &mut got).is_err() || PORTABLE.hash64d(&msgs, &mut want).is_err() {
+            return false;
+        }
+        got == want
+    }
+
+    /// Compresses whole blocks into `state` (single stream).
+    pub(crate) fn compress(&self, state: &mut [u32; 8], blocks: &[[u8; 64]]) {
+        match self.backend {
+            _ => portable::compress(state, blocks),
+        }
+    }
+
+    /// SHA-256 of each 64-byte message: `out[i] = SHA-256(inputs[i])`.
+    ///
+    /// # Errors
+    /// [`BatchError::OutputLength`] when `out.len() != inputs.len()`.
+    pub fn hash64(&self, inputs: &[[u8; 64]], out: &mut [Digest]) -> Result<(), BatchError> {
+        check_len(inputs.len(), out.len())?;
+        for (msg, o) in inputs.iter().zip(out.iter_mut()) {
+            *o = hash64_portable(msg);
+        }
+        Ok(())
+    }
+
+    /// Double SHA-256 of each 64-byte message (Bitcoin's SHA256D64, as used in transaction
+    /// Merkle trees): `out[i] = SHA-256(SHA-256(inputs[i]))`.
+    ///
+    /// # Errors
+    /// [`BatchError::OutputLength`] when `out.len() != inputs.len()`.
+    pub fn hash64d(&self, inputs: &[[u8; 64]], out: &mut [Digest]) -> Result<(), BatchError> {
+        check_len(inputs.len(), out.len())?;
+        for (msg, o) in inputs.iter().zip(out.iter_mut()) {
+            let first = hash64_portable(msg);
+            *o = hash32_portable(&first);
+        }
+        Ok(())
+    }
+
+    /// One Merkle level in place: the first `nodes.len() / 2` entries become
+    /// `SHA-256(nodes[2i] || nodes[2i+1])`; returns that count. The rest is left unspecified.
+    ///
+    /// # Errors
+    /// [`BatchError::OddLevel`] when `nodes.len()` is odd.
+    pub fn merkle_level_in_place(&self, nodes: &mut [Digest]) -> Result<usize, BatchError> {
+        if nodes.len() % 2 != 0 {
+            return Err(BatchError::OddLevel(nodes.len()));
+        }
+        let half = nodes.len() / 2;
+        for i in 0..half {
+            let mut msg = [0u8; 64];
+            msg[..32].copy_from_slice(&nodes[2 * i]);
+            msg[32..].copy_from_slice(&nodes[2 * i + 1]);
+            nodes[i] = hash64_portable(&msg);
+        }
+        Ok(half)
+    }
+
+    /// SHA-256 of many messages of the same length `message_len`, laid end to end in
+    /// `messages`: `out[i] = SHA-256(messages[i*len .. (i+1)*len])`. Used for RFC 9162 node
+    /// hashes (65 bytes) and sum-tree nodes, whose lengths are fixed.
+    ///
+    /// # Errors
+    /// [`BatchError::RaggedMessages`] when `messages.len()` is not a multiple of `message_len`
+    /// (or `message_len` is 0 with a non-empty buffer); [`BatchError::OutputLength`] when `out`
+    /// does not have one slot per message.
+    pub fn hash_fixed(
+        &self,
+        messages: &[u8],
+        message_len: usize,
+        out: &mut [Digest],
+    ) -> Result<(), BatchError> {
+        let count = match messages.len().checked_div(message_len) {
+            Some(n) if messages.len() % message_len == 0 => n,
+            None if messages.is_empty() => 0,
+            _ => {
+                return Err(BatchError::RaggedMessages {
+                    buffer: messages.len(),
+                    message_len,
+                })
+            }
+        };
+        check_len(count, out.len())?;
+        for (i, o) in out.iter_mut().enumerate() {
+            let mut h = crate::Sha256::with_engine(self_static(self));
+            h.update(&messages[i * message_len..(i + 1) * message_len]);
+            *o = h.finalize();
+        }
+        Ok(())
+    }
+}
+
+/// The `'static` engine equal to `e` (engines only exist as statics).
+fn self_static(e: &Engine) -> &'static Engine {
+    Engine::forced(e.backend).unwrap_or(&PORTABLE)
+}
+
+fn check_len(inputs: usize, outputs: usize) -> Result<(), BatchError> {
+    if inputs == outputs {
+        Ok(())
+    } else {
+        Err(BatchError::OutputLength { inputs, outputs })
+    }
+}
+
+/// The constant second block of a 64-byte message: 0x80, zeros, bit length 512.
+pub(crate) const PAD64: [u8; 64] = {
+    let mut b = [0u8; 64];
+    b[0] = 0x80;
+    b[62] = 0x02;
+    b
+};
+
+/// The constant tail of a 32-byte message: 0x80, zeros, bit length 256.
+fn hash32_portable(msg: &[u8; 32]) -> Digest {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(msg);
+    block[32] = 0x80;
+    block[62] = 0x01;
+    let mut state = IV;
+    portable::compress_one(&mut state, &block);
+    state_to_digest(&state)
+}
+
+fn hash64_portable(msg: &[u8; 64]) -> Digest {
+    let mut state = IV;
+    portable::compress_one(&mut state, msg);
+    portable::compress_one(&mut state, &PAD64);
+    state_to_digest(&state)
+}

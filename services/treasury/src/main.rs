@@ -1,0 +1,80 @@
+//! `treasury`: the command-line entry point of the reserve service.
+//!
+//! The HTTPS service, the ledger, vault and officer commands arrive with their issues; what is
+//! here now reports on the hash core every other part stands on.
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hashcore::{Backend, Engine};
+
+/// The strategic reserve custody and treasury service.
+#[derive(Debug, Parser)]
+#[command(name = "treasury", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Report the SHA-256 backends this CPU supports and the one in use.
+    Hashcore,
+    /// Print the SHA-256 of a file (or of standard input with `-`), hashed by the hash core.
+    Sha256 {
+        /// The file to hash, or `-` for standard input.
+        path: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Hashcore => {
+            for b in Backend::ALL {
+                let status = match Engine::forced(b) {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                println!("{:<9} {status}", b.name());
+            }
+            println!("in use: {}", Engine::auto().backend());
+            Ok(())
+        }
+        Command::Sha256 { path } => {
+            let mut hasher = hashcore::Sha256::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut reader: Box<dyn Read> = if path.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(
+                    std::fs::File::open(&path)
+                        .map_err(|e| format!("cannot open {}: {e}", path.display()))?,
+                )
+            };
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            println!("{}  {}", hex::encode(hasher.finalize()), path.display());
+            Ok(())
+        }
+    }
+}
