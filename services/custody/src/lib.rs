@@ -7,3 +7,5 @@
 //! Its modules arrive with their issues: the reserve ledger model, vaults and the PSBT builder,
 //! the spend-request state machine, and proofs of reserves.
 #![forbid(unsafe_code)]
+
+pub mod ledger;
