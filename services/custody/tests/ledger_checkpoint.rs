@@ -240,6 +240,20 @@ fn verifier_key_text_round_trip_and_errors() {
 }
 
 #[test]
+fn verifier_keys_with_plus_in_their_base64_parse() {
+    let mut with_plus = 0;
+    for b in 1..=40u8 {
+        let k =
+            VerifierKey::of_signer(ORIGIN, &KeyFileSigner::from_secret_bytes(&[b; 32]).unwrap())
+                .unwrap();
+        let s = k.to_string();
+        with_plus += usize::from(s.matches('+').count() > 2);
+        assert_eq!(VerifierKey::parse(&s).unwrap(), k, "{s}");
+    }
+    assert!(with_plus > 0, "no key with '+' in its base64 was tried");
+}
+
+#[test]
 fn key_file_parsing() {
     assert!(KeyFileSigner::from_key_file(KEY_FILE.trim()).is_ok());
     assert!(KeyFileSigner::from_key_file("zz").is_err());

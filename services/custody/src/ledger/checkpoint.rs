@@ -419,10 +419,9 @@ impl VerifierKey {
     pub fn parse(s: &str) -> Result<Self, CheckpointError> {
         let bad = |m: &str| CheckpointError::InvalidKey(m.to_owned());
         let s = s.trim_matches(|c: char| c.is_ascii_whitespace());
-        let mut parts = s.split('+');
-        let (Some(name), Some(id), Some(blob), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // The base64 key may itself contain '+': split off name and id only.
+        let mut parts = s.splitn(3, '+');
+        let (Some(name), Some(id), Some(blob)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected <name>+<key id>+<base64 key>"));
         };
         let blob = B64.decode(blob).map_err(|_| bad("key is not base64"))?;
