@@ -1,0 +1,486 @@
+//! The Merkle log of RFC 9162 (section 2.1), over the SHA-256 core.
+//!
+//! Leaf hash `SHA-256(0x00 || data)`, node hash `SHA-256(0x01 || left || right)`; a tree of `n`
+//! leaves splits at the largest power of two smaller than `n`, and nothing is duplicated.
+//! Building level by level and carrying an odd last node up unchanged gives exactly that tree,
+//! and lets each level be one batched call of 65-byte messages.
+
+use super::path_len;
+use crate::{sha256, Digest, Engine};
+
+pub use super::MerkleError;
+
+const LEAF: u8 = 0x00;
+const NODE: u8 = 0x01;
+/// Pairs hashed per batched call (bounds the scratch buffer at about 266 KB).
+const CHUNK_PAIRS: usize = 4096;
+
+/// The root of the empty tree, `SHA-256("")`.
+pub fn empty_root() -> Digest {
+    sha256(b"")
+}
+
+fn hash_one(engine: &Engine, msg: &[u8]) -> Digest {
+    let mut out = [[0u8; 32]; 1];
+    // One message of msg.len() bytes: the only error cases (ragged buffer, output length)
+    // cannot occur, and an empty message is handled by the streaming hasher.
+    match engine.hash_fixed(msg, msg.len(), &mut out) {
+        Ok(()) if !msg.is_empty() => out[0],
+        _ => sha256(msg),
+    }
+}
+
+/// The leaf hash `SHA-256(0x00 || data)`.
+pub fn leaf_hash(engine: &Engine, data: &[u8]) -> Digest {
+    let mut msg = Vec::with_capacity(1 + data.len());
+    msg.push(LEAF);
+    msg.extend_from_slice(data);
+    hash_one(engine, &msg)
+}
+
+/// The leaf hashes of many leaves of equal length `len`, laid end to end in `data`, in batched
+/// calls.
+///
+/// # Errors
+/// [`MerkleError::SizeOutOfRange`] when `len` is 0 or `data.len()` is not a multiple of `len`.
+pub fn leaf_hashes_fixed(
+    engine: &Engine,
+    data: &[u8],
+    len: usize,
+) -> Result<Vec<Digest>, MerkleError> {
+    let count = data.len().checked_div(len).unwrap_or(0);
+    if len == 0 || !data.len().is_multiple_of(len) {
+        return Err(MerkleError::SizeOutOfRange {
+            size: data.len() as u64,
+            available: count as u64,
+        });
+    }
+    let mut msgs = Vec::with_capacity(count * (len + 1));
+    for leaf in data.chunks_exact(len) {
+        msgs.push(LEAF);
+        msgs.extend_from_slice(leaf);
+    }
+    let mut out = vec![[0u8; 32]; count];
+    match engine.hash_fixed(&msgs, len + 1, &mut out) {
+        Ok(()) => Ok(out),
+        Err(_) => Ok(data
+            .chunks_exact(len)
+            .map(|l| leaf_hash(engine, l))
+            .collect()),
+    }
+}
+
+/// The node hash `SHA-256(0x01 || left || right)`.
+pub fn node_hash(engine: &Engine, left: &Digest, right: &Digest) -> Digest {
+    let mut msg = [0u8; 65];
+    msg[0] = NODE;
+    msg[1..33].copy_from_slice(left);
+    msg[33..].copy_from_slice(right);
+    hash_one(engine, &msg)
+}
+
+/// Replaces the first `nodes.len() / 2` entries by the node hashes of the pairs, one batched
+/// call per chunk, and carries an odd last node up; returns the new level's length.
+fn reduce_level(engine: &Engine, nodes: &mut [Digest], scratch: &mut Vec<u8>) -> usize {
+    let pairs = nodes.len() / 2;
+    let mut out = [[0u8; 32]; CHUNK_PAIRS];
+    let mut start = 0;
+    while start < pairs {
+        let count = CHUNK_PAIRS.min(pairs - start);
+        scratch.clear();
+        for i in start..start + count {
+            scratch.push(NODE);
+            scratch.extend_from_slice(&nodes[2 * i]);
+            scratch.extend_from_slice(&nodes[2 * i + 1]);
+        }
+        if engine.hash_fixed(scratch, 65, &mut out[..count]).is_err() {
+            // Unreachable: whole 65-byte messages with one slot each. Stay correct anyway.
+            for (j, o) in out[..count].iter_mut().enumerate() {
+                *o = node_hash(engine, &nodes[2 * (start + j)], &nodes[2 * (start + j) + 1]);
+            }
+        }
+        // Outputs land at start..start+count, below the inputs still to be read (>= 2*(start+count)).
+        nodes[start..start + count].copy_from_slice(&out[..count]);
+        start += count;
+    }
+    if !nodes.len().is_multiple_of(2) {
+        nodes[pairs] = nodes[nodes.len() - 1];
+        pairs + 1
+    } else {
+        pairs
+    }
+}
+
+/// The RFC 9162 tree head (root) over `leaf_hashes` (already leaf hashes).
+pub fn root(engine: &Engine, leaf_hashes: &[Digest]) -> Digest {
+    if leaf_hashes.is_empty() {
+        return empty_root();
+    }
+    let mut level = leaf_hashes.to_vec();
+    let mut len = level.len();
+    let mut scratch = Vec::with_capacity(CHUNK_PAIRS * 65);
+    while len > 1 {
+        len = reduce_level(engine, &mut level[..len], &mut scratch);
+    }
+    level[0]
+}
+
+/// As [`root`], on up to `threads` threads: the leaves are cut into aligned power-of-two
+/// subtrees, one per thread, whose roots are then combined. Equal to [`root`] for every input.
+pub fn root_parallel(engine: &Engine, leaf_hashes: &[Digest], threads: usize) -> Digest {
+    let n = leaf_hashes.len();
+    if threads <= 1 || n < 2 * CHUNK_PAIRS {
+        return root(engine, leaf_hashes);
+    }
+    // Chunks of a power-of-two size k are perfect subtrees of the left-balanced tree (the last
+    // one is the tree of its own leaves); the tree above them is the tree over their roots.
+    let k = n.div_ceil(threads).next_power_of_two();
+    let roots: Vec<Digest> = std::thread::scope(|s| {
+        let handles: Vec<_> = leaf_hashes
+            .chunks(k)
+            .map(|chunk| s.spawn(move || root(engine, chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(leaf_hashes.chunks(k))
+            .map(|(h, chunk)| h.join().unwrap_or_else(|_| root(engine, chunk)))
+            .collect()
+    });
+    root(engine, &roots)
+}
+
+/// The root of the subtree over `leaf_hashes` (the same as [`root`]; named for stores that
+/// compute the hashes of ranges of a larger log).
+pub fn subtree_root(engine: &Engine, leaf_hashes: &[Digest]) -> Digest {
+    root(engine, leaf_hashes)
+}
+
+fn largest_power_of_two_below(n: u64) -> u64 {
+    // n >= 2
+    1u64 << (63 - (n - 1).leading_zeros())
+}
+
+/// An inclusion proof: the audit path of leaf `leaf_index` in the tree of `tree_size` leaves,
+/// from the leaf's sibling up to the root's child (RFC 9162 2.1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// The leaf's index (0-based).
+    pub leaf_index: u64,
+    /// The size of the tree the proof is for.
+    pub tree_size: u64,
+    /// The audit path.
+    pub path: Vec<Digest>,
+}
+
+/// The inclusion proof of leaf `index` in the tree over all of `leaf_hashes`.
+///
+/// # Errors
+/// [`MerkleError::IndexOutOfRange`] when `index >= leaf_hashes.len()`.
+pub fn inclusion_proof(
+    engine: &Engine,
+    leaf_hashes: &[Digest],
+    index: u64,
+) -> Result<InclusionProof, MerkleError> {
+    let size = leaf_hashes.len() as u64;
+    if index >= size {
+        return Err(MerkleError::IndexOutOfRange { index, size });
+    }
+    let mut path = Vec::new();
+    let (mut lo, mut hi, mut m) = (0usize, leaf_hashes.len(), index);
+    // Top-down per RFC 9162 2.1.3.1, collected root-side first, then reversed.
+    while hi - lo > 1 {
+        let k = largest_power_of_two_below((hi - lo) as u64);
+        if m < k {
+            path.push(root(engine, &leaf_hashes[lo + k as usize..hi]));
+            hi = lo + k as usize;
+        } else {
+            path.push(root(engine, &leaf_hashes[lo..lo + k as usize]));
+            lo += k as usize;
+            m -= k;
+        }
+    }
+    path.reverse();
+    Ok(InclusionProof {
+        leaf_index: index,
+        tree_size: size,
+        path,
+    })
+}
+
+impl InclusionProof {
+    /// The root this proof leads to from `leaf_hash` (RFC 9162 2.1.3.2).
+    ///
+    /// # Errors
+    /// [`MerkleError::IndexOutOfRange`] for an index outside the tree;
+    /// [`MerkleError::PathLength`] for a path of the wrong length.
+    pub fn root_from(&self, engine: &Engine, leaf_hash: &Digest) -> Result<Digest, MerkleError> {
+        if self.leaf_index >= self.tree_size {
+            return Err(MerkleError::IndexOutOfRange {
+                index: self.leaf_index,
+                size: self.tree_size,
+            });
+        }
+        let expected = path_len(self.leaf_index, self.tree_size);
+        if self.path.len() != expected {
+            return Err(MerkleError::PathLength {
+                got: self.path.len(),
+                expected,
+            });
+        }
+        let (mut f, mut s) = (self.leaf_index, self.tree_size - 1);
+        let mut r = *leaf_hash;
+        for p in &self.path {
+            if s == 0 {
+                return Err(MerkleError::PathLength {
+                    got: self.path.len(),
+                    expected,
+                });
+            }
+            if f & 1 == 1 || f == s {
+                r = node_hash(engine, p, &r);
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
+                }
+            } else {
+                r = node_hash(engine, &r, p);
+            }
+            f >>= 1;
+            s >>= 1;
+        }
+        if s != 0 {
+            return Err(MerkleError::PathLength {
+                got: self.path.len(),
+                expected,
+            });
+        }
+        Ok(r)
+    }
+
+    /// Checks that `leaf_hash` is leaf `leaf_index` of the tree of `tree_size` with `root`.
+    ///
+    /// # Errors
+    /// [`MerkleError::RootMismatch`] when the path leads elsewhere; the errors of
+    /// [`InclusionProof::root_from`] for a malformed proof.
+    pub fn verify(&self, leaf_hash: &Digest, root: &Digest) -> Result<(), MerkleError> {
+        if &self.root_from(Engine::auto(), leaf_hash)? == root {
+            Ok(())
+        } else {
+            Err(MerkleError::RootMismatch)
+        }
+    }
+}
+
+/// A consistency proof: the tree of the first `old_size` leaves is a prefix of the tree of
+/// `new_size` leaves (RFC 9162 2.1.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyProof {
+    /// The smaller tree's size.
+    pub old_size: u64,
+    /// The larger tree's size.
+    pub new_size: u64,
+    /// The proof's hashes.
+    pub path: Vec<Digest>,
+}
+
+/// The consistency proof from the tree of the first `old_size` of `leaf_hashes` to the tree of
+/// all of them.
+///
+/// # Errors
+/// [`MerkleError::OldAboveNew`] when `old_size > leaf_hashes.len()`.
+pub fn consistency_proof(
+    engine: &Engine,
+    leaf_hashes: &[Digest],
+    old_size: u64,
+) -> Result<ConsistencyProof, MerkleError> {
+    let new_size = leaf_hashes.len() as u64;
+    if old_size > new_size {
+        return Err(MerkleError::OldAboveNew {
+            old: old_size,
+            new: new_size,
+        });
+    }
+    let mut path = Vec::new();
+    if old_size > 0 && old_size < new_size {
+        // SUBPROOF(m, D[lo:hi], b) of RFC 9162 2.1.4.1, iteratively, root side first.
+        let (mut lo, mut hi, mut m, mut whole) = (0usize, leaf_hashes.len(), old_size, true);
+        loop {
+            let n = (hi - lo) as u64;
+            if m == n {
+                if !whole {
+                    path.push(root(engine, &leaf_hashes[lo..hi]));
+                }
+                break;
+            }
+            let k = largest_power_of_two_below(n);
+            if m <= k {
+                path.push(root(engine, &leaf_hashes[lo + k as usize..hi]));
+                hi = lo + k as usize;
+            } else {
+                path.push(root(engine, &leaf_hashes[lo..lo + k as usize]));
+                lo += k as usize;
+                m -= k;
+                whole = false;
+            }
+        }
+        path.reverse();
+    }
+    Ok(ConsistencyProof {
+        old_size,
+        new_size,
+        path,
+    })
+}
+
+impl ConsistencyProof {
+    /// Checks that `old_root` (of `old_size` leaves) and `new_root` (of `new_size` leaves) are
+    /// consistent (RFC 9162 2.1.4.2). Equal sizes need an empty path and equal roots; the empty
+    /// tree is a prefix of every tree.
+    ///
+    /// # Errors
+    /// [`MerkleError::OldAboveNew`], [`MerkleError::PathLength`] for a malformed proof,
+    /// [`MerkleError::RootMismatch`] when the roots are not consistent.
+    pub fn verify(&self, old_root: &Digest, new_root: &Digest) -> Result<(), MerkleError> {
+        self.verify_with(Engine::auto(), old_root, new_root)
+    }
+
+    /// As [`ConsistencyProof::verify`], hashing on `engine`.
+    ///
+    /// # Errors
+    /// As [`ConsistencyProof::verify`].
+    pub fn verify_with(
+        &self,
+        engine: &Engine,
+        old_root: &Digest,
+        new_root: &Digest,
+    ) -> Result<(), MerkleError> {
+        let (m, n) = (self.old_size, self.new_size);
+        if m > n {
+            return Err(MerkleError::OldAboveNew { old: m, new: n });
+        }
+        let bad_len = |expected| MerkleError::PathLength {
+            got: self.path.len(),
+            expected,
+        };
+        if m == n || m == 0 {
+            if !self.path.is_empty() {
+                return Err(bad_len(0));
+            }
+            let ok = if m == 0 {
+                *old_root == empty_root()
+            } else {
+                old_root == new_root
+            };
+            return if ok {
+                Ok(())
+            } else {
+                Err(MerkleError::RootMismatch)
+            };
+        }
+        let mut path: Vec<Digest> = Vec::with_capacity(self.path.len() + 1);
+        if m.is_power_of_two() {
+            path.push(*old_root);
+        }
+        path.extend_from_slice(&self.path);
+        let Some((first, rest)) = path.split_first() else {
+            return Err(bad_len(1));
+        };
+        let (mut f, mut s) = (m - 1, n - 1);
+        while f & 1 == 1 {
+            f >>= 1;
+            s >>= 1;
+        }
+        let (mut fr, mut sr) = (*first, *first);
+        for c in rest {
+            if s == 0 {
+                return Err(bad_len(path.len() - 1));
+            }
+            if f & 1 == 1 || f == s {
+                fr = node_hash(engine, c, &fr);
+                sr = node_hash(engine, c, &sr);
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
+                }
+            } else {
+                sr = node_hash(engine, &sr, c);
+            }
+            f >>= 1;
+            s >>= 1;
+        }
+        if s != 0 {
+            return Err(bad_len(self.path.len() + 1));
+        }
+        if &fr == old_root && &sr == new_root {
+            Ok(())
+        } else {
+            Err(MerkleError::RootMismatch)
+        }
+    }
+}
+
+/// An incremental RFC 9162 tree: the roots of the perfect subtrees that make up the current
+/// size (its binary decomposition, largest first). Appending is O(log n); the root of the
+/// current size is O(log n); the state is `size` plus `size.count_ones()` hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompactTree {
+    size: u64,
+    frontier: Vec<Digest>,
+}
+
+impl CompactTree {
+    /// The empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Restores a tree from its size and frontier (as [`CompactTree::to_parts`] gives).
+    ///
+    /// # Errors
+    /// [`MerkleError::Frontier`] when the frontier does not have one hash per set bit of `size`.
+    pub fn from_parts(size: u64, frontier: Vec<Digest>) -> Result<Self, MerkleError> {
+        let expected = size.count_ones() as usize;
+        if frontier.len() != expected {
+            return Err(MerkleError::Frontier {
+                size,
+                got: frontier.len(),
+                expected,
+            });
+        }
+        Ok(CompactTree { size, frontier })
+    }
+
+    /// The size and the frontier (roots of the perfect subtrees, largest first).
+    pub fn to_parts(&self) -> (u64, Vec<Digest>) {
+        (self.size, self.frontier.clone())
+    }
+
+    /// The number of leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf hash.
+    pub fn push(&mut self, engine: &Engine, leaf_hash: Digest) {
+        let mut carry = leaf_hash;
+        let mut s = self.size;
+        while s & 1 == 1 {
+            match self.frontier.pop() {
+                Some(left) => carry = node_hash(engine, &left, &carry),
+                None => break,
+            }
+            s >>= 1;
+        }
+        self.frontier.push(carry);
+        self.size += 1;
+    }
+
+    /// The root of the tree of the current size.
+    pub fn root(&self, engine: &Engine) -> Digest {
+        let mut it = self.frontier.iter().rev();
+        let Some(last) = it.next() else {
+            return empty_root();
+        };
+        it.fold(*last, |acc, left| node_hash(engine, left, &acc))
+    }
+}
