@@ -172,6 +172,7 @@ fn fetch_source() -> Result<PathBuf, Error> {
         "fetching the Bitcoin Core source ({BITCOIN_SOURCE_PACKAGE}) from crates.io"
     ));
     let status = Command::new(&cargo)
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .arg("fetch")
         .arg("--locked")
         .arg("--manifest-path")
@@ -227,7 +228,9 @@ fn fetch_source() -> Result<PathBuf, Error> {
 }
 
 fn run_step(step: &'static str, cmd: &mut Command) -> Result<(), Error> {
+    // Progress goes to standard error: standard output carries only the final paths.
     let status = cmd
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .map_err(|e| Error::io(format!("run {step}"), e))?;
     if status.success() {
