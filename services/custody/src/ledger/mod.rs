@@ -4,13 +4,18 @@
 //! Pure and synchronous: storage lives in `treasury`. The byte formats are specified in
 //! docs/ledger-format.md and frozen by golden vectors in this crate's tests.
 
-// pub mod audit; (waits for hashcore::merkle)
-// pub mod chain; (waits for hashcore::merkle)
+pub mod audit;
+pub mod chain;
 pub mod checkpoint;
 mod codec;
 pub mod entry;
-// pub mod log; (waits for hashcore::merkle)
+pub mod log;
 
+pub use audit::{
+    audit_consistency, audit_inclusion, audit_ledger, parse_json_lines, to_json_line, AuditError,
+    AuditReport, ConsistencyProofJson, EntryJson, InclusionProofJson,
+};
+pub use chain::{verify_chain, ChainError, ChainFault, ChainVerifier, LedgerHead, VerifiedLog};
 pub use checkpoint::{
     key_id, validate_origin, Checkpoint, CheckpointError, CheckpointSigner, KeyFileSigner,
     SignerError, VerifierKey,
@@ -19,4 +24,8 @@ pub use codec::DecodeError;
 pub use entry::{
     Actor, CheckpointPayload, Entry, EntryDraft, EntryError, Kind, NotePayload, Payload,
     PayloadType, ENTRY_HASH_TAG, GENESIS_PREV_HASH,
+};
+pub use log::{
+    consistency_proof, entry_leaf_hash, entry_leaf_hashes, inclusion_proof, leaf_hashes, tree_root,
+    ProofError,
 };
