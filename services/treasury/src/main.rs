@@ -1,7 +1,8 @@
 //! `treasury`: the command-line entry point of the reserve service.
 //!
-//! The HTTPS service, the ledger, vault and officer commands arrive with their issues; what is
-//! here now reports on the hash core every other part stands on.
+//! The HTTPS service, vault and officer commands arrive with their issues; what is here now
+//! reports on the hash core every other part stands on, runs the reserve ledger (`ledger`) and
+//! verifies a ledger offline (`audit`).
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hashcore::{Backend, Engine};
+use treasury::ledger_cli::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
 
 /// The strategic reserve custody and treasury service.
 #[derive(Debug, Parser)]
@@ -27,6 +29,18 @@ enum Command {
         /// The file to hash, or `-` for standard input.
         path: std::path::PathBuf,
     },
+    /// The reserve ledger in the database (`--db` sqlite:// or postgres://).
+    Ledger {
+        #[command(flatten)]
+        opts: LedgerOpts,
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Offline verification of a ledger export, proofs and checkpoints (no database).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +56,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Ledger { opts, command } => {
+            print!("{}", run_ledger(&opts, command)?);
+            Ok(())
+        }
+        Command::Audit { command } => {
+            print!("{}", run_audit(command)?);
+            Ok(())
+        }
         Command::Hashcore => {
             for b in Backend::ALL {
                 let status = match Engine::forced(b) {

@@ -1,0 +1,371 @@
+//! `treasury ledger ...` (against the database) and `treasury audit ...` (offline, for
+//! auditors: files and a verifier key, no database).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use custody::ledger::{
+    audit_consistency, audit_inclusion, audit_ledger, consistency_proof, inclusion_proof,
+    leaf_hashes, parse_json_lines, to_json_line, Actor, ConsistencyProofJson, EntryDraft,
+    EntryJson, InclusionProofJson, KeyFileSigner, VerifierKey,
+};
+
+use crate::store::LedgerStore;
+
+/// The default database when neither `--db` nor `TREASURY_DB` is given.
+pub const DEFAULT_DB: &str = "sqlite://treasury.db";
+/// The default log origin when neither `--origin` nor `TREASURY_LEDGER_ORIGIN` is given.
+pub const DEFAULT_ORIGIN: &str = "reserve.example/ledger";
+
+/// Options shared by the ledger commands.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerOpts {
+    /// Database URL: sqlite://PATH or postgres://...
+    #[arg(long, env = "TREASURY_DB", default_value = DEFAULT_DB, global = true)]
+    pub db: String,
+    /// The ledger's origin (checkpoint first line and key name).
+    #[arg(long, env = "TREASURY_LEDGER_ORIGIN", default_value = DEFAULT_ORIGIN, global = true)]
+    pub origin: String,
+}
+
+/// `treasury ledger` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum LedgerCommand {
+    /// Append an operator's note (key ceremony witnesses, audit start, ...).
+    Note {
+        /// Who writes the note.
+        #[arg(long)]
+        actor: String,
+        /// The note text.
+        #[arg(long)]
+        text: String,
+    },
+    /// Recompute every hash, the chain, the Merkle root and every stored checkpoint.
+    Verify {
+        /// Verifier key (name+id+key) to check checkpoint signatures with.
+        #[arg(long, conflicts_with = "key_file")]
+        key: Option<String>,
+        /// Or the ledger key file (its public half is used).
+        #[arg(long, env = "TREASURY_LEDGER_KEY_FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Sign a checkpoint of the whole log, store it as an entry and print the signed note.
+    Checkpoint {
+        /// The ledger key file (64 hex digits).
+        #[arg(long, env = "TREASURY_LEDGER_KEY_FILE")]
+        key_file: PathBuf,
+        /// The actor recorded on the checkpoint entry.
+        #[arg(long, default_value = "ledger")]
+        actor: String,
+    },
+    /// Print an inclusion proof (JSON) of entry SEQ in the tree of SIZE entries.
+    Prove {
+        /// The entry.
+        #[arg(long)]
+        seq: u64,
+        /// The tree size (default: the whole log).
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// Print a consistency proof (JSON) from tree size FROM to size TO.
+    Consistency {
+        /// The old size.
+        #[arg(long)]
+        from: u64,
+        /// The new size (default: the whole log).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Print every entry as JSON lines.
+    Export,
+    /// Write a new ledger key file and print its verifier key.
+    Keygen {
+        /// Where to write the key file (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the verifier key of a key file, for auditors.
+    PublicKey {
+        /// The ledger key file.
+        #[arg(long, env = "TREASURY_LEDGER_KEY_FILE")]
+        key_file: PathBuf,
+    },
+}
+
+/// `treasury audit` subcommands: offline, no database.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// Verify a JSON lines export against a signed checkpoint.
+    Ledger {
+        /// The JSON lines export.
+        #[arg(long)]
+        entries: PathBuf,
+        /// The signed checkpoint note.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The log's verifier key (name+id+key).
+        #[arg(long)]
+        key: String,
+    },
+    /// Verify an inclusion proof against a signed checkpoint.
+    Inclusion {
+        /// The inclusion proof (JSON).
+        #[arg(long)]
+        proof: PathBuf,
+        /// The signed checkpoint note.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The log's verifier key.
+        #[arg(long)]
+        key: String,
+        /// The entry itself (one export line), checked against the proven hash.
+        #[arg(long)]
+        entry: Option<PathBuf>,
+    },
+    /// Verify a consistency proof between two signed checkpoints.
+    Consistency {
+        /// The consistency proof (JSON).
+        #[arg(long)]
+        proof: PathBuf,
+        /// The older checkpoint.
+        #[arg(long)]
+        old: PathBuf,
+        /// The newer checkpoint.
+        #[arg(long)]
+        new: PathBuf,
+        /// The log's verifier key.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn load_signer(path: &Path) -> Result<KeyFileSigner, String> {
+    let text = zeroize::Zeroizing::new(read(path)?);
+    KeyFileSigner::from_key_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn parse_key(s: &str) -> Result<VerifierKey, String> {
+    VerifierKey::parse(s).map_err(|e| e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Runs a `treasury ledger` command; returns what to print on standard output.
+///
+/// # Errors
+/// A message for standard error (the process then exits non-zero).
+pub fn run_ledger(opts: &LedgerOpts, cmd: LedgerCommand) -> Result<String, String> {
+    match cmd {
+        LedgerCommand::Keygen { out } => return keygen(&opts.origin, &out),
+        LedgerCommand::PublicKey { key_file } => {
+            let signer = load_signer(&key_file)?;
+            let vk =
+                VerifierKey::of_signer(opts.origin.clone(), &signer).map_err(|e| e.to_string())?;
+            return Ok(format!("{vk}\n"));
+        }
+        _ => {}
+    }
+    runtime()?.block_on(async {
+        let store = LedgerStore::open(&opts.db)
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = run_ledger_db(opts, &store, cmd).await;
+        store.close().await;
+        out
+    })
+}
+
+async fn run_ledger_db(
+    opts: &LedgerOpts,
+    store: &LedgerStore,
+    cmd: LedgerCommand,
+) -> Result<String, String> {
+    let err = |e: crate::store::StoreError| e.to_string();
+    match cmd {
+        LedgerCommand::Note { actor, text } => {
+            let draft = EntryDraft::note(now_ms(), &actor, &text).map_err(|e| e.to_string())?;
+            let e = store.append(draft).await.map_err(err)?;
+            Ok(format!(
+                "appended seq {} entry hash {}\n",
+                e.seq(),
+                hex::encode(e.entry_hash())
+            ))
+        }
+        LedgerCommand::Verify { key, key_file } => {
+            let vk = match (key, key_file) {
+                (Some(k), _) => Some(parse_key(&k)?),
+                (None, Some(f)) => Some(
+                    VerifierKey::of_signer(opts.origin.clone(), &load_signer(&f)?)
+                        .map_err(|e| e.to_string())?,
+                ),
+                (None, None) => None,
+            };
+            let report = store.verify(vk.as_ref()).await.map_err(err)?;
+            Ok(format!("{report}\n"))
+        }
+        LedgerCommand::Checkpoint { key_file, actor } => {
+            let signer = load_signer(&key_file)?;
+            let actor = Actor::new(actor).map_err(|e| e.to_string())?;
+            let (note, _) = store
+                .checkpoint(&opts.origin, &actor, now_ms(), &signer)
+                .await
+                .map_err(err)?;
+            Ok(note)
+        }
+        LedgerCommand::Prove { seq, size } => {
+            let head = store.head().await.map_err(err)?;
+            let size = size.unwrap_or(head.size());
+            if size > head.size() {
+                return Err(format!(
+                    "tree size {size} is beyond the log, which has {} entries",
+                    head.size()
+                ));
+            }
+            let hashes = store.entry_hashes(size).await.map_err(err)?;
+            let proof =
+                inclusion_proof(&leaf_hashes(&hashes), seq, size).map_err(|e| e.to_string())?;
+            let entry_hash = usize::try_from(seq)
+                .ok()
+                .and_then(|i| hashes.get(i))
+                .ok_or_else(|| format!("seq {seq} is not in the log"))?;
+            Ok(format!(
+                "{}\n",
+                InclusionProofJson::new(&proof, entry_hash).to_json()
+            ))
+        }
+        LedgerCommand::Consistency { from, to } => {
+            let head = store.head().await.map_err(err)?;
+            let to = to.unwrap_or(head.size());
+            if to > head.size() {
+                return Err(format!(
+                    "tree size {to} is beyond the log, which has {} entries",
+                    head.size()
+                ));
+            }
+            let hashes = store.entry_hashes(to).await.map_err(err)?;
+            let proof =
+                consistency_proof(&leaf_hashes(&hashes), from, to).map_err(|e| e.to_string())?;
+            Ok(format!("{}\n", ConsistencyProofJson::new(&proof).to_json()))
+        }
+        LedgerCommand::Export => {
+            let entries = store.entries().await.map_err(err)?;
+            let mut out = String::new();
+            for e in &entries {
+                out.push_str(&to_json_line(e));
+                out.push('\n');
+            }
+            Ok(out)
+        }
+        LedgerCommand::Keygen { .. } | LedgerCommand::PublicKey { .. } => {
+            Err("internal: handled above".into())
+        }
+    }
+}
+
+fn keygen(origin: &str, out: &Path) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret[..]))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    let signer = KeyFileSigner::from_secret_bytes(&secret).map_err(|e| e.to_string())?;
+    let vk = VerifierKey::of_signer(origin.to_owned(), &signer).map_err(|e| e.to_string())?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(out)
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    f.write_all(KeyFileSigner::key_file_text(&secret).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(format!("{vk}\n"))
+}
+
+/// Runs a `treasury audit` command; returns what to print on standard output.
+///
+/// # Errors
+/// A message for standard error (the process then exits non-zero).
+pub fn run_audit(cmd: AuditCommand) -> Result<String, String> {
+    match cmd {
+        AuditCommand::Ledger {
+            entries,
+            checkpoint,
+            key,
+        } => {
+            let key = parse_key(&key)?;
+            let entries = parse_json_lines(&read(&entries)?).map_err(|e| e.to_string())?;
+            let report =
+                audit_ledger(&entries, &read(&checkpoint)?, &key).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{report} (checkpoint size {} verified)\n",
+                report.checkpoint.size()
+            ))
+        }
+        AuditCommand::Inclusion {
+            proof,
+            checkpoint,
+            key,
+            entry,
+        } => {
+            let key = parse_key(&key)?;
+            let proof = InclusionProofJson::parse(&read(&proof)?).map_err(|e| e.to_string())?;
+            let entry = match entry {
+                Some(p) => {
+                    let text = read(&p)?;
+                    let json: EntryJson = serde_json::from_str(text.trim())
+                        .map_err(|e| format!("{}: {e}", p.display()))?;
+                    Some(
+                        json.to_entry()
+                            .map_err(|e| format!("{}: {e}", p.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let cp = audit_inclusion(entry.as_ref(), &proof, &read(&checkpoint)?, &key)
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "ok: seq {} is in the log of {} entries, root {}\n",
+                proof.seq,
+                cp.size(),
+                hex::encode(cp.root())
+            ))
+        }
+        AuditCommand::Consistency {
+            proof,
+            old,
+            new,
+            key,
+        } => {
+            let key = parse_key(&key)?;
+            let proof = ConsistencyProofJson::parse(&read(&proof)?).map_err(|e| e.to_string())?;
+            let (o, n) = audit_consistency(&proof, &read(&old)?, &read(&new)?, &key)
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "ok: the log of {} entries is a prefix of the log of {} entries\n",
+                o.size(),
+                n.size()
+            ))
+        }
+    }
+}

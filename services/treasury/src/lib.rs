@@ -1,0 +1,6 @@
+//! The reserve service's library half: storage and the command handlers the `treasury` binary
+//! runs. I/O lives here; the domain logic is in `custody` (pure).
+#![forbid(unsafe_code)]
+
+pub mod ledger_cli;
+pub mod store;
