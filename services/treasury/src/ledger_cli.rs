@@ -217,6 +217,12 @@ async fn run_ledger_db(
                 (None, None) => None,
             };
             let report = store.verify(vk.as_ref()).await.map_err(err)?;
+            if vk.is_none() && report.checkpoints > 0 {
+                eprintln!(
+                    "warning: {} checkpoint signatures not checked (give --key or --key-file)",
+                    report.checkpoints
+                );
+            }
             Ok(format!("{report}\n"))
         }
         LedgerCommand::Checkpoint { key_file, actor } => {

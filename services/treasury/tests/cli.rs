@@ -88,6 +88,31 @@ fn ledger_and_audit_commands() {
     assert!(v.starts_with("ok: 11 entries, root "), "{v}");
     let v2 = ok(d, &["ledger", "verify", "--key-file", "ledger.key"]);
     assert_eq!(v, v2);
+    let unkeyed = treasury(d, &["ledger", "verify"]);
+    assert!(unkeyed.status.success());
+    assert_eq!(String::from_utf8(unkeyed.stdout).unwrap(), v);
+    let warn = String::from_utf8(unkeyed.stderr).unwrap();
+    assert!(
+        warn.contains("2 checkpoint signatures not checked"),
+        "{warn}"
+    );
+    // A key for another log: the stored checkpoints are named.
+    let other_key = ok(
+        d,
+        &[
+            "ledger",
+            "--origin",
+            "x.example/log",
+            "public-key",
+            "--key-file",
+            "ledger.key",
+        ],
+    );
+    let e = fail(d, &["ledger", "verify", "--key", other_key.trim()]);
+    assert!(
+        e.contains("first bad seq 5: checkpoint: checkpoint is for origin"),
+        "{e}"
+    );
 
     let export = ok(d, &["ledger", "export"]);
     assert_eq!(export.lines().count(), 11);
