@@ -7,6 +7,8 @@
 use std::sync::OnceLock;
 
 use crate::portable::{self, state_to_digest, IV};
+#[cfg(target_arch = "x86_64")]
+use crate::x86;
 use crate::Digest;
 
 /// A SHA-256 implementation strategy.
@@ -111,13 +113,21 @@ pub enum BatchError {
 #[derive(Debug)]
 pub struct Engine {
     backend: Backend,
+    /// Whether single-stream compression runs on SHA-NI (verified present at construction);
+    /// multi-lane kernels do not help one stream, so every SIMD engine uses SHA-NI for it.
+    shani_compress: bool,
 }
 
 static AUTO: OnceLock<&'static Engine> = OnceLock::new();
-static FORCED: [OnceLock<Result<Engine, UnsupportedBackend>>; 4] =
-    [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+static FORCED: [OnceLock<Result<Engine, UnsupportedBackend>>; 4] = [
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+];
 static PORTABLE: Engine = Engine {
     backend: Backend::Portable,
+    shani_compress: false,
 };
 
 fn index(b: Backend) -> usize {
@@ -150,7 +160,11 @@ impl Engine {
                 if !backend.is_supported() {
                     return Err(UnsupportedBackend::MissingCpuFeatures(backend));
                 }
-                let engine = Engine { backend };
+                let shani_compress = backend != Backend::Portable && Backend::ShaNi.is_supported();
+                let engine = Engine {
+                    backend,
+                    shani_compress,
+                };
                 if engine.self_test() {
                     Ok(engine)
                 } else {
@@ -208,14 +222,62 @@ impl Engine {
         if self.hash64d(&msgs, &mut got).is_err() || PORTABLE.hash64d(&msgs, &mut want).is_err() {
             return false;
         }
-        got == want
+        if got != want {
+            return false;
+        }
+        // Merkle level in place (37 pairs).
+        let mut level: Vec<Digest> = msgs
+            .iter()
+            .flat_map(|m| {
+                [
+                    m[..32].try_into().unwrap_or([0; 32]),
+                    m[32..].try_into().unwrap_or([0; 32]),
+                ]
+            })
+            .collect();
+        if self.merkle_level_in_place(&mut level).is_err() {
+            return false;
+        }
+        if PORTABLE.hash64(&msgs, &mut want).is_err() || level[..msgs.len()] != want[..] {
+            return false;
+        }
+        // Multi-block single stream: 3 blocks from a non-initial state.
+        let flat: Vec<u8> = msgs.iter().flatten().copied().collect();
+        let (blocks, _) = flat.as_chunks::<64>();
+        let (mut s1, mut s2) = (IV, IV);
+        self.compress(&mut s1, &blocks[..3]);
+        portable::compress(&mut s2, &blocks[..3]);
+        self.compress(&mut s1, &blocks[3..4]);
+        portable::compress(&mut s2, &blocks[3..4]);
+        if s1 != s2 {
+            return false;
+        }
+        // Fixed-length batches: one, two and three blocks per message, with tails.
+        for len in [33usize, 65, 81, 119] {
+            let count = flat.len() / len;
+            let data = &flat[..count * len];
+            let mut got = vec![[0u8; 32]; count];
+            let mut want = vec![[0u8; 32]; count];
+            if self.hash_fixed(data, len, &mut got).is_err()
+                || PORTABLE.hash_fixed(data, len, &mut want).is_err()
+                || got != want
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// Compresses whole blocks into `state` (single stream).
     pub(crate) fn compress(&self, state: &mut [u32; 8], blocks: &[[u8; 64]]) {
-        match self.backend {
-            _ => portable::compress(state, blocks),
+        #[cfg(target_arch = "x86_64")]
+        if self.shani_compress {
+            // SAFETY: `shani_compress` is only set by `Engine::forced` after
+            // `Backend::ShaNi.is_supported()` confirmed the CPU has SHA, SSSE3 and SSE4.1.
+            unsafe { x86::shani::compress(state, blocks) };
+            return;
         }
+        portable::compress(state, blocks)
     }
 
     /// SHA-256 of each 64-byte message: `out[i] = SHA-256(inputs[i])`.
@@ -224,8 +286,21 @@ impl Engine {
     /// [`BatchError::OutputLength`] when `out.len() != inputs.len()`.
     pub fn hash64(&self, inputs: &[[u8; 64]], out: &mut [Digest]) -> Result<(), BatchError> {
         check_len(inputs.len(), out.len())?;
-        for (msg, o) in inputs.iter().zip(out.iter_mut()) {
-            *o = hash64_portable(msg);
+        match self.backend {
+            // SAFETY (all three arms): an `Engine` with this backend is only built by
+            // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
+            // compiled for; lengths were checked above.
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => unsafe { x86::shani::hash64(inputs, out) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => unsafe { x86::avx2::hash64(inputs, out) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => unsafe { x86::avx512::hash64(inputs, out) },
+            _ => {
+                for (msg, o) in inputs.iter().zip(out.iter_mut()) {
+                    *o = hash64_portable(msg);
+                }
+            }
         }
         Ok(())
     }
@@ -237,9 +312,22 @@ impl Engine {
     /// [`BatchError::OutputLength`] when `out.len() != inputs.len()`.
     pub fn hash64d(&self, inputs: &[[u8; 64]], out: &mut [Digest]) -> Result<(), BatchError> {
         check_len(inputs.len(), out.len())?;
-        for (msg, o) in inputs.iter().zip(out.iter_mut()) {
-            let first = hash64_portable(msg);
-            *o = hash32_portable(&first);
+        match self.backend {
+            // SAFETY (all three arms): an `Engine` with this backend is only built by
+            // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
+            // compiled for; lengths were checked above.
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => unsafe { x86::shani::hash64d(inputs, out) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => unsafe { x86::avx2::hash64d(inputs, out) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => unsafe { x86::avx512::hash64d(inputs, out) },
+            _ => {
+                for (msg, o) in inputs.iter().zip(out.iter_mut()) {
+                    let first = hash64_portable(msg);
+                    *o = hash32_portable(&first);
+                }
+            }
         }
         Ok(())
     }
@@ -250,15 +338,28 @@ impl Engine {
     /// # Errors
     /// [`BatchError::OddLevel`] when `nodes.len()` is odd.
     pub fn merkle_level_in_place(&self, nodes: &mut [Digest]) -> Result<usize, BatchError> {
-        if nodes.len() % 2 != 0 {
+        if !nodes.len().is_multiple_of(2) {
             return Err(BatchError::OddLevel(nodes.len()));
         }
         let half = nodes.len() / 2;
-        for i in 0..half {
-            let mut msg = [0u8; 64];
-            msg[..32].copy_from_slice(&nodes[2 * i]);
-            msg[32..].copy_from_slice(&nodes[2 * i + 1]);
-            nodes[i] = hash64_portable(&msg);
+        match self.backend {
+            // SAFETY (all three arms): an `Engine` with this backend is only built by
+            // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
+            // compiled for; the length is even (checked above).
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => unsafe { x86::shani::merkle_level(nodes) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => unsafe { x86::avx2::merkle_level(nodes) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => unsafe { x86::avx512::merkle_level(nodes) },
+            _ => {
+                for i in 0..half {
+                    let mut msg = [0u8; 64];
+                    msg[..32].copy_from_slice(&nodes[2 * i]);
+                    msg[32..].copy_from_slice(&nodes[2 * i + 1]);
+                    nodes[i] = hash64_portable(&msg);
+                }
+            }
         }
         Ok(half)
     }
@@ -278,7 +379,7 @@ impl Engine {
         out: &mut [Digest],
     ) -> Result<(), BatchError> {
         let count = match messages.len().checked_div(message_len) {
-            Some(n) if messages.len() % message_len == 0 => n,
+            Some(n) if messages.len().is_multiple_of(message_len) => n,
             None if messages.is_empty() => 0,
             _ => {
                 return Err(BatchError::RaggedMessages {
@@ -288,18 +389,29 @@ impl Engine {
             }
         };
         check_len(count, out.len())?;
-        for (i, o) in out.iter_mut().enumerate() {
-            let mut h = crate::Sha256::with_engine(self_static(self));
-            h.update(&messages[i * message_len..(i + 1) * message_len]);
-            *o = h.finalize();
+        if count == 0 {
+            return Ok(());
+        }
+        match self.backend {
+            // SAFETY (all three arms): an `Engine` with this backend is only built by
+            // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
+            // compiled for; `messages.len() == message_len * out.len()` was checked above.
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => unsafe { x86::shani::hash_fixed(messages, message_len, out) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => unsafe { x86::avx2::hash_fixed(messages, message_len, out) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => unsafe { x86::avx512::hash_fixed(messages, message_len, out) },
+            _ => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let mut h = crate::Sha256::with_engine(&PORTABLE);
+                    h.update(&messages[i * message_len..(i + 1) * message_len]);
+                    *o = h.finalize();
+                }
+            }
         }
         Ok(())
     }
-}
-
-/// The `'static` engine equal to `e` (engines only exist as statics).
-fn self_static(e: &Engine) -> &'static Engine {
-    Engine::forced(e.backend).unwrap_or(&PORTABLE)
 }
 
 fn check_len(inputs: usize, outputs: usize) -> Result<(), BatchError> {

@@ -20,6 +20,8 @@ mod engine;
 pub mod merkle;
 mod portable;
 mod stream;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use engine::{Backend, BatchError, Engine, UnsupportedBackend};
 pub use stream::{sha256, sha256d, Sha256, TaggedHash};

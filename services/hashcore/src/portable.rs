@@ -75,3 +75,69 @@ pub(crate) fn state_to_digest(state: &[u32; 8]) -> [u8; 32] {
     }
     out
 }
+
+/// `W[t] + K[t]` for all 64 rounds of a block whose 16 message words are `words`, computed at
+/// compile time (for blocks that are the same for every message, such as padding blocks).
+pub(crate) const fn schedule_wk(words: [u32; 16]) -> [u32; 64] {
+    let mut w = [0u32; 64];
+    let mut i = 0;
+    while i < 16 {
+        w[i] = words[i];
+        i += 1;
+    }
+    while i < 64 {
+        let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+        let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16]
+            .wrapping_add(s0)
+            .wrapping_add(w[i - 7])
+            .wrapping_add(s1);
+        i += 1;
+    }
+    let mut j = 0;
+    while j < 64 {
+        w[j] = w[j].wrapping_add(K[j]);
+        j += 1;
+    }
+    w
+}
+
+/// `W[t] + K[t]` of the padding block of a 64-byte message (0x80, zeros, bit length 512).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) const PAD64_WK: [u32; 64] =
+    schedule_wk([0x8000_0000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 512]);
+
+/// Message words 8..16 of the second hash of SHA256D64 (a 32-byte digest, then 0x80, zeros and
+/// the bit length 256): constants.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) const D64_TAIL: [u32; 8] = [0x8000_0000, 0, 0, 0, 0, 0, 0, 256];
+
+/// Fills `blk` with block `b` (of `nblocks`) of the padded message `msg`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn fill_block(msg: &[u8], b: usize, nblocks: usize, blk: &mut [u8; 64]) {
+    let start = b * 64;
+    let len = msg.len();
+    if start + 64 <= len {
+        blk.copy_from_slice(&msg[start..start + 64]);
+        if b + 1 < nblocks {
+            return;
+        }
+    } else {
+        *blk = [0; 64];
+        if start < len {
+            blk[..len - start].copy_from_slice(&msg[start..]);
+        }
+        if len >= start {
+            blk[len - start] = 0x80;
+        }
+    }
+    if b + 1 == nblocks {
+        blk[56..].copy_from_slice(&(len as u64).wrapping_mul(8).to_be_bytes());
+    }
+}
+
+/// Number of blocks of a padded message of `len` bytes.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn block_count(len: usize) -> usize {
+    (len + 9).div_ceil(64)
+}

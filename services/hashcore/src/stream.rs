@@ -90,7 +90,8 @@ impl Sha256 {
                 return;
             }
             let block = self.buf;
-            self.engine.compress(&mut self.state, core::slice::from_ref(&block));
+            self.engine
+                .compress(&mut self.state, core::slice::from_ref(&block));
             self.compressed += 64;
             self.buf_len = 0;
         }
@@ -134,7 +135,9 @@ pub struct TaggedHash {
 
 impl core::fmt::Debug for TaggedHash {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TaggedHash").field("tag", &self.tag).finish()
+        f.debug_struct("TaggedHash")
+            .field("tag", &self.tag)
+            .finish()
     }
 }
 

@@ -1,0 +1,273 @@
+//! x86-64 SIMD backends: SHA-NI (interleaved streams), AVX2 (8 lanes), AVX-512 (16 lanes).
+//!
+//! Every kernel is a `#[target_feature]` function. The engine calls them only after
+//! [`crate::Engine::forced`] checked at run time that the CPU has the features (and ran the
+//! self-test), which is what makes the `unsafe` calls in `engine.rs` sound.
+//!
+//! The AVX2 and AVX-512 kernels are generated from one macro, [`lane_kernels`], over a small
+//! set of per-backend vector operations, so the AVX2 kernel (testable on every current x86-64
+//! CPU) exercises exactly the round, schedule, padding and driver logic the AVX-512 one uses.
+
+pub(crate) mod avx2;
+pub(crate) mod avx512;
+pub(crate) mod shani;
+
+/// The batch drivers (whole groups of `$n` messages, then a padded tail group) over the group
+/// kernels `g64`, `g64d` and `gfixed` of the module the macro is expanded in.
+macro_rules! batch_drivers {
+    ($feat:literal, $n:expr) => {
+        /// SHA-256 of each 64-byte message. Requires `out.len() == inputs.len()`.
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn hash64(inputs: &[[u8; 64]], out: &mut [Digest]) {
+            let mut ic = inputs.chunks_exact($n);
+            let mut oc = out.chunks_exact_mut($n);
+            for (i, o) in (&mut ic).zip(&mut oc) {
+                if let (Ok(i), Ok(o)) = (
+                    <&[[u8; 64]; $n]>::try_from(i),
+                    <&mut [Digest; $n]>::try_from(o),
+                ) {
+                    g64(i, o);
+                }
+            }
+            let (ir, or) = (ic.remainder(), oc.into_remainder());
+            if !ir.is_empty() && ir.len() == or.len() {
+                let mut bi = [[0u8; 64]; $n];
+                bi[..ir.len()].copy_from_slice(ir);
+                let mut bo = [[0u8; 32]; $n];
+                g64(&bi, &mut bo);
+                or.copy_from_slice(&bo[..ir.len()]);
+            }
+        }
+
+        /// Double SHA-256 of each 64-byte message. Requires `out.len() == inputs.len()`.
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn hash64d(inputs: &[[u8; 64]], out: &mut [Digest]) {
+            let mut ic = inputs.chunks_exact($n);
+            let mut oc = out.chunks_exact_mut($n);
+            for (i, o) in (&mut ic).zip(&mut oc) {
+                if let (Ok(i), Ok(o)) = (
+                    <&[[u8; 64]; $n]>::try_from(i),
+                    <&mut [Digest; $n]>::try_from(o),
+                ) {
+                    g64d(i, o);
+                }
+            }
+            let (ir, or) = (ic.remainder(), oc.into_remainder());
+            if !ir.is_empty() && ir.len() == or.len() {
+                let mut bi = [[0u8; 64]; $n];
+                bi[..ir.len()].copy_from_slice(ir);
+                let mut bo = [[0u8; 32]; $n];
+                g64d(&bi, &mut bo);
+                or.copy_from_slice(&bo[..ir.len()]);
+            }
+        }
+
+        /// One Merkle level in place (`nodes.len()` even): the first half becomes the hashes
+        /// of the pairs.
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn merkle_level(nodes: &mut [Digest]) {
+            let half = nodes.len() / 2;
+            let mut i = 0;
+            while i < half {
+                let k = (half - i).min($n);
+                let mut bi = [[0u8; 64]; $n];
+                for (j, b) in bi.iter_mut().enumerate().take(k) {
+                    b[..32].copy_from_slice(&nodes[2 * (i + j)]);
+                    b[32..].copy_from_slice(&nodes[2 * (i + j) + 1]);
+                }
+                let mut bo = [[0u8; 32]; $n];
+                g64(&bi, &mut bo);
+                nodes[i..i + k].copy_from_slice(&bo[..k]);
+                i += k;
+            }
+        }
+
+        /// SHA-256 of `out.len()` messages of `len` bytes laid end to end in `messages`
+        /// (`messages.len() == len * out.len()`).
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn hash_fixed(messages: &[u8], len: usize, out: &mut [Digest]) {
+            let count = out.len();
+            if messages.len() != len * count {
+                return;
+            }
+            let mut i = 0;
+            while i < count {
+                let k = (count - i).min($n);
+                let mut lanes: [&[u8]; $n] = [&[]; $n];
+                for (j, lane) in lanes.iter_mut().enumerate() {
+                    // Tail groups repeat the last real message in the unused lanes.
+                    let m = i + j.min(k - 1);
+                    *lane = &messages[m * len..(m + 1) * len];
+                }
+                let mut bo = [[0u8; 32]; $n];
+                gfixed(&lanes, len, &mut bo);
+                out[i..i + k].copy_from_slice(&bo[..k]);
+                i += k;
+            }
+        }
+    };
+}
+
+/// The multi-lane SHA-256 kernels (one message per 32-bit lane), over the vector type `V`,
+/// the lane count `N` and these functions of the module the macro is expanded in: `add`,
+/// `set1`, `big_s0`, `big_s1`, `small_s0`, `small_s1`, `ch`, `maj`, `load_words` (the 16
+/// big-endian words of `N` blocks, lane `l` = block `l`) and `store_words`.
+macro_rules! lane_kernels {
+    ($feat:literal) => {
+        /// The initial state in every lane.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn iv() -> [V; 8] {
+            [
+                set1(IV[0]),
+                set1(IV[1]),
+                set1(IV[2]),
+                set1(IV[3]),
+                set1(IV[4]),
+                set1(IV[5]),
+                set1(IV[6]),
+                set1(IV[7]),
+            ]
+        }
+
+        /// Compresses one block per lane, given its 16 message words.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn compress_w(st: &mut [V; 8], mut w: [V; 16]) {
+            let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *st;
+            for t in 0..64 {
+                let wt = if t < 16 {
+                    w[t]
+                } else {
+                    let x = add(
+                        add(small_s1(w[(t - 2) % 16]), w[(t - 7) % 16]),
+                        add(small_s0(w[(t - 15) % 16]), w[t % 16]),
+                    );
+                    w[t % 16] = x;
+                    x
+                };
+                let t1 = add(add(add(h, big_s1(e)), add(ch(e, f, g), set1(K[t]))), wt);
+                let t2 = add(big_s0(a), maj(a, b, c));
+                h = g;
+                g = f;
+                f = e;
+                e = add(d, t1);
+                d = c;
+                c = b;
+                b = a;
+                a = add(t1, t2);
+            }
+            let v = [a, b, c, d, e, f, g, h];
+            for (s, x) in st.iter_mut().zip(v) {
+                *s = add(*s, x);
+            }
+        }
+
+        /// Compresses one constant block (the same in every lane), given its precomputed
+        /// `W[t] + K[t]`: no message schedule.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn compress_wk(st: &mut [V; 8], wk: &[u32; 64]) {
+            let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *st;
+            for &k in wk.iter() {
+                let t1 = add(add(h, big_s1(e)), add(ch(e, f, g), set1(k)));
+                let t2 = add(big_s0(a), maj(a, b, c));
+                h = g;
+                g = f;
+                f = e;
+                e = add(d, t1);
+                d = c;
+                c = b;
+                b = a;
+                a = add(t1, t2);
+            }
+            let v = [a, b, c, d, e, f, g, h];
+            for (s, x) in st.iter_mut().zip(v) {
+                *s = add(*s, x);
+            }
+        }
+
+        /// Writes lane `l`'s state as the digest `out[l]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn store_digests(st: &[V; 8], out: &mut [Digest; N]) {
+            for (j, v) in st.iter().enumerate() {
+                let words = store_words(*v);
+                for (o, w) in out.iter_mut().zip(words) {
+                    o[4 * j..4 * j + 4].copy_from_slice(&w.to_be_bytes());
+                }
+            }
+        }
+
+        /// SHA-256 of `N` 64-byte messages: one scheduled block, then the constant padding
+        /// block.
+        #[target_feature(enable = $feat)]
+        fn g64(blocks: &[[u8; 64]; N], out: &mut [Digest; N]) {
+            let mut st = iv();
+            compress_w(&mut st, load_words(blocks));
+            compress_wk(&mut st, &PAD64_WK);
+            store_digests(&st, out);
+        }
+
+        /// Double SHA-256 of `N` 64-byte messages: the second hash's words 0..8 are the first
+        /// digest's state words, 8..16 constants.
+        #[target_feature(enable = $feat)]
+        fn g64d(blocks: &[[u8; 64]; N], out: &mut [Digest; N]) {
+            let mut st = iv();
+            compress_w(&mut st, load_words(blocks));
+            compress_wk(&mut st, &PAD64_WK);
+            let w = [
+                st[0],
+                st[1],
+                st[2],
+                st[3],
+                st[4],
+                st[5],
+                st[6],
+                st[7],
+                set1(D64_TAIL[0]),
+                set1(D64_TAIL[1]),
+                set1(D64_TAIL[2]),
+                set1(D64_TAIL[3]),
+                set1(D64_TAIL[4]),
+                set1(D64_TAIL[5]),
+                set1(D64_TAIL[6]),
+                set1(D64_TAIL[7]),
+            ];
+            let mut st2 = iv();
+            compress_w(&mut st2, w);
+            store_digests(&st2, out);
+        }
+
+        /// SHA-256 of `N` messages of the same length `len` (`lanes[l].len() == len`).
+        #[target_feature(enable = $feat)]
+        fn gfixed(lanes: &[&[u8]; N], len: usize, out: &mut [Digest; N]) {
+            let nblocks = block_count(len);
+            let mut st = iv();
+            let mut blk = [[0u8; 64]; N];
+            for b in 0..nblocks {
+                for (bl, m) in blk.iter_mut().zip(lanes.iter()) {
+                    fill_block(m, b, nblocks, bl);
+                }
+                compress_w(&mut st, load_words(&blk));
+            }
+            store_digests(&st, out);
+        }
+
+        batch_drivers!($feat, N);
+    };
+}
+
+pub(crate) use {batch_drivers, lane_kernels};
