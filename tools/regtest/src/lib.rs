@@ -10,6 +10,31 @@
 //! Tests that need an optional real part call [`require`] (or [`node_or_skip`]): on a user's
 //! machine a missing part is a printed skip; when CI sets `TREASURY_REQUIRE_<PART>=1` it is a
 //! failure.
+//!
+//! # Environment
+//! - `BITCOIND_EXE`, `BITCOIN_CLI_EXE`: use these binaries (a user's own Bitcoin Core); else
+//!   `PATH`, else the cache [`cache_dir`] (under `$XDG_CACHE_HOME`, default `~/.cache`).
+//! - `TREASURY_REQUIRE_BITCOIND=1`: a missing `bitcoind` fails tests instead of skipping them.
+//! - `TREASURY_REQUIRE_POSTGRES=1` with `TREASURY_TEST_POSTGRES_URL` (e.g.
+//!   `postgres://postgres@127.0.0.1:5432/test`), and `TREASURY_REQUIRE_SOFTHSM=1`: the same
+//!   convention for the other real parts; check them with [`require`] and [`skip_or_fail`].
+//!
+//! # For tests of other crates
+//! ```no_run
+//! #[test]
+//! fn my_test() {
+//!     let Some(node) = regtest::node_or_skip("my_test") else {
+//!         return;
+//!     };
+//!     let address = node.new_address();
+//!     node.mine_blocks(101, &address).unwrap();
+//!     let (tip, height) = node.tip().unwrap();
+//!     // Untyped calls are robust to Bitcoin Core's changes of response fields.
+//!     let info = node.rpc("getblockchaininfo", &[]).unwrap();
+//!     // Its own client, e.g. for another thread; or node.rpc_url() with node.credentials().
+//!     let client = node.new_client().unwrap();
+//! }
+//! ```
 #![forbid(unsafe_code)]
 
 mod locate;
@@ -109,4 +134,28 @@ impl Error {
 pub fn require(part: &str) -> bool {
     let var = format!("TREASURY_REQUIRE_{}", part.to_ascii_uppercase());
     std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// Reports that the optional real part `part` is unavailable to `test` because of `reason`:
+/// prints a skip line and returns when the part is optional, panics when
+/// `TREASURY_REQUIRE_<PART>=1` makes it mandatory. Call it, then `return` from the test.
+///
+/// ```no_run
+/// # fn connect(_: &str) -> Result<(), String> { Ok(()) }
+/// let Ok(url) = std::env::var("TREASURY_TEST_POSTGRES_URL") else {
+///     regtest::skip_or_fail("postgres", "my_test", &"TREASURY_TEST_POSTGRES_URL is not set");
+///     return;
+/// };
+/// # let _ = connect(&url);
+/// ```
+///
+/// # Panics
+/// When the part is required (see [`require`]).
+#[allow(clippy::panic)]
+pub fn skip_or_fail(part: &str, test: &str, reason: &dyn std::fmt::Display) {
+    let var = format!("TREASURY_REQUIRE_{}", part.to_ascii_uppercase());
+    if require(part) {
+        panic!("{test}: {part} is required ({var}=1) but unavailable: {reason}");
+    }
+    eprintln!("skipping {test}: {part} unavailable: {reason} (set {var}=1 to make this a failure)");
 }

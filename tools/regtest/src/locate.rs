@@ -102,9 +102,17 @@ pub fn ensure_bitcoind() -> Result<Binaries, Error> {
     let lock_path = cache.join(".build.lock");
     let lock = fs::File::create(&lock_path)
         .map_err(|e| Error::io(format!("create {}", lock_path.display()), e))?;
-    progress("waiting for the build lock");
-    lock.lock()
-        .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            progress("another process is building bitcoind; waiting for it to finish");
+            lock.lock()
+                .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(Error::io(format!("lock {}", lock_path.display()), e));
+        }
+    }
     // Another process may have finished the build while we waited.
     if let Ok(b) = find_bitcoind() {
         return Ok(b);
@@ -244,6 +252,7 @@ fn run_step(step: &'static str, cmd: &mut Command) -> Result<(), Error> {
 }
 
 fn build(src: &Path, cache: &Path) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     let build_dir = cache.join("build");
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -306,6 +315,12 @@ fn build(src: &Path, cache: &Path) -> Result<(), Error> {
         fs::rename(&tmp, &to)
             .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), to.display()), e))?;
     }
-    progress(&format!("bitcoind is in {}", cache.display()));
+    let secs = started.elapsed().as_secs();
+    progress(&format!(
+        "bitcoind is in {} (configure and build took {} min {} s)",
+        cache.display(),
+        secs / 60,
+        secs % 60
+    ));
     Ok(())
 }

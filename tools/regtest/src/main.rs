@@ -6,6 +6,9 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 fn usage() -> ExitCode {
     eprintln!("usage: regtest-node ensure | run");
@@ -39,8 +42,23 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), regtest::Error> {
+    // Ctrl-C reaches bitcoind too (same process group) and it shuts down by itself; SIGTERM to
+    // this process alone is forwarded as the `stop` rpc. Either way we return normally, so the
+    // temporary datadir is removed.
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop_requested)).map_err(|source| {
+            regtest::Error::Io {
+                what: "install a signal handler".into(),
+                source,
+            }
+        })?;
+    }
     let mut node = regtest::RegtestNode::start()?;
+    let (user, password) = node.credentials()?;
     println!("rpc url:     {}", node.rpc_url());
+    println!("rpc user:    {user}");
+    println!("rpc pass:    {password}");
     println!("cookie file: {}", node.cookie_file().display());
     println!("datadir:     {}", node.datadir().display());
     if let Some(cli) = &node.binaries().bitcoin_cli {
@@ -52,5 +70,13 @@ fn run() -> Result<(), regtest::Error> {
         );
     }
     println!("stop with Ctrl-C or the `stop` rpc");
-    node.wait()
+    while node.is_running() {
+        if stop_requested.load(Ordering::Relaxed) {
+            eprintln!("stopping the node");
+            return node.stop();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("the node has stopped");
+    Ok(())
 }

@@ -1,8 +1,15 @@
-//! An isolated regtest node: temporary datadir, a free RPC port on loopback, no P2P.
+//! An isolated regtest node: temporary datadir, free RPC and P2P ports on loopback, no P2P
+//! listening, cookie authentication.
+//!
+//! Why these choices: tests run in parallel (cargo test threads, several crates at once), so
+//! every node gets its own datadir and ports and never talks to another node or the network.
+//! The node is stopped by `Drop`, which also runs when a test panics; the process stays in the
+//! test's process group, so a Ctrl-C of the test run reaches it too.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bitcoincore_rpc::bitcoin::hashes::{sha256, Hash};
@@ -10,7 +17,7 @@ use bitcoincore_rpc::bitcoin::secp256k1::Secp256k1;
 use bitcoincore_rpc::bitcoin::{Address, BlockHash, CompressedPublicKey, Network, PrivateKey};
 use bitcoincore_rpc::{Auth, Client, RpcApi};
 
-use crate::{find_bitcoind, require, Binaries, Error};
+use crate::{find_bitcoind, skip_or_fail, Binaries, Error};
 
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +28,8 @@ pub struct RegtestNode {
     child: Option<Child>,
     datadir: tempfile::TempDir,
     rpc_port: u16,
+    p2p_port: u16,
+    next_key: AtomicU64,
     client: Client,
     binaries: Binaries,
 }
@@ -42,15 +51,9 @@ impl std::fmt::Debug for RegtestNode {
 /// to start (that is a real failure, not a missing part).
 #[allow(clippy::panic)]
 pub fn node_or_skip(test: &str) -> Option<RegtestNode> {
-    match find_bitcoind() {
-        Ok(_) => {}
-        Err(e) if !require("bitcoind") => {
-            eprintln!(
-                "skipping {test}: {e} (set TREASURY_REQUIRE_BITCOIND=1 to make this a failure)"
-            );
-            return None;
-        }
-        Err(e) => panic!("{test}: bitcoind is required (TREASURY_REQUIRE_BITCOIND=1): {e}"),
+    if let Err(e) = find_bitcoind() {
+        skip_or_fail("bitcoind", test, &e);
+        return None;
     }
     match RegtestNode::start() {
         Ok(node) => Some(node),
@@ -112,10 +115,14 @@ impl RegtestNode {
             .tempdir()
             .map_err(|e| Error::io("create a temporary datadir", e))?;
         let rpc_port = free_port()?;
+        let p2p_port = free_port()?;
         let child = Command::new(&binaries.bitcoind)
             .arg("-regtest")
             .arg(format!("-datadir={}", datadir.path().display()))
             .arg(format!("-rpcport={rpc_port}"))
+            // Not listening (-listen=0), but a port of its own keeps two nodes from ever
+            // contending for the regtest default 18444.
+            .arg(format!("-port={p2p_port}"))
             .args([
                 "-server=1",
                 "-listen=0",
@@ -127,6 +134,8 @@ impl RegtestNode {
                 "-listenonion=0",
                 "-natpmp=0",
                 "-txindex=1",
+                // Lets `scanblocks` work; `scantxoutset` and `getdescriptoractivity` need no index.
+                "-blockfilterindex=1",
                 "-printtoconsole=0",
                 "-rpcthreads=8",
                 "-rpcworkqueue=64",
@@ -147,6 +156,8 @@ impl RegtestNode {
             })?,
             datadir,
             rpc_port,
+            p2p_port,
+            next_key: AtomicU64::new(0),
             binaries,
         };
         let started = Instant::now();
@@ -192,6 +203,47 @@ impl RegtestNode {
     /// The RPC port.
     pub fn rpc_port(&self) -> u16 {
         self.rpc_port
+    }
+
+    /// The P2P port the node was given (it does not listen; for tests that connect nodes
+    /// with `addnode`, which needs `-listen`, start them yourself).
+    pub fn p2p_port(&self) -> u16 {
+        self.p2p_port
+    }
+
+    /// The RPC credentials from the node's cookie file, `(user, password)`, for clients that
+    /// take user/password authentication (e.g. a service config).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the cookie cannot be read or has no `:`.
+    pub fn credentials(&self) -> Result<(String, String), Error> {
+        let path = self.cookie_file();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        let (user, password) = text.trim_end().split_once(':').ok_or_else(|| {
+            Error::io(
+                format!("parse {}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "no ':' in the cookie"),
+            )
+        })?;
+        Ok((user.to_string(), password.to_string()))
+    }
+
+    /// The RPC authentication for a client of this node (the cookie file).
+    pub fn auth(&self) -> Auth {
+        Auth::CookieFile(self.cookie_file())
+    }
+
+    /// A new RPC client of this node (e.g. one to move into another thread or into
+    /// `bdk_bitcoind_rpc`'s `Emitter`).
+    ///
+    /// # Errors
+    /// [`Error::Rpc`] when the cookie cannot be read.
+    pub fn new_client(&self) -> Result<Client, Error> {
+        Client::new(&self.rpc_url(), self.auth()).map_err(|e| Error::Rpc {
+            method: "connect".into(),
+            source: e,
+        })
     }
 
     /// The RPC cookie file (`user:password` in one line).
@@ -252,11 +304,24 @@ impl RegtestNode {
         Ok((hash, self.height()?))
     }
 
+    /// A fresh key and its P2WPKH regtest address, unique to this node and call (derived from
+    /// the node's datadir path and a counter; for tests, never for real funds). Mine to the
+    /// address to fund the key.
+    pub fn new_key(&self) -> (PrivateKey, Address) {
+        let n = self.next_key.fetch_add(1, Ordering::Relaxed);
+        test_key(&format!("{}/{n}", self.datadir.path().display()))
+    }
+
+    /// A fresh regtest address whose key the harness holds (see [`RegtestNode::new_key`]).
+    pub fn new_address(&self) -> Address {
+        self.new_key().1
+    }
+
     /// Mines `n` blocks paying their coinbase to `address`; returns their hashes.
     ///
     /// # Errors
     /// [`Error::Rpc`].
-    pub fn mine_to(&self, n: u64, address: &Address) -> Result<Vec<BlockHash>, Error> {
+    pub fn mine_blocks(&self, n: u64, address: &Address) -> Result<Vec<BlockHash>, Error> {
         self.client
             .generate_to_address(n, address)
             .map_err(|e| Error::Rpc {
@@ -278,6 +343,31 @@ impl RegtestNode {
             if started.elapsed() > timeout {
                 return Err(Error::WaitTimeout {
                     what: format!("height {height}"),
+                    secs: timeout.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the index `name` (as `getindexinfo` names it: `"txindex"`, `"basic block
+    /// filter index"`) is synced to at least `height`; indexes follow new blocks in the
+    /// background, so a test that reads one right after mining should wait first.
+    ///
+    /// # Errors
+    /// [`Error::WaitTimeout`] after 30 s; [`Error::Rpc`] when the node is unreachable.
+    pub fn wait_for_index(&self, name: &str, height: u64) -> Result<(), Error> {
+        let timeout = Duration::from_secs(30);
+        let started = Instant::now();
+        loop {
+            let info = self.rpc("getindexinfo", &[name.into()])?;
+            let index = &info[name];
+            if index["synced"] == true && index["best_block_height"].as_u64() >= Some(height) {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(Error::WaitTimeout {
+                    what: format!("{name} at height {height} (last: {index})"),
                     secs: timeout.as_secs(),
                 });
             }
@@ -348,6 +438,18 @@ impl RegtestNode {
                 .map_err(|e| Error::io("wait for bitcoind", e))?;
         }
         Ok(())
+    }
+
+    /// Whether the node's process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
     }
 
     /// Blocks until the node's process exits (e.g. after `bitcoin-cli stop` or Ctrl-C).

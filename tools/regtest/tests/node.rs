@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use regtest::bitcoincore_rpc::RpcApi;
+use regtest::bitcoincore_rpc::{Auth, Client, RpcApi};
 use regtest::{node_or_skip, test_key, Error};
 
 fn process_alive(pid: u32) -> bool {
@@ -16,9 +16,9 @@ fn mine_101_blocks_read_tip_and_stop() {
     let Some(mut node) = node_or_skip("mine_101_blocks_read_tip_and_stop") else {
         return;
     };
-    let (_, address) = test_key("node-test");
+    let (key, address) = node.new_key();
     assert_eq!(node.height().unwrap(), 0);
-    let hashes = node.mine_to(101, &address).unwrap();
+    let hashes = node.mine_blocks(101, &address).unwrap();
     assert_eq!(hashes.len(), 101);
     node.wait_for_height(101, Duration::from_secs(30)).unwrap();
 
@@ -43,7 +43,6 @@ fn mine_101_blocks_read_tip_and_stop() {
     assert_eq!(total_sat, 5050 * 100_000_000);
 
     // The node derives the same address from the descriptor of our key.
-    let (key, _) = test_key("node-test");
     let desc = format!(
         "wpkh({})",
         key.public_key(&regtest::bitcoin::secp256k1::Secp256k1::new())
@@ -64,19 +63,74 @@ fn mine_101_blocks_read_tip_and_stop() {
 }
 
 #[test]
-fn two_nodes_run_side_by_side() {
-    let Some(a) = node_or_skip("two_nodes_run_side_by_side") else {
-        return;
-    };
-    let Some(b) = node_or_skip("two_nodes_run_side_by_side") else {
+fn two_nodes_start_concurrently_on_distinct_ports() {
+    let starts: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| node_or_skip("two_nodes_start_concurrently_on_distinct_ports"))
+        })
+        .collect();
+    let nodes: Vec<_> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+    let [Some(a), Some(b)] = <[_; 2]>::try_from(nodes).unwrap() else {
         return;
     };
     assert_ne!(a.rpc_port(), b.rpc_port());
+    assert_ne!(a.p2p_port(), b.p2p_port());
     assert_ne!(a.datadir(), b.datadir());
-    let (_, address) = test_key("side-by-side");
-    a.mine_to(3, &address).unwrap();
+    assert_ne!(a.new_address(), b.new_address());
+    let address = a.new_address();
+    a.mine_blocks(3, &address).unwrap();
     assert_eq!(a.height().unwrap(), 3);
     assert_eq!(b.height().unwrap(), 0, "the nodes must not share a chain");
+}
+
+#[test]
+fn clients_and_descriptor_rpcs_work_without_a_wallet() {
+    let Some(node) = node_or_skip("clients_and_descriptor_rpcs_work_without_a_wallet") else {
+        return;
+    };
+    let (user, password) = node.credentials().unwrap();
+    let by_password = Client::new(&node.rpc_url(), Auth::UserPass(user, password)).unwrap();
+    assert_eq!(by_password.get_block_count().unwrap(), 0);
+    assert_eq!(node.new_client().unwrap().get_block_count().unwrap(), 0);
+
+    let (key, address) = node.new_key();
+    let other = node.new_address();
+    assert_ne!(address, other);
+    let hashes = node.mine_blocks(2, &address).unwrap();
+    node.mine_blocks(1, &other).unwrap();
+
+    let secp = regtest::bitcoin::secp256k1::Secp256k1::new();
+    let desc = format!("wpkh({})", key.public_key(&secp));
+    let info = node
+        .rpc("getdescriptorinfo", &[desc.clone().into()])
+        .unwrap();
+    let desc = format!("{desc}#{}", info["checksum"].as_str().unwrap());
+
+    // getdescriptoractivity reads the given blocks: no index needed.
+    let block_list: Vec<serde_json::Value> = hashes.iter().map(|h| h.to_string().into()).collect();
+    let activity = node
+        .rpc(
+            "getdescriptoractivity",
+            &[block_list.into(), serde_json::json!([desc.clone()])],
+        )
+        .unwrap();
+    let receives = activity["activity"].as_array().unwrap();
+    assert_eq!(receives.len(), 2, "{activity}");
+    assert!(receives.iter().all(|a| a["type"] == "receive"));
+
+    // scanblocks uses the block filter index the harness turns on.
+    node.wait_for_index("basic block filter index", 3).unwrap();
+    let scan = node
+        .rpc("scanblocks", &["start".into(), serde_json::json!([desc])])
+        .unwrap();
+    let found: Vec<&str> = scan["relevant_blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = hashes.iter().map(|h| h.to_string()).collect();
+    assert_eq!(found, expected);
 }
 
 #[test]
@@ -110,4 +164,14 @@ fn a_node_dropped_during_a_panic_is_stopped() {
 fn require_reads_the_ci_variables() {
     // The variable name is derived from the part; an unset part is optional.
     assert!(!regtest::require("no-such-part-for-sure"));
+}
+
+#[test]
+fn test_keys_are_deterministic_regtest_p2wpkh() {
+    let (k1, a1) = test_key("x");
+    let (k2, a2) = test_key("x");
+    assert_eq!(k1, k2);
+    assert_eq!(a1, a2);
+    assert_ne!(test_key("y").1, a1);
+    assert!(a1.to_string().starts_with("bcrt1q"), "{a1}");
 }
