@@ -1,6 +1,9 @@
 //! Merkle trees against independent reference code (the `sha2` crate), published vectors and
 //! exhaustive and property-based proof checks.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use hashcore::merkle::rfc9162::{
     self, consistency_proof, inclusion_proof, CompactTree, ConsistencyProof, InclusionProof,
 };

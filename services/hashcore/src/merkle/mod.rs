@@ -56,6 +56,20 @@ pub enum MerkleError {
     /// A sum that does not fit in 64 bits.
     #[error("sum overflows 64 bits")]
     SumOverflow,
+    /// A tree or proof over no leaves where at least one is needed.
+    #[error("tree has no leaves")]
+    Empty,
+    /// Equal-length leaves whose length does not divide the buffer (or is zero).
+    #[error("leaf length {len} does not divide a buffer of {buffer} bytes")]
+    LeafLength {
+        /// The leaf length.
+        len: usize,
+        /// The buffer's length.
+        buffer: usize,
+    },
+    /// A Bitcoin partial Merkle tree (txoutproof) that is malformed or mutated.
+    #[error("malformed partial merkle tree: {0}")]
+    PartialTree(&'static str),
     /// A compact tree whose frontier does not fit its size.
     #[error("compact tree of size {size} needs {expected} frontier hashes, got {got}")]
     Frontier {
@@ -78,6 +92,37 @@ pub(crate) fn path_len(mut index: u64, mut size: u64) -> usize {
         }
         index /= 2;
         size = size.div_ceil(2);
+    }
+    n
+}
+
+/// Number of hashes in an RFC 9162 consistency proof from `old` to `new` leaves (as
+/// [`rfc9162::consistency_proof`] gives, without the old root that the verifier prepends when
+/// `old` is a power of two); 0 when `old` is 0 or equal to `new`. Needs `old <= new`.
+pub(crate) fn consistency_path_len(old: u64, new: u64) -> usize {
+    if old == 0 || old >= new {
+        return 0;
+    }
+    // The verifier walks from the last leaf of the old tree (its index `old - 1`, shifted past
+    // the levels where it is a right child, which the old root's subtree covers) up to the
+    // root of the new tree: one hash per step, plus the starting hash when `old` is not a
+    // power of two.
+    let (mut f, mut s) = (old - 1, new - 1);
+    while f & 1 == 1 {
+        f >>= 1;
+        s >>= 1;
+    }
+    let mut n = usize::from(!old.is_power_of_two());
+    while s != 0 {
+        if f & 1 == 1 || f == s {
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
+            }
+        }
+        f >>= 1;
+        s >>= 1;
+        n += 1;
     }
     n
 }

@@ -5,7 +5,7 @@
 //! Building level by level and carrying an odd last node up unchanged gives exactly that tree,
 //! and lets each level be one batched call of 65-byte messages.
 
-use super::path_len;
+use super::{consistency_path_len, path_len};
 use crate::{sha256, Digest, Engine};
 
 pub use super::MerkleError;
@@ -42,32 +42,83 @@ pub fn leaf_hash(engine: &Engine, data: &[u8]) -> Digest {
 /// calls.
 ///
 /// # Errors
-/// [`MerkleError::SizeOutOfRange`] when `len` is 0 or `data.len()` is not a multiple of `len`.
+/// [`MerkleError::LeafLength`] when `len` is 0 or `data.len()` is not a multiple of `len`.
 pub fn leaf_hashes_fixed(
     engine: &Engine,
     data: &[u8],
     len: usize,
 ) -> Result<Vec<Digest>, MerkleError> {
-    let count = data.len().checked_div(len).unwrap_or(0);
     if len == 0 || !data.len().is_multiple_of(len) {
-        return Err(MerkleError::SizeOutOfRange {
-            size: data.len() as u64,
-            available: count as u64,
+        return Err(MerkleError::LeafLength {
+            len,
+            buffer: data.len(),
         });
     }
-    let mut msgs = Vec::with_capacity(count * (len + 1));
-    for leaf in data.chunks_exact(len) {
+    let mut out = Vec::with_capacity(data.len() / len);
+    let mut msgs = Vec::new();
+    // Bounded batches (about CHUNK_PAIRS messages or 1 MiB) keep the scratch buffer small.
+    let per_batch = CHUNK_PAIRS.min((1 << 20) / (len + 1)).max(1);
+    for batch in data.chunks(per_batch * len) {
+        hash_leaf_batch(engine, batch, len, &mut msgs, &mut out);
+    }
+    Ok(out)
+}
+
+/// Hashes the equal-length leaves laid end to end in `batch` (a multiple of `len` bytes, `len`
+/// at least 1) in one batched call, appending the leaf hashes to `out`.
+fn hash_leaf_batch(
+    engine: &Engine,
+    batch: &[u8],
+    len: usize,
+    msgs: &mut Vec<u8>,
+    out: &mut Vec<Digest>,
+) {
+    msgs.clear();
+    for leaf in batch.chunks_exact(len) {
         msgs.push(LEAF);
         msgs.extend_from_slice(leaf);
     }
-    let mut out = vec![[0u8; 32]; count];
-    match engine.hash_fixed(&msgs, len + 1, &mut out) {
-        Ok(()) => Ok(out),
-        Err(_) => Ok(data
-            .chunks_exact(len)
-            .map(|l| leaf_hash(engine, l))
-            .collect()),
+    let start = out.len();
+    out.resize(start + batch.len() / len, [0u8; 32]);
+    if let Some(slots) = out.get_mut(start..) {
+        if engine.hash_fixed(msgs, len + 1, slots).is_err() {
+            // Unreachable: whole messages, one slot each. Stay correct anyway.
+            for (slot, leaf) in slots.iter_mut().zip(batch.chunks_exact(len)) {
+                *slot = leaf_hash(engine, leaf);
+            }
+        }
     }
+}
+
+/// The leaf hashes of `entries`, in order. Runs of consecutive entries of equal length are
+/// hashed in batched calls (the common case: a ledger's leaves are fixed-size entry hashes).
+pub fn leaf_hashes(engine: &Engine, entries: &[&[u8]]) -> Vec<Digest> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut msgs = Vec::new();
+    let mut flat = Vec::new();
+    let mut rest = entries;
+    while let Some(first) = rest.first() {
+        let len = first.len();
+        let run = rest
+            .iter()
+            .take(CHUNK_PAIRS)
+            .take_while(|e| e.len() == len)
+            .count();
+        let (batch, tail) = rest.split_at(run);
+        if len == 0 {
+            // The empty leaf: SHA-256(0x00), the same for every one of them.
+            let h = leaf_hash(engine, &[]);
+            out.extend(batch.iter().map(|_| h));
+        } else {
+            flat.clear();
+            for e in batch {
+                flat.extend_from_slice(e);
+            }
+            hash_leaf_batch(engine, &flat, len, &mut msgs, &mut out);
+        }
+        rest = tail;
+    }
+    out
 }
 
 /// The node hash `SHA-256(0x01 || left || right)`.
@@ -126,24 +177,40 @@ pub fn root(engine: &Engine, leaf_hashes: &[Digest]) -> Digest {
 }
 
 /// As [`root`], on up to `threads` threads: the leaves are cut into aligned power-of-two
-/// subtrees, one per thread, whose roots are then combined. Equal to [`root`] for every input.
+/// subtrees, handed out to the threads in contiguous runs, and the subtrees' roots are then
+/// combined. Equal to [`root`] for every input; small inputs (or `threads <= 1`) stay on the
+/// calling thread.
 pub fn root_parallel(engine: &Engine, leaf_hashes: &[Digest], threads: usize) -> Digest {
     let n = leaf_hashes.len();
     if threads <= 1 || n < 2 * CHUNK_PAIRS {
         return root(engine, leaf_hashes);
     }
-    // Chunks of a power-of-two size k are perfect subtrees of the left-balanced tree (the last
-    // one is the tree of its own leaves); the tree above them is the tree over their roots.
-    let k = n.div_ceil(threads).next_power_of_two();
+    // Chunks of a power-of-two size k, starting at multiples of k, are perfect subtrees of the
+    // left-balanced tree (the last one is the tree of its own leaves); the tree above them is
+    // the tree over their roots, in order. Four chunks per thread (at least CHUNK_PAIRS leaves
+    // each) even out the work when n / threads is not a power of two.
+    let k = (n / threads.saturating_mul(4))
+        .max(CHUNK_PAIRS)
+        .next_power_of_two();
+    let chunks: Vec<&[Digest]> = leaf_hashes.chunks(k).collect();
+    let per_thread = chunks.len().div_ceil(threads);
+    let run_roots = |run: &[&[Digest]]| run.iter().map(|c| root(engine, c)).collect::<Vec<_>>();
     let roots: Vec<Digest> = std::thread::scope(|s| {
-        let handles: Vec<_> = leaf_hashes
-            .chunks(k)
-            .map(|chunk| s.spawn(move || root(engine, chunk)))
+        let workers: Vec<_> = chunks
+            .chunks(per_thread)
+            .map(|run| {
+                let worker = std::thread::Builder::new().spawn_scoped(s, move || run_roots(run));
+                (worker, run)
+            })
             .collect();
-        handles
+        workers
             .into_iter()
-            .zip(leaf_hashes.chunks(k))
-            .map(|(h, chunk)| h.join().unwrap_or_else(|_| root(engine, chunk)))
+            .flat_map(|(worker, run)| match worker {
+                // A worker cannot panic (pure hashing) but a thread may fail to start; either
+                // way the run is done here instead.
+                Ok(handle) => handle.join().unwrap_or_else(|_| run_roots(run)),
+                Err(_) => run_roots(run),
+            })
             .collect()
     });
     root(engine, &roots)
@@ -263,7 +330,20 @@ impl InclusionProof {
     /// [`MerkleError::RootMismatch`] when the path leads elsewhere; the errors of
     /// [`InclusionProof::root_from`] for a malformed proof.
     pub fn verify(&self, leaf_hash: &Digest, root: &Digest) -> Result<(), MerkleError> {
-        if &self.root_from(Engine::auto(), leaf_hash)? == root {
+        self.verify_with(Engine::auto(), leaf_hash, root)
+    }
+
+    /// As [`InclusionProof::verify`], hashing on `engine`.
+    ///
+    /// # Errors
+    /// As [`InclusionProof::verify`].
+    pub fn verify_with(
+        &self,
+        engine: &Engine,
+        leaf_hash: &Digest,
+        root: &Digest,
+    ) -> Result<(), MerkleError> {
+        if &self.root_from(engine, leaf_hash)? == root {
             Ok(())
         } else {
             Err(MerkleError::RootMismatch)
@@ -377,13 +457,17 @@ impl ConsistencyProof {
                 Err(MerkleError::RootMismatch)
             };
         }
+        let expected = consistency_path_len(m, n);
+        if self.path.len() != expected {
+            return Err(bad_len(expected));
+        }
         let mut path: Vec<Digest> = Vec::with_capacity(self.path.len() + 1);
         if m.is_power_of_two() {
             path.push(*old_root);
         }
         path.extend_from_slice(&self.path);
         let Some((first, rest)) = path.split_first() else {
-            return Err(bad_len(1));
+            return Err(bad_len(expected));
         };
         let (mut f, mut s) = (m - 1, n - 1);
         while f & 1 == 1 {
@@ -393,7 +477,7 @@ impl ConsistencyProof {
         let (mut fr, mut sr) = (*first, *first);
         for c in rest {
             if s == 0 {
-                return Err(bad_len(path.len() - 1));
+                return Err(bad_len(expected));
             }
             if f & 1 == 1 || f == s {
                 fr = node_hash(engine, c, &fr);
@@ -409,7 +493,7 @@ impl ConsistencyProof {
             s >>= 1;
         }
         if s != 0 {
-            return Err(bad_len(self.path.len() + 1));
+            return Err(bad_len(expected));
         }
         if &fr == old_root && &sr == new_root {
             Ok(())

@@ -97,13 +97,10 @@ impl SumTree {
     ///
     /// # Errors
     /// [`MerkleError::SumOverflow`] when the total (or any partial sum) overflows 64 bits;
-    /// [`MerkleError::SizeOutOfRange`] for no leaves.
+    /// [`MerkleError::Empty`] for no leaves.
     pub fn build(engine: &Engine, leaves: &[SumLeaf]) -> Result<SumTree, MerkleError> {
         if leaves.is_empty() {
-            return Err(MerkleError::SizeOutOfRange {
-                size: 0,
-                available: 0,
-            });
+            return Err(MerkleError::Empty);
         }
         let mut msgs = Vec::with_capacity(leaves.len() * 41);
         for l in leaves {
