@@ -85,7 +85,7 @@ fn root_matches_reference_for_every_size_on_every_engine() {
                 engine.backend()
             );
         }
-        for n in [1023, 1024, 1025, 4097, 8192 + 3] {
+        for n in [1023, 1024, 1025, 4097, 8191, 8192, 8193, 8192 + 3, 12_289] {
             let l = leaves(n);
             assert_eq!(rfc9162::root(engine, &l), reference_root(&l), "size {n}");
         }
@@ -236,6 +236,34 @@ fn every_consistency_proof_verifies_and_wrong_roots_fail() {
                 let forked = h(&[b"fork"]);
                 assert!(p.verify(&forked, &new_root).is_err(), "m={m} n={n}");
                 assert!(p.verify(&old_root, &forked).is_err(), "m={m} n={n}");
+                // Every path element matters, and so does every leaf of the new tree: a
+                // changed leaf (above or below m) changes one root or the proof.
+                for k in 0..p.path.len() {
+                    let mut q = p.clone();
+                    q.path[k][k % 32] ^= 0x40;
+                    assert!(q.verify(&old_root, &new_root).is_err(), "m={m} n={n} k={k}");
+                }
+                let mut short = p.clone();
+                short.path.pop();
+                assert!(matches!(
+                    short.verify(&old_root, &new_root),
+                    Err(MerkleError::PathLength { .. })
+                ));
+                let mut long = p.clone();
+                long.path.insert(0, old_root);
+                assert!(matches!(
+                    long.verify(&old_root, &new_root),
+                    Err(MerkleError::PathLength { .. })
+                ));
+                // A proof for another old size does not fit this pair of roots.
+                if m > 1 {
+                    let other = consistency_proof(engine, &all[..n], m as u64 - 1).unwrap();
+                    let q = ConsistencyProof {
+                        old_size: m as u64,
+                        ..other
+                    };
+                    assert!(q.verify(&old_root, &new_root).is_err(), "m={m} n={n}");
+                }
             }
         }
     }
@@ -259,6 +287,16 @@ fn compact_tree_matches_root_at_every_size_and_round_trips() {
         assert_eq!(frontier.len(), size.count_ones() as usize);
         assert_eq!(CompactTree::from_parts(size, frontier).unwrap(), t);
     }
+    // A tree restored at the largest size refuses to grow instead of wrapping.
+    let mut full = CompactTree::from_parts(u64::MAX, vec![[1; 32]; 64]).unwrap();
+    assert_eq!(full.try_push(engine, [2; 32]), Err(MerkleError::Full));
+    full.push(engine, [2; 32]);
+    assert_eq!(full.size(), u64::MAX);
+    let mut t2 = CompactTree::new();
+    for l in &all[..5] {
+        t2.try_push(engine, *l).unwrap();
+    }
+    assert_eq!(t2.root(engine), reference_root(&all[..5]));
     assert!(matches!(
         CompactTree::from_parts(3, vec![[0; 32]]),
         Err(MerkleError::Frontier {

@@ -6,8 +6,9 @@
 //!
 //! - [`rfc9162`]: the Merkle log of RFC 9162 (Certificate Transparency 2.0): tree heads,
 //!   inclusion and consistency proofs, an incremental compact tree, multi-threaded roots.
-//! - [`bitcoin`]: Bitcoin's transaction Merkle root (double SHA-256, odd node duplicated) and
-//!   single-branch roots, as a txoutproof check needs.
+//! - [`bitcoin`]: Bitcoin's transaction Merkle root (double SHA-256, odd node duplicated, with
+//!   the CVE-2012-2459 mutation check), single-branch roots, and `gettxoutproof` checks (BIP-37
+//!   partial Merkle trees), so an auditor can tie a reserve transaction to a block header.
 //! - [`sum`]: a Merkle sum tree for liabilities, each node committing to both child hashes and
 //!   both child sums.
 
@@ -56,6 +57,9 @@ pub enum MerkleError {
     /// A sum that does not fit in 64 bits.
     #[error("sum overflows 64 bits")]
     SumOverflow,
+    /// A tree that already holds the most leaves a `u64` size can count.
+    #[error("tree is full")]
+    Full,
     /// A tree or proof over no leaves where at least one is needed.
     #[error("tree has no leaves")]
     Empty,

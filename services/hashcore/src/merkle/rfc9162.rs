@@ -162,18 +162,54 @@ fn reduce_level(engine: &Engine, nodes: &mut [Digest], scratch: &mut Vec<u8>) ->
     }
 }
 
-/// The RFC 9162 tree head (root) over `leaf_hashes` (already leaf hashes).
-pub fn root(engine: &Engine, leaf_hashes: &[Digest]) -> Digest {
-    if leaf_hashes.is_empty() {
-        return empty_root();
+/// The level above `nodes`: the node hashes of the pairs (batched calls of 65-byte messages
+/// straight into the new level), then an odd last node carried up.
+fn parent_level(engine: &Engine, nodes: &[Digest], scratch: &mut Vec<u8>) -> Vec<Digest> {
+    let mut next = vec![[0u8; 32]; nodes.len() / 2];
+    // Chunk i of the nodes holds the pairs whose parents are chunk i of the new level (the
+    // last chunk of nodes may end with the odd node, which has no parent slot).
+    for (chunk, out) in nodes
+        .chunks(2 * CHUNK_PAIRS)
+        .zip(next.chunks_mut(CHUNK_PAIRS))
+    {
+        scratch.clear();
+        for pair in chunk.chunks_exact(2) {
+            scratch.push(NODE);
+            for d in pair {
+                scratch.extend_from_slice(d);
+            }
+        }
+        if engine.hash_fixed(scratch, 65, out).is_err() {
+            // Unreachable: whole 65-byte messages with one slot each. Stay correct anyway.
+            for (o, pair) in out.iter_mut().zip(chunk.chunks_exact(2)) {
+                if let [l, r] = pair {
+                    *o = node_hash(engine, l, r);
+                }
+            }
+        }
     }
-    let mut level = leaf_hashes.to_vec();
-    let mut len = level.len();
+    if let Some(last) = nodes.chunks_exact(2).remainder().first() {
+        next.push(*last);
+    }
+    next
+}
+
+/// The RFC 9162 tree head (root) over `leaf_hashes` (already leaf hashes), one batched call
+/// per level (per few thousand nodes). The leaves are not copied: the first level above them
+/// is written to a buffer of half their size, and the levels above that are reduced in place.
+pub fn root(engine: &Engine, leaf_hashes: &[Digest]) -> Digest {
+    match leaf_hashes {
+        [] => return empty_root(),
+        [one] => return *one,
+        _ => {}
+    }
     let mut scratch = Vec::with_capacity(CHUNK_PAIRS * 65);
+    let mut level = parent_level(engine, leaf_hashes, &mut scratch);
+    let mut len = level.len();
     while len > 1 {
         len = reduce_level(engine, &mut level[..len], &mut scratch);
     }
-    level[0]
+    level.first().copied().unwrap_or_else(empty_root)
 }
 
 /// As [`root`], on up to `threads` threads: the leaves are cut into aligned power-of-two
@@ -544,8 +580,23 @@ impl CompactTree {
         self.size
     }
 
-    /// Appends a leaf hash.
+    /// Appends a leaf hash. A tree that already holds `u64::MAX` leaves (only reachable through
+    /// [`CompactTree::from_parts`]) is left unchanged; [`CompactTree::try_push`] reports that.
     pub fn push(&mut self, engine: &Engine, leaf_hash: Digest) {
+        // The only error is a full tree, which the doc above describes.
+        let _ = self.try_push(engine, leaf_hash);
+    }
+
+    /// Appends a leaf hash, in O(log n) node hashes.
+    ///
+    /// # Errors
+    /// [`MerkleError::Full`] when the tree already holds `u64::MAX` leaves.
+    pub fn try_push(&mut self, engine: &Engine, leaf_hash: Digest) -> Result<(), MerkleError> {
+        let Some(new_size) = self.size.checked_add(1) else {
+            return Err(MerkleError::Full);
+        };
+        // Each trailing one bit of the size is a perfect subtree of the same height as the
+        // carry: merge them, right to left.
         let mut carry = leaf_hash;
         let mut s = self.size;
         while s & 1 == 1 {
@@ -556,7 +607,8 @@ impl CompactTree {
             s >>= 1;
         }
         self.frontier.push(carry);
-        self.size += 1;
+        self.size = new_size;
+        Ok(())
     }
 
     /// The root of the tree of the current size.
