@@ -10,6 +10,13 @@
 //! original sum tree) and hide a liability. The shape is that of RFC 9162 (split at the largest
 //! power of two, nothing duplicated): levels are built left to right and an odd last node is
 //! carried up unchanged, each level in one batched call of 81-byte messages.
+//!
+//! What a holder of a sub-account checks with a [`SumProof`]: that their own leaf (their
+//! commitment and the balance they expect) leads, through the siblings' hashes and sums, to the
+//! published root hash *and* total, for the published number of leaves; sums are added with
+//! overflow checks, so no proof can wrap around to a small total. The auditor then checks that
+//! the published total does not exceed the proven reserves. Every sub-account should check its
+//! own proof: a leaf nobody checks can be understated.
 
 use super::{path_len, MerkleError};
 use crate::{Digest, Engine};
@@ -177,10 +184,11 @@ impl SumTree {
         }
         let mut path = Vec::new();
         let mut i = index as usize;
-        for level in &self.levels[..self.levels.len() - 1] {
-            let carried = i == level.len() - 1 && i.is_multiple_of(2);
-            if !carried {
-                path.push(level[i ^ 1]);
+        let below_root = self.levels.split_last().map_or(&[][..], |(_, rest)| rest);
+        for level in below_root {
+            // A node without a sibling (the odd last one) is carried up: no path entry.
+            if let Some(sibling) = level.get(i ^ 1) {
+                path.push(*sibling);
             }
             i /= 2;
         }
