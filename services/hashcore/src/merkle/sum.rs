@@ -260,7 +260,20 @@ impl SumProof {
     /// # Errors
     /// [`MerkleError::RootMismatch`], or the errors of [`SumProof::root_from`].
     pub fn verify(&self, leaf: &SumLeaf, root: &SumNode) -> Result<(), MerkleError> {
-        if &self.root_from(Engine::auto(), leaf)? == root {
+        self.verify_with(Engine::auto(), leaf, root)
+    }
+
+    /// As [`SumProof::verify`], hashing on `engine`.
+    ///
+    /// # Errors
+    /// As [`SumProof::verify`].
+    pub fn verify_with(
+        &self,
+        engine: &Engine,
+        leaf: &SumLeaf,
+        root: &SumNode,
+    ) -> Result<(), MerkleError> {
+        if &self.root_from(engine, leaf)? == root {
             Ok(())
         } else {
             Err(MerkleError::RootMismatch)
