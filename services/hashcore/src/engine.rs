@@ -188,6 +188,17 @@ impl Engine {
         self.backend
     }
 
+    /// The backend of single-stream compression ([`crate::Sha256`], [`crate::TaggedHash`]):
+    /// SHA-NI whenever the CPU has it and the engine is not the portable one (multi-lane
+    /// kernels do not help one stream), else portable.
+    pub fn single_stream_backend(&self) -> Backend {
+        if self.shani_compress {
+            Backend::ShaNi
+        } else {
+            Backend::Portable
+        }
+    }
+
     /// Checks the backend against fixed vectors (single stream and batched).
     fn self_test(&self) -> bool {
         // FIPS 180-4 "abc" and the SHA256D64 vector of 64 zero bytes, through every entry point.
