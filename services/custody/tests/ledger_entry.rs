@@ -332,6 +332,9 @@ proptest! {
         let d = Entry::decode_record(&rec).unwrap();
         prop_assert_eq!(&d, &e);
         prop_assert!(d.check_hash());
+        // The streamed hash is the tagged hash of exactly the encoded body.
+        let tagged = hashcore::TaggedHash::new("strategic-reserve/ledger/entry/v1");
+        prop_assert_eq!(e.entry_hash(), &tagged.hash(&e.encode_body()));
         prop_assert_eq!(Entry::decode_body(&e.encode_body()).unwrap(), e);
     }
 
