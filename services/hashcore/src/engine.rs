@@ -316,6 +316,35 @@ impl Engine {
         Ok(())
     }
 
+    /// Measurement hook, not API: [`Engine::hash64`] on SHA-NI with `ways` (1, 2, 3, 4, 6 or 8) interleaved
+    /// streams. Returns `false` (and does nothing) when this engine is not SHA-NI.
+    #[doc(hidden)]
+    pub fn bench_shani_hash64_ways(
+        &self,
+        ways: usize,
+        inputs: &[[u8; 64]],
+        out: &mut [Digest],
+    ) -> bool {
+        if self.backend != Backend::ShaNi || inputs.len() != out.len() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: this engine is SHA-NI, which `Engine::forced` only builds after checking the
+        // CPU features; lengths are equal.
+        unsafe {
+            match ways {
+                1 => x86::shani::hash64_ways::<1>(inputs, out),
+                2 => x86::shani::hash64_ways::<2>(inputs, out),
+                3 => x86::shani::hash64_ways::<3>(inputs, out),
+                4 => x86::shani::hash64_ways::<4>(inputs, out),
+                6 => x86::shani::hash64_ways::<6>(inputs, out),
+                8 => x86::shani::hash64_ways::<8>(inputs, out),
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Double SHA-256 of each 64-byte message (Bitcoin's SHA256D64, as used in transaction
     /// Merkle trees): `out[i] = SHA-256(SHA-256(inputs[i]))`.
     ///

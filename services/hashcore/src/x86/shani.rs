@@ -9,7 +9,7 @@ use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, PAD64_WK};
 use crate::Digest;
 
 /// Number of interleaved messages in the batched kernels.
-pub(crate) const WAYS: usize = 2;
+pub(crate) const WAYS: usize = 4;
 
 /// A state as the SHA instructions want it: `[ABEF, CDGH]`.
 type St = [__m128i; 2];
@@ -281,3 +281,19 @@ fn gfixed<const W: usize>(lanes: &[&[u8]; W], len: usize, out: &mut [Digest; W])
 }
 
 batch_drivers!("sha,sse2,ssse3,sse4.1", WAYS);
+
+/// [`hash64`] with `W` interleaved streams (tails padded with dummy streams), for measuring
+/// which interleave is fastest.
+///
+/// # Safety
+/// The CPU must have SHA, SSE2, SSSE3 and SSE4.1.
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+pub(crate) unsafe fn hash64_ways<const W: usize>(inputs: &[[u8; 64]], out: &mut [Digest]) {
+    for (i, o) in inputs.chunks(W).zip(out.chunks_mut(W)) {
+        let mut bi = [[0u8; 64]; W];
+        bi[..i.len()].copy_from_slice(i);
+        let mut bo = [[0u8; 32]; W];
+        g64(&bi, &mut bo);
+        o.copy_from_slice(&bo[..o.len()]);
+    }
+}
