@@ -268,8 +268,17 @@ fn gfixed<const W: usize>(lanes: &[&[u8]; W], len: usize, out: &mut [Digest; W])
     let mut w = [[_mm_setzero_si128(); 4]; W];
     for b in 0..nblocks {
         for (wl, m) in w.iter_mut().zip(lanes.iter()) {
-            fill_block(m, b, nblocks, &mut blk);
-            *wl = load_block(&blk);
+            // Blocks wholly inside the message are read in place; only tails are built.
+            let whole = m
+                .get(b * 64..b * 64 + 64)
+                .and_then(|s| <&[u8; 64]>::try_from(s).ok());
+            *wl = match whole {
+                Some(full) if b + 1 < nblocks => load_block(full),
+                _ => {
+                    fill_block(m, b, nblocks, &mut blk);
+                    load_block(&blk)
+                }
+            };
         }
         let save = st;
         rounds(&mut st, w);
