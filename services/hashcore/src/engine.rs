@@ -328,6 +328,8 @@ impl Engine {
         if self.backend != Backend::ShaNi || inputs.len() != out.len() {
             return false;
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = ways;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: this engine is SHA-NI, which `Engine::forced` only builds after checking the
         // CPU features; lengths are equal.
