@@ -298,13 +298,16 @@ impl Engine {
     pub fn hash64(&self, inputs: &[[u8; 64]], out: &mut [Digest]) -> Result<(), BatchError> {
         check_len(inputs.len(), out.len())?;
         match self.backend {
-            // SAFETY (all three arms): an `Engine` with this backend is only built by
+            // Soundness of the arms below: an `Engine` with this backend is only built by
             // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
             // compiled for; lengths were checked above.
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::ShaNi => unsafe { x86::shani::hash64(inputs, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => unsafe { x86::avx2::hash64(inputs, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => unsafe { x86::avx512::hash64(inputs, out) },
             _ => {
@@ -355,13 +358,16 @@ impl Engine {
     pub fn hash64d(&self, inputs: &[[u8; 64]], out: &mut [Digest]) -> Result<(), BatchError> {
         check_len(inputs.len(), out.len())?;
         match self.backend {
-            // SAFETY (all three arms): an `Engine` with this backend is only built by
+            // Soundness of the arms below: an `Engine` with this backend is only built by
             // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
             // compiled for; lengths were checked above.
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::ShaNi => unsafe { x86::shani::hash64d(inputs, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => unsafe { x86::avx2::hash64d(inputs, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => unsafe { x86::avx512::hash64d(inputs, out) },
             _ => {
@@ -385,13 +391,16 @@ impl Engine {
         }
         let half = nodes.len() / 2;
         match self.backend {
-            // SAFETY (all three arms): an `Engine` with this backend is only built by
+            // Soundness of the arms below: an `Engine` with this backend is only built by
             // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
             // compiled for; the length is even (checked above).
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::ShaNi => unsafe { x86::shani::merkle_level(nodes) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => unsafe { x86::avx2::merkle_level(nodes) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => unsafe { x86::avx512::merkle_level(nodes) },
             _ => {
@@ -435,13 +444,16 @@ impl Engine {
             return Ok(());
         }
         match self.backend {
-            // SAFETY (all three arms): an `Engine` with this backend is only built by
+            // Soundness of the arms below: an `Engine` with this backend is only built by
             // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
             // compiled for; `messages.len() == message_len * out.len()` was checked above.
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::ShaNi => unsafe { x86::shani::hash_fixed(messages, message_len, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => unsafe { x86::avx2::hash_fixed(messages, message_len, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => unsafe { x86::avx512::hash_fixed(messages, message_len, out) },
             _ => {
