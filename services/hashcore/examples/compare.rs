@@ -164,7 +164,8 @@ fn main() {
             for (o, m) in anchor_out.iter_mut().zip(msgs64) {
                 *o = sha2(m);
             }
-            anchor_out[N - 1]        },
+            anchor_out[N - 1]
+        },
     );
 
     // The same level on every backend, and SHA-NI with 1 to 8 interleaved streams.
@@ -183,7 +184,8 @@ fn main() {
                 for (o, m) in anchor_out.iter_mut().zip(msgs64) {
                     *o = sha2(m);
                 }
-                anchor_out[N - 1]            },
+                anchor_out[N - 1]
+            },
         );
         for ways in [1, 2, 3, 4, 6, 8] {
             if e.bench_shani_hash64_ways(ways, &msgs64[..64], &mut out[..64]) {
@@ -201,7 +203,8 @@ fn main() {
                         for (o, m) in anchor_out.iter_mut().zip(msgs64) {
                             *o = sha2(m);
                         }
-                        anchor_out[N - 1]                    },
+                        anchor_out[N - 1]
+                    },
                 );
             }
         }
@@ -226,7 +229,8 @@ fn main() {
             for (o, m) in anchor_out.iter_mut().zip(msgs64) {
                 *o = sha2(m);
             }
-            anchor_out[N - 1]        },
+            anchor_out[N - 1]
+        },
     );
 
     let msgs65 = &raw[..N * 65];
@@ -244,7 +248,8 @@ fn main() {
             for (o, m) in anchor_out.iter_mut().zip(msgs65.chunks_exact(65)) {
                 *o = sha2(m);
             }
-            anchor_out[N - 1]        },
+            anchor_out[N - 1]
+        },
     );
 
     compare(
@@ -261,7 +266,8 @@ fn main() {
             for (o, m) in anchor_out.iter_mut().zip(msgs64) {
                 *o = sha2(&sha2(m));
             }
-            anchor_out[N - 1]        },
+            anchor_out[N - 1]
+        },
     );
 
     let msgs81 = &raw[..N * 81];
@@ -279,7 +285,8 @@ fn main() {
             for (o, m) in anchor_out.iter_mut().zip(msgs81.chunks_exact(81)) {
                 *o = sha2(m);
             }
-            anchor_out[N - 1]        },
+            anchor_out[N - 1]
+        },
     );
 
     for (log, rounds) in [(20u32, 7usize), (24, 3)] {
