@@ -565,3 +565,50 @@ fn sum_tree_rejects_overflow_and_empty_and_bad_index() {
         Err(MerkleError::SumOverflow)
     );
 }
+
+#[test]
+fn compact_tree_extend_equals_push_one_by_one() {
+    let all = leaves(1100);
+    for engine in Engine::available() {
+        for start in [0usize, 1, 2, 3, 5, 7, 8, 13, 64, 100, 255, 256, 511] {
+            for n in [
+                0usize, 1, 2, 3, 4, 7, 8, 9, 31, 64, 65, 100, 255, 256, 300, 589,
+            ] {
+                let mut pushed = CompactTree::new();
+                for l in &all[..start] {
+                    pushed.push(engine, *l);
+                }
+                let mut extended = pushed.clone();
+                for l in &all[start..start + n] {
+                    pushed.push(engine, *l);
+                }
+                extended.extend(engine, &all[start..start + n]);
+                assert_eq!(extended, pushed, "start {start} n {n}");
+                assert_eq!(
+                    extended.root(engine),
+                    reference_root(&all[..start + n]),
+                    "start {start} n {n}"
+                );
+            }
+        }
+    }
+    // Extending in uneven pieces gives the same state as one call.
+    let engine = Engine::auto();
+    let mut whole = CompactTree::new();
+    whole.extend(engine, &all);
+    let mut pieces = CompactTree::new();
+    let mut at = 0;
+    for step in [1usize, 6, 33, 128, 2, 500, 17].iter().cycle() {
+        let end = (at + step).min(all.len());
+        pieces.extend(engine, &all[at..end]);
+        at = end;
+        if at == all.len() {
+            break;
+        }
+    }
+    assert_eq!(pieces, whole);
+    // A full tree stays full.
+    let mut full = CompactTree::from_parts(u64::MAX, vec![[1; 32]; 64]).unwrap();
+    full.extend(engine, &all[..3]);
+    assert_eq!(full.size(), u64::MAX);
+}

@@ -8,7 +8,10 @@ use thiserror::Error;
 
 use super::checkpoint::{parse_note, Checkpoint, CheckpointError, VerifierKey};
 use super::entry::{Entry, EntryDraft, EntryError, Kind, GENESIS_PREV_HASH};
-use super::log::entry_leaf_hash;
+use super::log::{entry_leaf_hash, leaf_hashes};
+
+/// Entries whose leaves [`verify_chain`] hashes and adds to the tree in one batch.
+const VERIFY_BATCH: usize = 1 << 14;
 
 /// What is wrong with an entry of a chain.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -290,6 +293,11 @@ impl LedgerHead {
     fn advance(&mut self, entry: &Entry) {
         self.tree
             .push(Engine::auto(), entry_leaf_hash(entry.entry_hash()));
+        self.advance_chain(entry);
+    }
+
+    /// Advances seq, last hash and time only; the caller adds the entry's leaf to the tree.
+    fn advance_chain(&mut self, entry: &Entry) {
         self.next_seq = entry.seq() + 1;
         self.last_hash = *entry.entry_hash();
         self.last_time_ms = entry.time_ms();
@@ -362,6 +370,41 @@ impl ChainVerifier {
         Ok(())
     }
 
+    /// As [`ChainVerifier::push`], but the entry's hash is queued in `pending` and its leaf
+    /// joins the tree only at the next [`ChainVerifier::flush`] (done here before a checkpoint
+    /// entry, whose root must cover the entries before it). The head's tree lags until then.
+    fn push_deferred(
+        &mut self,
+        entry: &Entry,
+        pending: &mut Vec<Digest>,
+    ) -> Result<(), ChainError> {
+        let seq = self.head.next_seq();
+        let err = |fault| ChainError { seq, fault };
+        self.head.check_next(entry).map_err(err)?;
+        if entry.kind() == Kind::Checkpoint {
+            self.flush(pending);
+            let cp = self.check_checkpoint(entry).map_err(err)?;
+            self.checkpoints.push(cp);
+        }
+        self.head.advance_chain(entry);
+        pending.push(*entry.entry_hash());
+        if pending.len() >= VERIFY_BATCH {
+            self.flush(pending);
+        }
+        Ok(())
+    }
+
+    /// Adds the queued entries' leaves to the tree: batched leaf hashes, then whole perfect
+    /// subtrees at a time.
+    fn flush(&mut self, pending: &mut Vec<Digest>) {
+        if pending.is_empty() {
+            return;
+        }
+        let leaves = leaf_hashes(pending);
+        self.head.tree.extend(Engine::auto(), &leaves);
+        pending.clear();
+    }
+
     fn check_checkpoint(&self, entry: &Entry) -> Result<Checkpoint, ChainFault> {
         let payload = entry
             .payload()
@@ -406,8 +449,9 @@ pub fn verify_chain(
     key: Option<&VerifierKey>,
 ) -> Result<VerifiedLog, ChainError> {
     let mut v = ChainVerifier::new(key.cloned());
+    let mut pending = Vec::with_capacity(VERIFY_BATCH.min(entries.len()));
     for (i, e) in entries.iter().enumerate() {
-        if let Err(mut err) = v.push(e) {
+        if let Err(mut err) = v.push_deferred(e, &mut pending) {
             // A seq that appears later in the log was moved, not deleted.
             if let ChainFault::Missing { expected, found } = err.fault {
                 if entries[i + 1..].iter().any(|x| x.seq() == expected) {
@@ -417,5 +461,92 @@ pub fn verify_chain(
             return Err(err);
         }
     }
+    v.flush(&mut pending);
     Ok(v.finish())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Actor, KeyFileSigner, Payload};
+
+    const ORIGIN: &str = "reserve.example/ledger";
+
+    fn signer() -> KeyFileSigner {
+        KeyFileSigner::from_secret_bytes(&[0x42; 32]).unwrap()
+    }
+
+    /// `n` notes with a signed checkpoint entry after every `every`.
+    fn log(n: u64, every: u64) -> Vec<Entry> {
+        let mut head = LedgerHead::genesis();
+        let mut out = Vec::new();
+        for i in 0..n {
+            if i > 0 && i.is_multiple_of(every) {
+                let note = head
+                    .checkpoint(ORIGIN, head.last_time_ms())
+                    .unwrap()
+                    .sign(&signer())
+                    .unwrap();
+                out.push(
+                    head.append(EntryDraft {
+                        time_ms: head.last_time_ms(),
+                        kind: Kind::Checkpoint,
+                        actor: Actor::new("ledger").unwrap(),
+                        payload: Payload::checkpoint(note).unwrap(),
+                    })
+                    .unwrap(),
+                );
+            }
+            let t = 1_764_057_600_000 + i64::try_from(i).unwrap();
+            out.push(
+                head.append(EntryDraft::note(t, "op", &format!("n {i}")).unwrap())
+                    .unwrap(),
+            );
+        }
+        out
+    }
+
+    fn one_by_one(entries: &[Entry], key: Option<&VerifierKey>) -> Result<VerifiedLog, ChainError> {
+        let mut v = ChainVerifier::new(key.cloned());
+        for e in entries {
+            v.push(e)?;
+        }
+        Ok(v.finish())
+    }
+
+    #[test]
+    fn batched_verify_chain_equals_push_one_by_one() {
+        let key = VerifierKey::of_signer(ORIGIN, &signer()).unwrap();
+        let entries = log(2 * VERIFY_BATCH as u64 + 777, 5_001);
+        for n in [
+            0,
+            1,
+            2,
+            5_001,
+            5_002,
+            VERIFY_BATCH - 1,
+            VERIFY_BATCH,
+            VERIFY_BATCH + 1,
+            entries.len(),
+        ] {
+            let a = verify_chain(&entries[..n], Some(&key)).unwrap();
+            let b = one_by_one(&entries[..n], Some(&key)).unwrap();
+            assert_eq!(a.head.tree(), b.head.tree(), "n {n}");
+            assert_eq!(a.head.root(), b.head.root(), "n {n}");
+            assert_eq!(a.head.next_seq(), b.head.next_seq());
+            assert_eq!(a.head.last_hash(), b.head.last_hash());
+            assert_eq!(a.checkpoints, b.checkpoints);
+        }
+        // A bad entry deep in the log is named the same way.
+        let mut bad = entries.clone();
+        bad.swap(VERIFY_BATCH + 3, VERIFY_BATCH + 4);
+        let err = verify_chain(&bad, Some(&key)).unwrap_err();
+        assert_eq!(err.seq, one_by_one(&bad, Some(&key)).unwrap_err().seq);
+        assert_eq!(err.seq, bad[VERIFY_BATCH + 3].seq() - 1);
+        assert!(
+            matches!(err.fault, ChainFault::OutOfOrder { .. }),
+            "{err:?}"
+        );
+    }
 }

@@ -611,6 +611,43 @@ impl CompactTree {
         Ok(())
     }
 
+    /// Appends many leaf hashes: the same state as [`CompactTree::push`] of each in turn, but
+    /// every aligned perfect subtree that fits is hashed with the batched [`root`]. Leaves that
+    /// would take the tree past `u64::MAX` leaves are dropped, as [`CompactTree::push`] does.
+    pub fn extend(&mut self, engine: &Engine, leaf_hashes: &[Digest]) {
+        let mut rest = leaf_hashes;
+        while !rest.is_empty() {
+            // The largest perfect subtree that starts at the current size and fits in `rest`.
+            let by_align = self.size.trailing_zeros();
+            let by_len = usize::BITS - 1 - rest.len().leading_zeros();
+            let k = by_align.min(by_len);
+            let n = 1usize << k;
+            let Some(new_size) = self.size.checked_add(n as u64) else {
+                for leaf in rest {
+                    self.push(engine, *leaf);
+                }
+                return;
+            };
+            let mut carry = if n == 1 {
+                rest[0]
+            } else {
+                root(engine, &rest[..n])
+            };
+            // Merge with the frontier's subtrees of the same height, as `try_push` does.
+            let mut s = self.size >> k;
+            while s & 1 == 1 {
+                match self.frontier.pop() {
+                    Some(left) => carry = node_hash(engine, &left, &carry),
+                    None => break,
+                }
+                s >>= 1;
+            }
+            self.frontier.push(carry);
+            self.size = new_size;
+            rest = &rest[n..];
+        }
+    }
+
     /// The root of the tree of the current size.
     pub fn root(&self, engine: &Engine) -> Digest {
         let mut it = self.frontier.iter().rev();
