@@ -4,3 +4,6 @@
 
 pub mod ledger_cli;
 pub mod store;
+pub mod vault_cli;
+pub mod vault_formats;
+pub mod vaults;

@@ -1,8 +1,8 @@
 //! `treasury`: the command-line entry point of the reserve service.
 //!
-//! The HTTPS service, vault and officer commands arrive with their issues; what is here now
-//! reports on the hash core every other part stands on, runs the reserve ledger (`ledger`) and
-//! verifies a ledger offline (`audit`).
+//! The HTTPS service and officer commands arrive with their issues; what is here now reports on
+//! the hash core every other part stands on, runs the reserve ledger (`ledger`), the vaults and
+//! the PSBT builder (`vault`, `psbt`), and verifies a ledger offline (`audit`).
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hashcore::{Backend, Engine};
 use treasury::ledger_cli::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
+use treasury::vault_cli::{run_psbt, run_vault, PsbtCommand, VaultCommand, VaultOpts};
 
 /// The strategic reserve custody and treasury service.
 #[derive(Debug, Parser)]
@@ -36,6 +37,20 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Vaults: create, import, export, addresses, sync with the node, balances.
+    Vault {
+        #[command(flatten)]
+        opts: VaultOpts,
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+    /// PSBTs: build (with coin reservation), fee bump, release, finalize.
+    Psbt {
+        #[command(flatten)]
+        opts: VaultOpts,
+        #[command(subcommand)]
+        command: PsbtCommand,
+    },
     /// Offline verification of a ledger export, proofs and checkpoints (no database).
     Audit {
         #[command(subcommand)]
@@ -58,6 +73,14 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Ledger { opts, command } => {
             print!("{}", run_ledger(&opts, command)?);
+            Ok(())
+        }
+        Command::Vault { opts, command } => {
+            print!("{}", run_vault(&opts, command)?);
+            Ok(())
+        }
+        Command::Psbt { opts, command } => {
+            print!("{}", run_psbt(&opts, command)?);
             Ok(())
         }
         Command::Audit { command } => {

@@ -53,7 +53,7 @@ pub enum StoreError {
 
 /// The database behind a store.
 #[derive(Debug, Clone)]
-enum Db {
+pub(crate) enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -248,6 +248,11 @@ impl LedgerStore {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
         Ok(LedgerStore { db })
+    }
+
+    /// The database pool, shared with the vault store.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Closes the pool.

@@ -168,6 +168,8 @@ coded_enum! {
         Checkpoint = 13, "checkpoint";
         /// A free-text operator note.
         OperatorNote = 14, "operator_note";
+        /// A vault transaction lost its block in a reorg or left the mempool.
+        ChainReorg = 15, "chain_reorg";
     }
 }
 

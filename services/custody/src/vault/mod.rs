@@ -22,6 +22,9 @@ use bdk_wallet::miniscript::descriptor::DescriptorPublicKey;
 use bdk_wallet::miniscript::{Descriptor, ForEachKey};
 use bdk_wallet::{ChangeSet, KeychainKind, LocalOutput, Wallet};
 
+use crate::ledger::{Actor, EntryDraft, EntryError, Kind, Payload};
+use serde_json::json;
+
 pub use descriptor::{DescriptorError, Template, TemplateKey, VaultDescriptor};
 
 /// Default gap limit: how many unused receive addresses may be handed out in a row.
@@ -269,6 +272,89 @@ pub enum VaultEvent {
         /// Transaction.
         txid: Txid,
     },
+}
+
+impl VaultEvent {
+    /// The transaction the event is about.
+    pub fn txid(&self) -> Txid {
+        match self {
+            VaultEvent::Deposit { txid, .. }
+            | VaultEvent::Spend { txid, .. }
+            | VaultEvent::Confirmed { txid, .. }
+            | VaultEvent::Unconfirmed { txid }
+            | VaultEvent::Removed { txid } => *txid,
+        }
+    }
+
+    /// The reserve-ledger entry recording this event for `vault`. The payload is canonical
+    /// JSON (sorted keys, no spaces, integer satoshis).
+    ///
+    /// # Errors
+    /// [`EntryError`] when the actor or payload is invalid.
+    pub fn ledger_draft(&self, vault: &str, time_ms: i64) -> Result<EntryDraft, EntryError> {
+        let (kind, body) = match self {
+            VaultEvent::Deposit {
+                txid,
+                amount,
+                height,
+            } => (
+                Kind::DepositSeen,
+                json!({"event": "deposit", "vault": vault, "txid": txid.to_string(),
+                       "amount_sat": amount.to_sat(), "height": height}),
+            ),
+            VaultEvent::Spend {
+                txid,
+                amount,
+                height,
+            } => (
+                if height.is_some() {
+                    Kind::Confirmation
+                } else {
+                    Kind::Broadcast
+                },
+                json!({"event": "spend", "vault": vault, "txid": txid.to_string(),
+                       "amount_sat": amount.to_sat(), "height": height}),
+            ),
+            VaultEvent::Confirmed { txid, height } => (
+                Kind::Confirmation,
+                json!({"event": "confirmed", "vault": vault, "txid": txid.to_string(),
+                       "height": height}),
+            ),
+            VaultEvent::Unconfirmed { txid } => (
+                Kind::ChainReorg,
+                json!({"event": "unconfirmed", "vault": vault, "txid": txid.to_string()}),
+            ),
+            VaultEvent::Removed { txid } => (
+                Kind::ChainReorg,
+                json!({"event": "removed", "vault": vault, "txid": txid.to_string()}),
+            ),
+        };
+        Ok(EntryDraft {
+            time_ms,
+            kind,
+            actor: Actor::new(&format!("vault:{vault}"))?,
+            payload: Payload::bytes(body.to_string().into_bytes())?,
+        })
+    }
+}
+
+/// A ledger entry recording a vault-level action (created, imported, address issued, PSBT
+/// built) with a canonical JSON payload.
+///
+/// # Errors
+/// [`EntryError`] when the actor or payload is invalid.
+pub fn ledger_record(
+    kind: Kind,
+    actor: &str,
+    body: &serde_json::Value,
+    time_ms: i64,
+) -> Result<EntryDraft, EntryError> {
+    Ok(EntryDraft {
+        time_ms,
+        kind,
+        actor: Actor::new(actor)?,
+        payload: Payload::bytes(body.to_string().into_bytes())?,
+    })
 }
 
 /// A watch-only multisig vault.

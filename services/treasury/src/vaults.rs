@@ -1,0 +1,733 @@
+//! Vault storage (sqlx, SQLite and PostgreSQL), following a Bitcoin Core node, and coin
+//! reservations.
+//!
+//! Why like this: the domain (`custody::vault`) is pure, so this edge does the three kinds of
+//! I/O a vault needs. bdk's `ChangeSet`s are stored append-only as JSON rows per vault (not
+//! bdk's rusqlite store: it links a second SQLite and pins an sqlx with a known advisory), and
+//! a vault is the merge of its rows. Reservations live in a table whose primary key is the
+//! outpoint, so two builders, in one process or in several instances on one PostgreSQL, can
+//! never reserve the same coin. Sync uses bdk_bitcoind_rpc's emitter over the node's RPC
+//! (blocking: call it from a blocking thread).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bdk_bitcoind_rpc::bitcoincore_rpc::{self, Auth, Client, RpcApi};
+use bdk_bitcoind_rpc::Emitter;
+use bdk_wallet::bitcoin::{Network, OutPoint, Txid};
+use bdk_wallet::chain::Merge;
+use bdk_wallet::ChangeSet;
+use custody::vault::{Vault, VaultConfig, VaultDescriptor, VaultError, VaultEvent};
+use sqlx::Row;
+use zeroize::Zeroizing;
+
+use crate::store::{Db, LedgerStore};
+
+/// Errors of the vault store and of sync.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultStoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The vault refused (validation, loading).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// No vault of that name.
+    #[error("no vault named {0:?}")]
+    NotFound(String),
+    /// A vault of that name exists.
+    #[error("a vault named {0:?} already exists")]
+    Exists(String),
+    /// Stored rows do not decode.
+    #[error("corrupt vault store: {0}")]
+    Corrupt(String),
+    /// Another request holds a coin.
+    #[error("outpoint {0} is already reserved by another request")]
+    Reserved(OutPoint),
+}
+
+/// The vault store, on the same database as the ledger.
+#[derive(Debug, Clone)]
+pub struct VaultStore {
+    db: Db,
+}
+
+macro_rules! on_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($p) => $body,
+            Db::Postgres($p) => $body,
+        }
+    };
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl VaultStore {
+    /// The vault store on the ledger's database.
+    pub fn new(ledger: &LedgerStore) -> Self {
+        VaultStore {
+            db: ledger.db().clone(),
+        }
+    }
+
+    /// Stores a new vault and its first changeset in one transaction.
+    ///
+    /// # Errors
+    /// [`VaultStoreError::Exists`] for a taken name; nothing is written on any error.
+    pub async fn create(&self, vault: &mut Vault, now_ms: i64) -> Result<(), VaultStoreError> {
+        let cfg = vault.config().clone();
+        let changes = vault.take_changes().unwrap_or_default();
+        let json =
+            serde_json::to_string(&changes).map_err(|e| VaultStoreError::Corrupt(e.to_string()))?;
+        let insert = "INSERT INTO vaults (name, network, external_descriptor, internal_descriptor, birthday, gap_limit, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        let cs = "INSERT INTO vault_changesets (vault, seq, changeset) VALUES ($1, 0, $2)";
+        let result: Result<(), sqlx::Error> = on_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(insert)
+                .bind(&cfg.name)
+                .bind(cfg.descriptor.network.to_string())
+                .bind(cfg.descriptor.external_string())
+                .bind(cfg.descriptor.internal_string())
+                .bind(i64::from(cfg.birthday))
+                .bind(i64::from(cfg.gap_limit))
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(cs).bind(&cfg.name).bind(&json).execute(&mut *tx).await?;
+            tx.commit().await
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(VaultStoreError::Exists(cfg.name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The configs of every vault, by name.
+    ///
+    /// # Errors
+    /// [`VaultStoreError::Db`], [`VaultStoreError::Corrupt`].
+    pub async fn list(&self) -> Result<Vec<VaultConfig>, VaultStoreError> {
+        let q = "SELECT name, network, external_descriptor, internal_descriptor, birthday, gap_limit FROM vaults ORDER BY name";
+        let rows: Vec<ConfigRow> = on_db!(&self.db, p => {
+            sqlx::query(q)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| ConfigRow::read(r))
+                .collect::<Result<_, sqlx::Error>>()?
+        });
+        rows.into_iter().map(ConfigRow::into_config).collect()
+    }
+
+    /// The config of one vault.
+    ///
+    /// # Errors
+    /// [`VaultStoreError::NotFound`], [`VaultStoreError::Db`], [`VaultStoreError::Corrupt`].
+    pub async fn config(&self, name: &str) -> Result<VaultConfig, VaultStoreError> {
+        let q = "SELECT name, network, external_descriptor, internal_descriptor, birthday, gap_limit FROM vaults WHERE name = $1";
+        let row: Option<ConfigRow> = on_db!(&self.db, p => {
+            match sqlx::query(q).bind(name).fetch_optional(p).await? {
+                Some(r) => Some(ConfigRow::read(&r)?),
+                None => None,
+            }
+        });
+        row.ok_or_else(|| VaultStoreError::NotFound(name.to_string()))?
+            .into_config()
+    }
+
+    /// Loads a vault: its config and the merge of its changesets.
+    ///
+    /// # Errors
+    /// As [`VaultStore::config`], and [`VaultStoreError::Vault`] when the state does not load.
+    pub async fn load(&self, name: &str) -> Result<Vault, VaultStoreError> {
+        let config = self.config(name).await?;
+        let q = "SELECT changeset FROM vault_changesets WHERE vault = $1 ORDER BY seq";
+        let rows: Vec<String> = on_db!(&self.db, p => {
+            sqlx::query(q)
+                .bind(name)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, sqlx::Error>>()?
+        });
+        let mut merged = ChangeSet::default();
+        for (i, row) in rows.iter().enumerate() {
+            let cs: ChangeSet = serde_json::from_str(row).map_err(|e| {
+                VaultStoreError::Corrupt(format!("vault {name} changeset {i}: {e}"))
+            })?;
+            merged.merge(cs);
+        }
+        Ok(Vault::load(config, merged)?)
+    }
+
+    /// Persists the vault's staged changes (if any) as its next changeset row.
+    ///
+    /// # Errors
+    /// [`VaultStoreError::Db`] (also when another writer persisted the same vault at the same
+    /// moment: reload and retry).
+    pub async fn persist(&self, vault: &mut Vault) -> Result<bool, VaultStoreError> {
+        let Some(changes) = vault.take_changes() else {
+            return Ok(false);
+        };
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        let json =
+            serde_json::to_string(&changes).map_err(|e| VaultStoreError::Corrupt(e.to_string()))?;
+        let q = "INSERT INTO vault_changesets (vault, seq, changeset) SELECT $1, COALESCE(MAX(seq) + 1, 0), $2 FROM vault_changesets WHERE vault = $1";
+        on_db!(&self.db, p => {
+            sqlx::query(q).bind(vault.name()).bind(&json).execute(p).await?;
+        });
+        Ok(true)
+    }
+
+    /// Outpoints reserved by unexpired requests of a vault.
+    ///
+    /// # Errors
+    /// [`VaultStoreError::Db`], [`VaultStoreError::Corrupt`].
+    pub async fn reserved(
+        &self,
+        vault: &str,
+        now_ms: i64,
+    ) -> Result<BTreeSet<OutPoint>, VaultStoreError> {
+        let q = "SELECT outpoint FROM utxo_reservations WHERE vault = $1 AND expires_ms > $2";
+        let rows: Vec<String> = on_db!(&self.db, p => {
+            sqlx::query(q)
+                .bind(vault)
+                .bind(now_ms)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, sqlx::Error>>()?
+        });
+        rows.iter()
+            .map(|s| {
+                OutPoint::from_str(s)
+                    .map_err(|e| VaultStoreError::Corrupt(format!("outpoint {s}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Reserves the inputs of a built transaction for `request` until `expires_ms`, all or
+    /// nothing. Expired reservations are dropped first.
+    ///
+    /// # Errors
+    /// [`VaultStoreError::Reserved`] naming the first coin another request holds.
+    pub async fn reserve(
+        &self,
+        vault: &str,
+        request: &str,
+        txid: Txid,
+        outpoints: &[OutPoint],
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<(), VaultStoreError> {
+        let purge = "DELETE FROM utxo_reservations WHERE expires_ms <= $1";
+        let insert = "INSERT INTO utxo_reservations (outpoint, vault, request, txid, expires_ms) VALUES ($1, $2, $3, $4, $5)";
+        let conflict: Option<OutPoint> = on_db!(&self.db, p => {
+            sqlx::query(purge).bind(now_ms).execute(p).await?;
+            let mut tx = p.begin().await?;
+            let mut conflict = None;
+            for op in outpoints {
+                let r = sqlx::query(insert)
+                    .bind(op.to_string())
+                    .bind(vault)
+                    .bind(request)
+                    .bind(txid.to_string())
+                    .bind(expires_ms)
+                    .execute(&mut *tx)
+                    .await;
+                match r {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => {
+                        conflict = Some(*op);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if conflict.is_none() {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            conflict
+        });
+        match conflict {
+            Some(op) => Err(VaultStoreError::Reserved(op)),
+            None => Ok(()),
+        }
+    }
+
+    /// Releases every coin of a request (on cancel). Returns how many were released.
+    ///
+    /// # Errors
+    /// [`VaultStoreError::Db`].
+    pub async fn release(&self, request: &str) -> Result<u64, VaultStoreError> {
+        let q = "DELETE FROM utxo_reservations WHERE request = $1";
+        let n =
+            on_db!(&self.db, p => sqlx::query(q).bind(request).execute(p).await?.rows_affected());
+        Ok(n)
+    }
+
+    /// Releases reservations of coins the vault no longer has unspent (their spend confirmed
+    /// or was seen). Returns how many were released.
+    ///
+    /// # Errors
+    /// [`VaultStoreError::Db`], [`VaultStoreError::Corrupt`].
+    pub async fn release_spent(&self, vault: &Vault) -> Result<u64, VaultStoreError> {
+        let held = self.reserved(vault.name(), i64::MIN).await?;
+        let q = "DELETE FROM utxo_reservations WHERE outpoint = $1";
+        let mut n = 0;
+        for op in held {
+            if vault.utxo(op).is_none() {
+                n += on_db!(&self.db, p => sqlx::query(q).bind(op.to_string()).execute(p).await?.rows_affected());
+            }
+        }
+        Ok(n)
+    }
+}
+
+struct ConfigRow {
+    name: String,
+    network: String,
+    external: String,
+    internal: String,
+    birthday: i64,
+    gap_limit: i64,
+}
+
+impl ConfigRow {
+    fn read<R: Row>(r: &R) -> Result<Self, sqlx::Error>
+    where
+        for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        Ok(ConfigRow {
+            name: r.try_get(0)?,
+            network: r.try_get(1)?,
+            external: r.try_get(2)?,
+            internal: r.try_get(3)?,
+            birthday: r.try_get(4)?,
+            gap_limit: r.try_get(5)?,
+        })
+    }
+
+    fn into_config(self) -> Result<VaultConfig, VaultStoreError> {
+        let corrupt = |what: &str| VaultStoreError::Corrupt(format!("vault {}: {what}", self.name));
+        let network = Network::from_str(&self.network).map_err(|_| corrupt("network"))?;
+        let descriptor = VaultDescriptor::parse(&self.external, Some(&self.internal), network)
+            .map_err(|e| corrupt(&e.to_string()))?;
+        let mut cfg = VaultConfig::new(
+            &self.name,
+            descriptor,
+            u32::try_from(self.birthday).map_err(|_| corrupt("birthday"))?,
+        )?;
+        cfg.gap_limit = u32::try_from(self.gap_limit).map_err(|_| corrupt("gap limit"))?;
+        Ok(cfg)
+    }
+}
+
+/// How to reach the node's RPC.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// `http://127.0.0.1:18443`.
+    pub url: String,
+    /// Cookie file, or user and password.
+    pub auth: NodeAuth,
+}
+
+/// RPC credentials.
+#[derive(Clone)]
+pub enum NodeAuth {
+    /// Bitcoin Core's `.cookie` file.
+    Cookie(PathBuf),
+    /// User and password (the password is zeroized and never printed).
+    UserPass(String, Zeroizing<String>),
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match &self.auth {
+            NodeAuth::Cookie(p) => format!("cookie {}", p.display()),
+            NodeAuth::UserPass(u, _) => format!("user {u}, password [redacted]"),
+        };
+        write!(f, "NodeConfig({}, {auth})", self.url)
+    }
+}
+
+/// Errors talking to the node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The node cannot be reached (down, wrong URL or credentials).
+    #[error("bitcoin node at {url} is unreachable after {attempts} attempts: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        reason: String,
+    },
+    /// The node answered with an error.
+    #[error("bitcoin node error: {0}")]
+    Rpc(String),
+    /// The node is on another chain than the vault.
+    #[error("node is on {node}, vault {vault} is on {network}")]
+    WrongChain {
+        /// The node's chain.
+        node: String,
+        /// The vault.
+        vault: String,
+        /// The vault's network.
+        network: Network,
+    },
+    /// A block did not connect.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+fn rpc_error(e: bitcoincore_rpc::Error) -> SyncError {
+    SyncError::Rpc(e.to_string())
+}
+
+fn is_transport(e: &bitcoincore_rpc::Error) -> bool {
+    matches!(
+        e,
+        bitcoincore_rpc::Error::JsonRpc(bitcoincore_rpc::jsonrpc::Error::Transport(_))
+            | bitcoincore_rpc::Error::Io(_)
+    )
+}
+
+impl NodeConfig {
+    /// A client (no request is made yet).
+    ///
+    /// # Errors
+    /// [`SyncError::Unreachable`] when the cookie cannot be read or the URL is malformed.
+    pub fn client(&self) -> Result<Client, SyncError> {
+        let auth = match &self.auth {
+            NodeAuth::Cookie(p) => Auth::CookieFile(p.clone()),
+            NodeAuth::UserPass(u, pw) => Auth::UserPass(u.clone(), pw.to_string()),
+        };
+        Client::new(&self.url, auth).map_err(|e| SyncError::Unreachable {
+            url: self.url.clone(),
+            attempts: 1,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Connects and checks the node's chain against `network`, retrying `attempts` times
+    /// with a doubling delay from `delay` while the node is unreachable.
+    ///
+    /// # Errors
+    /// [`SyncError::Unreachable`] after the last attempt, [`SyncError::WrongChain`].
+    pub fn connect_checked(
+        &self,
+        network: Network,
+        attempts: u32,
+        delay: Duration,
+    ) -> Result<Client, SyncError> {
+        let mut wait = delay;
+        let mut last = String::new();
+        for attempt in 1..=attempts.max(1) {
+            let client = match self.client() {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    std::thread::sleep(wait);
+                    wait = wait.saturating_mul(2);
+                    continue;
+                }
+            };
+            match client.get_blockchain_info() {
+                Ok(info) => {
+                    let node = info.chain;
+                    if node != network {
+                        return Err(SyncError::WrongChain {
+                            node: node.to_string(),
+                            vault: String::new(),
+                            network,
+                        });
+                    }
+                    return Ok(client);
+                }
+                Err(e) if is_transport(&e) => {
+                    last = e.to_string();
+                    if attempt < attempts {
+                        std::thread::sleep(wait);
+                        wait = wait.saturating_mul(2);
+                    }
+                }
+                Err(e) => return Err(rpc_error(e)),
+            }
+        }
+        Err(SyncError::Unreachable {
+            url: self.url.clone(),
+            attempts: attempts.max(1),
+            reason: last,
+        })
+    }
+}
+
+/// Follows the node from the vault's checkpoint (or its birthday) to the tip, then reads the
+/// mempool. Reorgs are handled by the emitter (it re-emits from the fork point). Returns the
+/// deposits, spends, confirmations and reorgs seen. Blocking.
+///
+/// # Errors
+/// [`SyncError::Rpc`] when the node fails mid-way (what was applied stays staged and is
+/// consistent: persist it and sync again), [`SyncError::Vault`].
+pub fn sync_vault(vault: &mut Vault, client: &Client) -> Result<Vec<VaultEvent>, SyncError> {
+    let checkpoint = vault.latest_checkpoint();
+    let start = vault.config().birthday;
+    let expected = vault.unconfirmed_transactions();
+    vault.with_events(|v| {
+        let mut emitter = Emitter::new(client, checkpoint, start, expected);
+        while let Some(ev) = emitter.next_block().map_err(rpc_error)? {
+            let height = ev.block_height();
+            let connected_to = ev.connected_to();
+            v.apply_block(&ev.block, height, connected_to)?;
+        }
+        let mempool = emitter.mempool().map_err(rpc_error)?;
+        v.apply_mempool(mempool.update, mempool.evicted);
+        Ok(())
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The operations behind `treasury vault` and `treasury psbt`, shared by the CLI and the API:
+/// each one changes the vault store and records what happened in the reserve ledger.
+#[derive(Debug, Clone)]
+pub struct VaultService {
+    /// The reserve ledger.
+    pub ledger: LedgerStore,
+    /// The vaults.
+    pub vaults: VaultStore,
+}
+
+/// Errors of the vault operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] VaultStoreError),
+    /// Ledger.
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::store::StoreError),
+    /// Ledger entry.
+    #[error("ledger entry: {0}")]
+    Entry(#[from] custody::ledger::EntryError),
+    /// Vault.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// Node.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// PSBT builder.
+    #[error(transparent)]
+    Spend(#[from] custody::vault::spend::SpendError),
+    /// A blocking task failed.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// What a PSBT build produced and reserved.
+#[derive(Debug, Clone)]
+pub struct BuiltRequest {
+    /// Request id the coins are reserved for.
+    pub request: String,
+    /// The PSBT and its facts.
+    pub built: custody::vault::spend::BuiltPsbt,
+    /// When the reservation expires.
+    pub expires_ms: i64,
+}
+
+impl VaultService {
+    /// The service over a ledger store's database.
+    pub fn new(ledger: LedgerStore) -> Self {
+        let vaults = VaultStore::new(&ledger);
+        VaultService { ledger, vaults }
+    }
+
+    /// Creates a vault and records it in the ledger (`vault_created`).
+    ///
+    /// # Errors
+    /// [`OpError`]; nothing is stored when the vault is refused.
+    pub async fn create(&self, config: VaultConfig, source: &str) -> Result<Vault, OpError> {
+        let mut vault = Vault::create(config)?;
+        let now = now_ms();
+        self.vaults.create(&mut vault, now).await?;
+        let cfg = vault.config();
+        let body = serde_json::json!({
+            "vault": cfg.name,
+            "network": cfg.descriptor.network.to_string(),
+            "external": cfg.descriptor.external_string(),
+            "internal": cfg.descriptor.internal_string(),
+            "birthday": cfg.birthday,
+            "gap_limit": cfg.gap_limit,
+            "source": source,
+        });
+        self.ledger
+            .append(custody::vault::ledger_record(
+                custody::ledger::Kind::VaultCreated,
+                "treasury",
+                &body,
+                now,
+            )?)
+            .await?;
+        Ok(vault)
+    }
+
+    /// Hands out the next receive address, persists the index and records it.
+    ///
+    /// # Errors
+    /// [`OpError`], e.g. the gap limit.
+    pub async fn next_address(&self, name: &str) -> Result<custody::vault::VaultAddress, OpError> {
+        let mut vault = self.vaults.load(name).await?;
+        let addr = vault.next_receive_address()?;
+        self.vaults.persist(&mut vault).await?;
+        let body = serde_json::json!({
+            "vault": name, "address": addr.address.to_string(), "index": addr.index,
+            "keychain": addr.keychain.as_str(),
+        });
+        self.ledger
+            .append(custody::vault::ledger_record(
+                custody::ledger::Kind::AddressIssued,
+                "treasury",
+                &body,
+                now_ms(),
+            )?)
+            .await?;
+        Ok(addr)
+    }
+
+    /// Syncs a vault with the node (on a blocking thread), persists its state, releases the
+    /// reservations of coins that are gone and records every event in the ledger.
+    ///
+    /// # Errors
+    /// [`OpError::Sync`] when the node is unreachable (after retries) or fails.
+    pub async fn sync(
+        &self,
+        name: &str,
+        node: &NodeConfig,
+    ) -> Result<(Vault, Vec<VaultEvent>), OpError> {
+        let vault = self.vaults.load(name).await?;
+        let node = node.clone();
+        let (mut vault, result) = tokio::task::spawn_blocking(move || {
+            let mut vault = vault;
+            let r = node
+                .connect_checked(vault.network(), 3, Duration::from_millis(500))
+                .and_then(|client| sync_vault(&mut vault, &client));
+            (vault, r)
+        })
+        .await
+        .map_err(|e| OpError::Task(e.to_string()))?;
+        // Whatever was applied before an error is consistent: keep it.
+        self.vaults.persist(&mut vault).await?;
+        let events = result?;
+        self.vaults.release_spent(&vault).await?;
+        let now = now_ms();
+        let drafts = events
+            .iter()
+            .map(|e| e.ledger_draft(name, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !drafts.is_empty() {
+            self.ledger.append_batch(drafts).await?;
+        }
+        Ok((vault, events))
+    }
+
+    /// Builds a PSBT, reserves its coins for `request` for `ttl`, persists the revealed
+    /// change index and records the request (`spend_requested`). When another builder takes
+    /// a coin between selection and reservation, selection runs again without it.
+    ///
+    /// # Errors
+    /// [`OpError::Spend`] for every refusal of the builder, [`OpError::Store`].
+    pub async fn build_psbt(
+        &self,
+        name: &str,
+        request: &str,
+        req: &custody::vault::spend::SpendRequest,
+        default_fee_rate: bdk_wallet::bitcoin::FeeRate,
+        caps: &custody::vault::spend::FeeCaps,
+        ttl: Duration,
+        rng: &mut (impl rand_core::RngCore + Send),
+    ) -> Result<BuiltRequest, OpError> {
+        let mut vault = self.vaults.load(name).await?;
+        let now = now_ms();
+        let mut reserved = self.vaults.reserved(name, now).await?;
+        let expires_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        for _ in 0..5 {
+            let built = custody::vault::spend::build(
+                &mut vault,
+                req,
+                &reserved,
+                default_fee_rate,
+                caps,
+                rng,
+            )?;
+            match self
+                .vaults
+                .reserve(name, request, built.txid, &built.inputs, now, expires_ms)
+                .await
+            {
+                Ok(()) => {
+                    self.vaults.persist(&mut vault).await?;
+                    let outputs: Vec<serde_json::Value> = built
+                        .psbt
+                        .unsigned_tx
+                        .output
+                        .iter()
+                        .map(|o| serde_json::json!({"script": o.script_pubkey.to_hex_string(), "amount_sat": o.value.to_sat()}))
+                        .collect();
+                    let body = serde_json::json!({
+                        "vault": name, "request": request, "txid": built.txid.to_string(),
+                        "inputs": built.inputs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "outputs": outputs, "fee_sat": built.fee.to_sat(),
+                        "expires_ms": expires_ms,
+                    });
+                    self.ledger
+                        .append(custody::vault::ledger_record(
+                            custody::ledger::Kind::SpendRequested,
+                            "treasury",
+                            &body,
+                            now,
+                        )?)
+                        .await?;
+                    return Ok(BuiltRequest {
+                        request: request.to_string(),
+                        built,
+                        expires_ms,
+                    });
+                }
+                Err(VaultStoreError::Reserved(op)) if !req.include.contains(&op) => {
+                    reserved.insert(op);
+                    // Reload: the other builder may have revealed change addresses too.
+                    vault = self.vaults.load(name).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(OpError::Store(VaultStoreError::Corrupt(
+            "coin selection kept colliding with other requests".into(),
+        )))
+    }
+}

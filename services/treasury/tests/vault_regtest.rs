@@ -1,0 +1,891 @@
+//! Vaults against a real Bitcoin Core regtest node (and SQLite and PostgreSQL): addresses
+//! equal Core's `deriveaddresses`; a funded vault syncs to the right balance; a PSBT we build
+//! passes `decodepsbt`/`analyzepsbt`, is signed by officers through Core's
+//! `descriptorprocesspsbt`, finalized by our code, accepted by `testmempoolaccept`, mined, and
+//! the vault follows; reorgs; reservations; the recovery path; a node that is down.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
+use bdk_wallet::bitcoin::consensus::encode::serialize_hex;
+use bdk_wallet::bitcoin::psbt::Psbt;
+use bdk_wallet::bitcoin::secp256k1::Secp256k1;
+use bdk_wallet::bitcoin::{Address, Amount, BlockHash, FeeRate, Network, OutPoint, Txid};
+use custody::vault::descriptor::with_checksum;
+use custody::vault::spend::{self, FeeCaps, Payment, SpendError, SpendPath, SpendRequest};
+use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultEvent};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use regtest::{node_or_skip, RegtestNode};
+use serde_json::{json, Value};
+use treasury::store::LedgerStore;
+use treasury::vaults::{NodeAuth, NodeConfig, OpError, SyncError, VaultService};
+
+const NET: Network = Network::Regtest;
+
+/// An officer: master key, account key text `[fp/48'/1'/0'/2']tpub`, and the same with tprv.
+struct Officer {
+    public: String,
+    private: String,
+}
+
+fn officer(seed: u8) -> Officer {
+    let secp = Secp256k1::new();
+    let master = Xpriv::new_master(NET, &[seed; 32]).unwrap();
+    let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
+    let acct = master.derive_priv(&secp, &path).unwrap();
+    let xpub = Xpub::from_priv(&secp, &acct);
+    let fp = master.fingerprint(&secp);
+    Officer {
+        public: format!("[{fp}/48'/1'/0'/2']{xpub}"),
+        private: format!("[{fp}/48'/1'/0'/2']{acct}"),
+    }
+}
+
+fn tkey(o: &Officer) -> TemplateKey {
+    TemplateKey::parse(&o.public).unwrap()
+}
+
+/// The vault's two descriptors with `signers`' public keys replaced by their private keys.
+fn private_descriptors(d: &custody::vault::VaultDescriptor, signers: &[&Officer]) -> Vec<String> {
+    [d.external_string(), d.internal_string()]
+        .iter()
+        .map(|s| {
+            let mut body = s.split('#').next().unwrap().to_string();
+            for o in signers {
+                body = body.replace(&o.public, &o.private);
+            }
+            with_checksum(&body)
+        })
+        .collect()
+}
+
+fn node_config(node: &RegtestNode) -> NodeConfig {
+    NodeConfig {
+        url: node.rpc_url(),
+        auth: NodeAuth::Cookie(node.cookie_file()),
+    }
+}
+
+async fn sqlite_service(dir: &tempfile::TempDir) -> VaultService {
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    VaultService::new(LedgerStore::open(&url).await.unwrap())
+}
+
+/// PostgreSQL in a fresh schema, or `None` (with a printed reason) when it is optional here.
+async fn postgres_service(test: &str) -> Option<VaultService> {
+    let Ok(url) = std::env::var("TREASURY_TEST_POSTGRES_URL") else {
+        regtest::skip_or_fail("postgres", test, &"TREASURY_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let schema = format!("vault_{}_{}", std::process::id(), rand::random::<u32>());
+    Some(VaultService::new(
+        LedgerStore::open_in_schema(&url, Some(&schema))
+            .await
+            .unwrap(),
+    ))
+}
+
+fn rpc(node: &RegtestNode, method: &str, params: &[Value]) -> Value {
+    node.rpc(method, params)
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+/// Pays `amount` to `to` from a fresh key funded by a mature coinbase, with Core's RPCs only
+/// (createpsbt, utxoupdatepsbt, descriptorprocesspsbt, finalizepsbt, sendrawtransaction).
+struct Faucet {
+    wif: String,
+    coins: Vec<(Txid, Amount)>,
+}
+
+impl Faucet {
+    fn new(node: &RegtestNode, coins: usize) -> Faucet {
+        let (key, addr) = node.new_key();
+        let hashes = node.mine_blocks(coins as u64, &addr).unwrap();
+        node.mine_blocks(100, &node.new_address()).unwrap();
+        let coins = hashes.iter().map(|h| coinbase(node, h)).collect();
+        Faucet {
+            wif: key.to_wif(),
+            coins,
+        }
+    }
+
+    fn pay(&mut self, node: &RegtestNode, to: &Address, amount: Amount) -> Txid {
+        let (txid, value) = self.coins.pop().expect("faucet is empty");
+        let (_, change) = node.new_key();
+        let fee = Amount::from_sat(2_000);
+        let outputs = json!([
+            { to.to_string(): amount.to_btc() },
+            { change.to_string(): (value - amount - fee).to_btc() },
+        ]);
+        let psbt = rpc(
+            node,
+            "createpsbt",
+            &[json!([{"txid": txid.to_string(), "vout": 0}]), outputs],
+        );
+        let desc = with_checksum(&format!("wpkh({})", self.wif));
+        let psbt = rpc(node, "utxoupdatepsbt", &[psbt, json!([desc.clone()])]);
+        let signed = rpc(node, "descriptorprocesspsbt", &[psbt, json!([desc])]);
+        let hex = signed["hex"]
+            .as_str()
+            .expect("faucet tx complete")
+            .to_string();
+        let sent = rpc(node, "sendrawtransaction", &[json!(hex)]);
+        Txid::from_str(sent.as_str().unwrap()).unwrap()
+    }
+}
+
+fn coinbase(node: &RegtestNode, hash: &BlockHash) -> (Txid, Amount) {
+    let block = rpc(node, "getblock", &[json!(hash.to_string()), json!(2)]);
+    let tx = &block["tx"][0];
+    let value = tx["vout"][0]["value"].as_f64().unwrap();
+    (
+        Txid::from_str(tx["txid"].as_str().unwrap()).unwrap(),
+        Amount::from_btc(value).unwrap(),
+    )
+}
+
+fn templates(policy: &Officer) -> Vec<Template> {
+    vec![
+        Template::SortedMulti {
+            k: 2,
+            officers: vec![tkey(&officer(1)), tkey(&officer(2))],
+            policy_key: tkey(policy),
+        },
+        Template::PolicyWithRecovery {
+            policy_key: tkey(policy),
+            k: 2,
+            officers: vec![tkey(&officer(1)), tkey(&officer(2)), tkey(&officer(3))],
+            r: 2,
+            recovery: vec![tkey(&officer(4)), tkey(&officer(5)), tkey(&officer(6))],
+            older: 5,
+        },
+        Template::TaprootMultiA {
+            k: 2,
+            keys: vec![tkey(&officer(1)), tkey(&officer(2)), tkey(&officer(3))],
+        },
+    ]
+}
+
+#[test]
+fn first_twenty_addresses_equal_core_deriveaddresses() {
+    let Some(node) = node_or_skip("first_twenty_addresses_equal_core_deriveaddresses") else {
+        return;
+    };
+    let policy = officer(9);
+    // An HSM-style single policy key with origin, too.
+    let hsm = {
+        let secp = Secp256k1::new();
+        let sk = bdk_wallet::bitcoin::PrivateKey::from_slice(&[7; 32], NET).unwrap();
+        let pk = sk.public_key(&secp);
+        TemplateKey::parse(&format!("[0badc0de]{pk}")).unwrap()
+    };
+    let mut all = templates(&policy);
+    all.push(Template::SortedMulti {
+        k: 2,
+        officers: vec![tkey(&officer(1)), tkey(&officer(2))],
+        policy_key: hsm,
+    });
+    for t in all {
+        let d = t.build(NET).unwrap();
+        let vault =
+            custody::vault::Vault::create(VaultConfig::new("addr", d.clone(), 0).unwrap()).unwrap();
+        for (keychain, desc) in [
+            (Keychain::External, d.external_string()),
+            (Keychain::Internal, d.internal_string()),
+        ] {
+            let core = rpc(&node, "deriveaddresses", &[json!(desc), json!([0, 19])]);
+            let core: Vec<String> = core
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            let ours: Vec<String> = (0..20)
+                .map(|i| vault.peek_address(keychain, i).address.to_string())
+                .collect();
+            assert_eq!(ours, core, "{desc}");
+        }
+        // Core agrees on the checksum of the canonical multipath form as well.
+        let multi = d.multipath_string().unwrap();
+        let info = rpc(&node, "getdescriptorinfo", &[json!(multi)]);
+        assert_eq!(
+            info["checksum"].as_str().unwrap(),
+            multi.rsplit('#').next().unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fund_sync_build_sign_broadcast_on_sqlite_and_postgres() {
+    let Some(node) = node_or_skip("fund_sync_build_sign_broadcast") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite_service(&dir).await;
+    end_to_end(&node, &sqlite, "e2e-sqlite").await;
+    if let Some(pg) = postgres_service("fund_sync_build_sign_broadcast_postgres").await {
+        end_to_end(&node, &pg, "e2e-pg").await;
+    }
+}
+
+async fn end_to_end(node: &RegtestNode, svc: &VaultService, name: &str) {
+    let cfgnode = node_config(node);
+    let (o1, o2, policy) = (officer(1), officer(2), officer(9));
+    let t = Template::SortedMulti {
+        k: 2,
+        officers: vec![tkey(&o1), tkey(&o2)],
+        policy_key: tkey(&policy),
+    };
+    let d = t.build(NET).unwrap();
+    let birthday = u32::try_from(node.height().unwrap()).unwrap();
+    svc.create(
+        VaultConfig::new(name, d.clone(), birthday).unwrap(),
+        "create",
+    )
+    .await
+    .unwrap();
+    // a second vault of the same name is refused and changes nothing
+    assert!(svc
+        .create(VaultConfig::new(name, d.clone(), 0).unwrap(), "create")
+        .await
+        .is_err());
+
+    // Deposits: three payments from outside.
+    let mut faucet = Faucet::new(node, 3);
+    let mut deposits = Vec::new();
+    for amount in [2_0000_0000u64, 1_5000_0000, 7000_0000] {
+        let a = svc.next_address(name).await.unwrap();
+        let txid = faucet.pay(node, &a.address, Amount::from_sat(amount));
+        deposits.push((txid, amount));
+    }
+    // in the mempool: pending
+    let (v, events) = svc.sync(name, &cfgnode).await.unwrap();
+    assert_eq!(v.balance().pending, Amount::from_sat(4_2000_0000));
+    assert_eq!(v.balance().confirmed, Amount::ZERO);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, VaultEvent::Deposit { height: None, .. }))
+            .count(),
+        3
+    );
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    let (v, events) = svc.sync(name, &cfgnode).await.unwrap();
+    assert_eq!(v.balance().confirmed, Amount::from_sat(4_2000_0000));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, VaultEvent::Confirmed { .. }))
+            .count(),
+        3
+    );
+    assert_eq!(v.utxos().len(), 3);
+    // sync is idempotent
+    let (_, events) = svc.sync(name, &cfgnode).await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
+
+    // Refusals of the builder, with nothing reserved.
+    let dest = node.new_address();
+    let pay = |sats: u64| Payment {
+        address: Address::from_str(&dest.to_string()).unwrap(),
+        amount: Amount::from_sat(sats),
+    };
+    let caps = FeeCaps::default();
+    let mut rng = StdRng::seed_from_u64(7);
+    let rate = FeeRate::from_sat_per_vb_u32(2);
+    let ttl = Duration::from_secs(600);
+    let build = |req: SpendRequest, id: &'static str, caps: FeeCaps, seed: u64| {
+        let svc = svc.clone();
+        async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            svc.build_psbt(name, id, &req, rate, &caps, ttl, &mut rng)
+                .await
+        }
+    };
+    let dust = SpendRequest {
+        payments: vec![pay(100)],
+        ..Default::default()
+    };
+    assert!(matches!(
+        build(dust, "dust", caps, 1).await,
+        Err(OpError::Spend(SpendError::Dust { .. }))
+    ));
+    let mainnet = SpendRequest {
+        payments: vec![Payment {
+            address: Address::from_str("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq").unwrap(),
+            amount: Amount::from_sat(10_000),
+        }],
+        ..Default::default()
+    };
+    assert!(matches!(
+        build(mainnet, "net", caps, 1).await,
+        Err(OpError::Spend(SpendError::WrongNetwork { .. }))
+    ));
+    let absurd_rate = SpendRequest {
+        payments: vec![pay(10_000)],
+        fee_rate: Some(FeeRate::from_sat_per_vb_u32(5_000)),
+        ..Default::default()
+    };
+    assert!(matches!(
+        build(absurd_rate, "rate", caps, 1).await,
+        Err(OpError::Spend(SpendError::FeeRateCap { .. }))
+    ));
+    let tight = FeeCaps {
+        max_fee: Amount::from_sat(100),
+        ..caps
+    };
+    assert!(matches!(
+        build(
+            SpendRequest {
+                payments: vec![pay(10_000)],
+                ..Default::default()
+            },
+            "cap",
+            tight,
+            1
+        )
+        .await,
+        Err(OpError::Spend(SpendError::FeeCap { .. }))
+    ));
+    let too_much = SpendRequest {
+        payments: vec![pay(5_0000_0000)],
+        ..Default::default()
+    };
+    assert!(matches!(
+        build(too_much, "much", caps, 1).await,
+        Err(OpError::Spend(SpendError::InsufficientFunds { .. }))
+    ));
+    assert!(svc.vaults.reserved(name, 0).await.unwrap().is_empty());
+
+    // Two concurrent requests never take the same coin.
+    let r1 = SpendRequest {
+        payments: vec![pay(5000_0000)],
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(
+        build(r1.clone(), "req-a", caps, 11),
+        build(r1.clone(), "req-b", caps, 12)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let ia: BTreeSet<OutPoint> = a.built.inputs.iter().copied().collect();
+    let ib: BTreeSet<OutPoint> = b.built.inputs.iter().copied().collect();
+    assert!(ia.is_disjoint(&ib), "{ia:?} {ib:?}");
+    assert_eq!(
+        svc.vaults.reserved(name, 0).await.unwrap().len(),
+        ia.len() + ib.len()
+    );
+    assert_eq!(
+        svc.vaults.release("req-a").await.unwrap() as usize,
+        ia.len()
+    );
+    svc.vaults.release("req-b").await.unwrap();
+
+    // The payment we will sign: a batch of two recipients and a memo.
+    let req = SpendRequest {
+        payments: vec![pay(1_0000_0000), pay(2500_0000)],
+        memo: Some(b"reserve transfer 42".to_vec()),
+        fee_rate: Some(FeeRate::from_sat_per_vb_u32(3)),
+        ..Default::default()
+    };
+    let built = svc
+        .build_psbt(name, "pay-1", &req, rate, &caps, ttl, &mut rng)
+        .await
+        .unwrap()
+        .built;
+    let psbt = built.psbt.clone();
+    assert_eq!(psbt.xpub.len(), 3, "global xpubs");
+    for input in &psbt.inputs {
+        assert!(input.non_witness_utxo.is_some());
+        assert!(input.witness_utxo.is_some());
+        assert_eq!(input.bip32_derivation.len(), 3, "full key origins");
+        for (_, (fp, path)) in &input.bip32_derivation {
+            assert_eq!(path.len(), 6, "{fp} {path}");
+        }
+    }
+    assert!(psbt
+        .unsigned_tx
+        .output
+        .iter()
+        .any(|o| o.script_pubkey.is_op_return()));
+    // the change goes to the vault's change keychain
+    let v = svc.vaults.load(name).await.unwrap();
+    let change: Vec<_> = psbt
+        .unsigned_tx
+        .output
+        .iter()
+        .filter_map(|o| v.wallet().derivation_of_spk(o.script_pubkey.clone()))
+        .collect();
+    assert_eq!(change.len(), 1);
+    assert_eq!(change[0].0, bdk_wallet::KeychainKind::Internal);
+
+    // Core reads it.
+    let b64 = psbt.to_string();
+    let decoded = rpc(node, "decodepsbt", &[json!(b64)]);
+    assert_eq!(
+        decoded["tx"]["txid"].as_str().unwrap(),
+        built.txid.to_string()
+    );
+    assert_eq!(
+        Amount::from_btc(decoded["fee"].as_f64().unwrap()).unwrap(),
+        built.fee
+    );
+    let analyzed = rpc(node, "analyzepsbt", &[json!(b64)]);
+    assert_eq!(analyzed["next"].as_str().unwrap(), "signer");
+
+    // A single signature does not finalize.
+    let one = rpc(
+        node,
+        "descriptorprocesspsbt",
+        &[json!(b64), json!(private_descriptors(&d, &[&o1]))],
+    );
+    assert_eq!(one["complete"], json!(false));
+    let one_psbt = Psbt::from_str(one["psbt"].as_str().unwrap()).unwrap();
+    assert!(matches!(
+        spend::finalize(one_psbt.clone()),
+        Err(SpendError::Finalize(_))
+    ));
+    // The second officer signs the first officer's PSBT.
+    let two = rpc(
+        node,
+        "descriptorprocesspsbt",
+        &[
+            json!(one["psbt"].as_str().unwrap()),
+            json!(private_descriptors(&d, &[&o2])),
+            json!("ALL"),
+            json!(true),
+            json!(false),
+        ],
+    );
+    let signed = Psbt::from_str(two["psbt"].as_str().unwrap()).unwrap();
+    // A flipped byte in a signature is caught by our finalizer.
+    let mut forged = signed.clone();
+    if let Some((_, sig)) = forged.inputs[0].partial_sigs.iter_mut().next() {
+        let mut bytes = sig.to_vec();
+        bytes[10] ^= 1;
+        if let Ok(s) = bdk_wallet::bitcoin::ecdsa::Signature::from_slice(&bytes) {
+            *sig = s;
+        }
+    }
+    assert!(spend::finalize(forged).is_err());
+    let tx = spend::finalize(signed).unwrap();
+    assert_eq!(tx.compute_txid(), built.txid);
+    let hex = serialize_hex(&tx);
+    let accept = rpc(node, "testmempoolaccept", &[json!([hex])]);
+    assert_eq!(accept[0]["allowed"], json!(true), "{accept}");
+    rpc(node, "sendrawtransaction", &[json!(hex)]);
+
+    let (v, events) = svc.sync(name, &cfgnode).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, VaultEvent::Spend { txid, height: None, .. } if *txid == built.txid)));
+    // RBF: a replacement at a higher rate spends the same inputs and pays more.
+    let mut v2 = svc.vaults.load(name).await.unwrap();
+    let bumped = spend::bump_fee(
+        &mut v2,
+        built.txid,
+        FeeRate::from_sat_per_vb_u32(10),
+        &caps,
+        &mut rng,
+    )
+    .unwrap();
+    assert!(bumped.fee > built.fee);
+    let old_inputs: BTreeSet<_> = built.inputs.iter().collect();
+    assert!(bumped.inputs.iter().all(|i| old_inputs.contains(i)));
+    assert!(matches!(
+        spend::bump_fee(
+            &mut v2,
+            built.txid,
+            FeeRate::from_sat_per_vb_u32(3),
+            &caps,
+            &mut rng
+        ),
+        Err(SpendError::Bump { .. })
+    ));
+
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    let before = v.balance();
+    let (v, events) = svc.sync(name, &cfgnode).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, VaultEvent::Confirmed { txid, .. } if *txid == built.txid)));
+    let spent: Amount = tx
+        .output
+        .iter()
+        .filter(|o| !v.wallet().is_mine(o.script_pubkey.clone()))
+        .map(|o| o.value)
+        .sum();
+    assert_eq!(spent, Amount::from_sat(1_2500_0000));
+    assert_eq!(
+        v.balance().confirmed,
+        Amount::from_sat(4_2000_0000) - spent - built.fee
+    );
+    assert_eq!(before.total(), v.balance().total());
+    // the spent coins are gone and their reservation released
+    for op in &built.inputs {
+        assert!(v.utxo(*op).is_none());
+    }
+    assert!(svc.vaults.reserved(name, 0).await.unwrap().is_empty());
+
+    // The ledger recorded every step and verifies.
+    let entries = svc.ledger.entries().await.unwrap();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind().name()).collect();
+    for k in [
+        "vault_created",
+        "address_issued",
+        "deposit_seen",
+        "spend_requested",
+        "confirmation",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    svc.ledger.verify(None).await.unwrap();
+
+    // Reloading from the database gives the same vault.
+    let reloaded = svc.vaults.load(name).await.unwrap();
+    assert_eq!(reloaded.utxos(), v.utxos());
+    assert_eq!(reloaded.balance(), v.balance());
+    let _ = deposits;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reorg_removes_a_deposit_until_it_is_mined_again() {
+    let Some(node) = node_or_skip("reorg_removes_a_deposit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let svc = sqlite_service(&dir).await;
+    let cfgnode = node_config(&node);
+    let d = templates(&officer(9))[2].build(NET).unwrap();
+    svc.create(VaultConfig::new("reorg", d, 0).unwrap(), "create")
+        .await
+        .unwrap();
+    let addr = svc.next_address("reorg").await.unwrap().address;
+    // A coinbase to the vault: in an orphaned block it is gone, not pending.
+    let hashes = node.mine_blocks(1, &addr).unwrap();
+    node.mine_blocks(2, &node.new_address()).unwrap();
+    let (v, _) = svc.sync("reorg", &cfgnode).await.unwrap();
+    assert_eq!(v.balance().immature, Amount::from_btc(50.0).unwrap());
+    rpc(&node, "invalidateblock", &[json!(hashes[0].to_string())]);
+    let (v, events) = svc.sync("reorg", &cfgnode).await.unwrap();
+    assert_eq!(v.balance().total(), Some(Amount::ZERO), "{events:?}");
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, VaultEvent::Removed { .. })));
+    // A payment to the vault in the orphaned chain goes back to the mempool: pending.
+    let mut faucet = Faucet::new(&node, 1);
+    let addr2 = svc.next_address("reorg").await.unwrap().address;
+    let txid = faucet.pay(&node, &addr2, Amount::from_sat(3_0000_0000));
+    let blocks = node.mine_blocks(1, &node.new_address()).unwrap();
+    let (v, _) = svc.sync("reorg", &cfgnode).await.unwrap();
+    assert_eq!(v.balance().confirmed, Amount::from_sat(3_0000_0000));
+    rpc(&node, "invalidateblock", &[json!(blocks[0].to_string())]);
+    let (v, events) = svc.sync("reorg", &cfgnode).await.unwrap();
+    assert_eq!(v.balance().confirmed, Amount::ZERO);
+    assert_eq!(v.balance().pending, Amount::from_sat(3_0000_0000));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, VaultEvent::Unconfirmed { txid: t } if *t == txid)));
+    // Re-mined: confirmed again.
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    let (v, events) = svc.sync("reorg", &cfgnode).await.unwrap();
+    assert_eq!(v.balance().confirmed, Amount::from_sat(3_0000_0000));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, VaultEvent::Confirmed { txid: t, .. } if *t == txid)));
+    // The first orphaned block comes back with reconsiderblock: the coinbase returns.
+    rpc(&node, "reconsiderblock", &[json!(hashes[0].to_string())]);
+    let (v, _) = svc.sync("reorg", &cfgnode).await.unwrap();
+    assert_eq!(v.balance().immature, Amount::from_btc(50.0).unwrap());
+    let reorgs = svc
+        .ledger
+        .entries()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind().name() == "chain_reorg")
+        .count();
+    assert!(reorgs >= 2, "{reorgs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_path_spends_only_after_its_timelock() {
+    let Some(node) = node_or_skip("recovery_path_spends_only_after_its_timelock") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let svc = sqlite_service(&dir).await;
+    let cfgnode = node_config(&node);
+    let policy = officer(9);
+    let d = templates(&policy)[1].build(NET).unwrap();
+    svc.create(VaultConfig::new("rec", d.clone(), 0).unwrap(), "create")
+        .await
+        .unwrap();
+    let mut faucet = Faucet::new(&node, 1);
+    let addr = svc.next_address("rec").await.unwrap().address;
+    faucet.pay(&node, &addr, Amount::from_sat(1_0000_0000));
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    svc.sync("rec", &cfgnode).await.unwrap();
+    let req = SpendRequest {
+        payments: vec![Payment {
+            address: Address::from_str(&node.new_address().to_string()).unwrap(),
+            amount: Amount::from_sat(5000_0000),
+        }],
+        fee_rate: Some(FeeRate::from_sat_per_vb_u32(2)),
+        path: SpendPath::Recovery,
+        ..Default::default()
+    };
+    let caps = FeeCaps::default();
+    let mut rng = StdRng::seed_from_u64(3);
+    let rate = FeeRate::from_sat_per_vb_u32(2);
+    let ttl = Duration::from_secs(60);
+    // 1 confirmation of 5: refused, and nothing is reserved.
+    let e = svc
+        .build_psbt("rec", "early", &req, rate, &caps, ttl, &mut rng)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, OpError::Spend(SpendError::InsufficientFunds { .. })),
+        "{e}"
+    );
+    let utxo = svc.vaults.load("rec").await.unwrap().utxos()[0].outpoint;
+    let early = SpendRequest {
+        include: vec![utxo],
+        ..req.clone()
+    };
+    let e = svc
+        .build_psbt("rec", "early", &early, rate, &caps, ttl, &mut rng)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OpError::Spend(SpendError::RecoveryNotMature {
+                needed: 5,
+                confirmations: 1,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(svc.vaults.reserved("rec", 0).await.unwrap().is_empty());
+    // After 5 confirmations the recovery keys alone spend.
+    node.mine_blocks(4, &node.new_address()).unwrap();
+    svc.sync("rec", &cfgnode).await.unwrap();
+    let built = svc
+        .build_psbt("rec", "late", &req, rate, &caps, ttl, &mut rng)
+        .await
+        .unwrap()
+        .built;
+    assert_eq!(built.psbt.unsigned_tx.input[0].sequence.0, 5);
+    let (r1, r2) = (officer(4), officer(5));
+    let mut b64 = built.psbt.to_string();
+    for o in [&r1, &r2] {
+        let out = rpc(
+            &node,
+            "descriptorprocesspsbt",
+            &[
+                json!(b64),
+                json!(private_descriptors(&d, &[o])),
+                json!("ALL"),
+                json!(true),
+                json!(false),
+            ],
+        );
+        b64 = out["psbt"].as_str().unwrap().to_string();
+    }
+    let tx = spend::finalize(Psbt::from_str(&b64).unwrap()).unwrap();
+    let accept = rpc(&node, "testmempoolaccept", &[json!([serialize_hex(&tx)])]);
+    assert_eq!(accept[0]["allowed"], json!(true), "{accept}");
+    // The primary path without the policy key does not finalize.
+    let primary = SpendRequest {
+        path: SpendPath::Primary,
+        ..req
+    };
+    svc.vaults.release("late").await.unwrap();
+    let built = svc
+        .build_psbt("rec", "primary", &primary, rate, &caps, ttl, &mut rng)
+        .await
+        .unwrap()
+        .built;
+    let mut b64 = built.psbt.to_string();
+    for o in [&officer(1), &officer(2)] {
+        let out = rpc(
+            &node,
+            "descriptorprocesspsbt",
+            &[
+                json!(b64),
+                json!(private_descriptors(&d, &[o])),
+                json!("ALL"),
+                json!(true),
+                json!(false),
+            ],
+        );
+        b64 = out["psbt"].as_str().unwrap().to_string();
+    }
+    assert!(spend::finalize(Psbt::from_str(&b64).unwrap()).is_err());
+    let out = rpc(
+        &node,
+        "descriptorprocesspsbt",
+        &[
+            json!(b64),
+            json!(private_descriptors(&d, &[&policy])),
+            json!("ALL"),
+            json!(true),
+            json!(false),
+        ],
+    );
+    let tx = spend::finalize(Psbt::from_str(out["psbt"].as_str().unwrap()).unwrap()).unwrap();
+    let accept = rpc(&node, "testmempoolaccept", &[json!([serialize_hex(&tx)])]);
+    assert_eq!(accept[0]["allowed"], json!(true), "{accept}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_gives_a_clear_error_and_loses_nothing() {
+    let Some(mut node) = node_or_skip("a_node_that_is_down") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let svc = sqlite_service(&dir).await;
+    let cfgnode = node_config(&node);
+    let d = templates(&officer(9))[0].build(NET).unwrap();
+    svc.create(VaultConfig::new("down", d, 0).unwrap(), "create")
+        .await
+        .unwrap();
+    let addr = svc.next_address("down").await.unwrap().address;
+    node.mine_blocks(1, &addr).unwrap();
+    svc.sync("down", &cfgnode).await.unwrap();
+    node.stop().unwrap();
+    let e = svc.sync("down", &cfgnode).await.unwrap_err();
+    assert!(
+        matches!(e, OpError::Sync(SyncError::Unreachable { attempts: 3, .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("unreachable"), "{e}");
+    // the vault is intact
+    let v = svc.vaults.load("down").await.unwrap();
+    assert_eq!(v.balance().immature, Amount::from_btc(50.0).unwrap());
+}
+
+#[test]
+fn cli_create_address_sync_balance_build() {
+    let Some(node) = node_or_skip("cli_create_address_sync_balance_build") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_treasury"))
+            .args(args)
+            .env("TREASURY_DB", &db)
+            .env("TREASURY_RPC_URL", node.rpc_url())
+            .env("TREASURY_RPC_COOKIE", node.cookie_file())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (o1, o2, p) = (officer(1), officer(2), officer(9));
+    let (ok, out, err) = run(&[
+        "vault",
+        "create",
+        "--name",
+        "cli",
+        "--template",
+        "sortedmulti",
+        "--k",
+        "2",
+        "--officer",
+        &o1.public,
+        "--officer",
+        &o2.public,
+        "--policy-key",
+        &p.public,
+    ]);
+    assert!(ok, "{out}{err}");
+    // a private key is refused with a clear message, and nothing is stored
+    let (ok, _, err) = run(&[
+        "vault",
+        "create",
+        "--name",
+        "bad",
+        "--template",
+        "sortedmulti",
+        "--k",
+        "2",
+        "--officer",
+        &o1.private,
+        "--officer",
+        &o2.public,
+        "--policy-key",
+        &p.public,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("watch-only"), "{err}");
+    let (_, list, _) = run(&["vault", "list"]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+    let (ok, addr, err) = run(&["vault", "address", "--vault", "cli"]);
+    assert!(ok, "{err}");
+    let addr = addr.trim().to_string();
+    let (ok, verify, err) = run(&["vault", "address", "--vault", "cli", "--verify", &addr]);
+    assert!(ok, "{err}");
+    let verify: Value = serde_json::from_str(&verify).unwrap();
+    assert_eq!(verify["keychain"], json!("receive"));
+    assert_eq!(verify["index"], json!(0));
+    assert_eq!(verify["keys"].as_array().unwrap().len(), 3);
+    let address = Address::from_str(&addr).unwrap().assume_checked();
+    node.mine_blocks(1, &address).unwrap();
+    node.mine_blocks(100, &node.new_address()).unwrap();
+    let (ok, out, err) = run(&["vault", "sync", "--vault", "cli"]);
+    assert!(ok, "{out}{err}");
+    let (_, bal, _) = run(&["vault", "balance", "--vault", "cli"]);
+    let bal: Value = serde_json::from_str(&bal).unwrap();
+    assert_eq!(bal["confirmed_sat"], json!(50_0000_0000u64));
+    let to = format!("{}:100000000", node.new_address());
+    let (ok, b64, err) = run(&[
+        "psbt",
+        "build",
+        "--vault",
+        "cli",
+        "--to",
+        &to,
+        "--fee-rate",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("request"), "{err}");
+    let decoded = rpc(&node, "decodepsbt", &[json!(b64.trim())]);
+    assert_eq!(decoded["tx"]["vout"].as_array().unwrap().len(), 2);
+    // the one coin is reserved now: a second build fails clearly
+    let (ok, _, err) = run(&[
+        "psbt",
+        "build",
+        "--vault",
+        "cli",
+        "--to",
+        &to,
+        "--fee-rate",
+        "2",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("insufficient funds"), "{err}");
+    // malformed input
+    let (ok, _, err) = run(&[
+        "psbt",
+        "build",
+        "--vault",
+        "cli",
+        "--to",
+        "nonsense",
+        "--fee-rate",
+        "2",
+    ]);
+    assert!(!ok && err.contains("ADDRESS:SATS"), "{err}");
+    let (ok, _, err) = run(&["vault", "show", "--vault", "nope"]);
+    assert!(!ok && err.contains("no vault named"), "{err}");
+}
