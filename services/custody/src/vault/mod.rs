@@ -332,7 +332,7 @@ impl VaultEvent {
         Ok(EntryDraft {
             time_ms,
             kind,
-            actor: Actor::new(&format!("vault:{vault}"))?,
+            actor: Actor::new(format!("vault:{vault}"))?,
             payload: Payload::bytes(body.to_string().into_bytes())?,
         })
     }
