@@ -3,6 +3,7 @@
 //! One token directory per test binary (SoftHSM reads `SOFTHSM2_CONF` once, at
 //! `C_Initialize`, and tests run as threads of one process). Without the SoftHSM library the
 //! tests print why and pass, unless `TREASURY_REQUIRE_SOFTHSM=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! PSBT builders shared by the integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use bitcoin::absolute::LockTime;
 use bitcoin::hashes::Hash;
