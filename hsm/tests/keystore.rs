@@ -115,7 +115,11 @@ fn taproot_script_path_signature_verifies() {
         .into_script();
     let other = Keypair::from_seckey_slice(&secp, &[3u8; 32]).unwrap();
     let internal: UntweakedPublicKey = other.x_only_public_key().0;
-    let other_leaf = Builder::new().push_int(1).into_script();
+    // A second leaf nobody here can satisfy, so the finalizer must use ours.
+    let other_leaf = Builder::new()
+        .push_x_only_key(&internal)
+        .push_opcode(OP_CHECKSIG)
+        .into_script();
     let info = TaprootBuilder::new()
         .add_leaf(1, leaf_script.clone())
         .unwrap()
@@ -193,6 +197,20 @@ fn taproot_script_path_signature_verifies() {
         secp.verify_schnorr(&sig.signature, &msg, &xonly).unwrap();
     }
 
+    // Independent check: miniscript's interpreter accepts the script-path spend.
+    let tx = common::finalize_and_extract(psbt.clone());
+    assert_eq!(tx.input[1].witness.len(), 3); // sig, leaf script, control block
+                                              // ...and that check has teeth: one flipped bit in a signature is rejected.
+    let mut forged = psbt.clone();
+    let sig = forged.inputs[1]
+        .tap_script_sigs
+        .get_mut(&(xonly, leaf))
+        .unwrap();
+    let mut bytes = sig.signature.serialize();
+    bytes[10] ^= 1;
+    sig.signature = bitcoin::secp256k1::schnorr::Signature::from_slice(&bytes).unwrap();
+    assert!(common::try_finalize_and_extract(forged).is_err());
+
     // A non-default sighash type is never signed.
     let mut p = psbt.clone();
     p.inputs[0].sighash_type = Some(TapSighashType::SinglePlusAnyoneCanPay.into());
@@ -206,4 +224,55 @@ fn taproot_script_path_signature_verifies() {
     let stranger = SoftwareKeystore::generate("stranger", NetworkKind::Test, account()).unwrap();
     let mut p = psbt.clone();
     assert!(stranger.sign_psbt(&mut p).unwrap().is_empty());
+}
+
+#[test]
+fn two_software_keystores_sign_wsh_and_refuse_bad_inputs() {
+    let secp = Secp256k1::new();
+    let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
+    let rel = DerivationPath::from_str("m/0/0").unwrap();
+    let a = SoftwareKeystore::generate("a", NetworkKind::Test, path.clone()).unwrap();
+    let b = SoftwareKeystore::generate("b", NetworkKind::Test, path.clone()).unwrap();
+    let pk = |ks: &SoftwareKeystore| {
+        bitcoin::PublicKey::new(
+            ks.account_xpub()
+                .derive_pub(&secp, &rel)
+                .unwrap()
+                .public_key,
+        )
+    };
+    let (pa, pb) = (pk(&a), pk(&b));
+    let ws = common::multi_2of2(&pa, &pb);
+    let mut psbt = common::wsh_psbt(&ws, 1);
+    psbt.inputs[0]
+        .bip32_derivation
+        .insert(pa.inner, (a.fingerprint(), path.extend(&rel)));
+    psbt.inputs[0]
+        .bip32_derivation
+        .insert(pb.inner, (b.fingerprint(), path.extend(&rel)));
+
+    // non_witness_utxo that is not the spent transaction: refused.
+    let mut bad = psbt.clone();
+    bad.inputs[0].non_witness_utxo = Some(common::unsigned_tx(1));
+    let err = a.sign_psbt(&mut bad).unwrap_err();
+    assert!(
+        matches!(err, HsmError::UtxoMismatch { input: 0 }),
+        "{err:?}"
+    );
+
+    // A key of ours that the script does not use: refused.
+    let mut bad = psbt.clone();
+    let lone = common::multi_2of2(&pb, &pb);
+    bad.inputs[0].witness_script = Some(lone.clone());
+    bad.inputs[0].witness_utxo.as_mut().unwrap().script_pubkey =
+        ScriptBuf::new_p2wsh(&lone.wscript_hash());
+    let err = a.sign_psbt(&mut bad).unwrap_err();
+    assert!(
+        matches!(err, HsmError::KeyNotInScript { input: 0, .. }),
+        "{err:?}"
+    );
+
+    assert_eq!(a.sign_psbt(&mut psbt).unwrap().inputs(), vec![0]);
+    assert_eq!(b.sign_psbt(&mut psbt).unwrap().inputs(), vec![0]);
+    common::finalize_and_extract(psbt);
 }

@@ -235,6 +235,11 @@ fn two_of_two_wsh_hsm_and_software_key() {
         }
     }
 
+    // Independent check: miniscript finalizes the 2-of-2 and its interpreter accepts both
+    // signatures on extraction.
+    let tx = common::finalize_and_extract(psbt);
+    assert_eq!(tx.input[0].witness.len(), 4); // empty, sig, sig, witness script
+
     // Refusals name the input.
     let mut p = common::wsh_psbt(&ws, 2);
     p.inputs[1]

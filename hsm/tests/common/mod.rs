@@ -57,3 +57,19 @@ pub fn wsh_psbt(ws: &ScriptBuf, inputs: usize) -> Psbt {
     }
     psbt
 }
+
+/// Finalizes with miniscript and extracts through its interpreter, which verifies every
+/// signature against the spent outputs (ECDSA and taproot alike).
+pub fn finalize_and_extract(psbt: Psbt) -> Transaction {
+    try_finalize_and_extract(psbt).unwrap()
+}
+
+/// [`finalize_and_extract`] returning the failure instead of panicking.
+pub fn try_finalize_and_extract(psbt: Psbt) -> Result<Transaction, String> {
+    use miniscript::psbt::PsbtExt;
+    let secp = bitcoin::secp256k1::Secp256k1::verification_only();
+    let psbt = psbt
+        .finalize(&secp)
+        .map_err(|(_, errors)| format!("finalize: {errors:?}"))?;
+    psbt.extract(&secp).map_err(|e| format!("extract: {e}"))
+}
