@@ -67,6 +67,13 @@ impl KdfParams {
         }
     }
 
+    /// True when the parameters are at least [`KdfParams::production`] strength (64 MiB,
+    /// 3 passes): tools should refuse or warn below that for real keys.
+    pub fn meets_production_minimum(&self) -> bool {
+        let p = KdfParams::production();
+        self.m_cost_kib >= p.m_cost_kib && self.t_cost >= p.t_cost
+    }
+
     /// Bounds checked before any derivation, so a hostile file cannot ask for 1 TiB.
     fn argon2(&self) -> Result<Argon2<'static>, HsmError> {
         if self.m_cost_kib > 4 * 1024 * 1024 || self.t_cost > 64 || self.p_cost > 64 {

@@ -255,6 +255,9 @@ fn find_key(
 
 impl Pkcs11Signer {
     /// Opens the existing key pair labelled `config.key_label` on the token.
+    ///
+    /// Checks that the key is on secp256k1 and signs one probe digest to prove the private
+    /// and public objects under the label are one pair.
     pub fn open(config: Pkcs11Config) -> Result<Self, HsmError> {
         let conn = connect(&config)?;
         Self::load(config, conn)

@@ -95,6 +95,8 @@ fn production_kdf_round_trip() {
     let ks = SoftwareKeystore::generate("officer-p", NetworkKind::Main, account()).unwrap();
     let json = ks.to_json(PASS, KdfParams::production()).unwrap();
     assert!(json.contains("\"m_cost_kib\": 65536"));
+    assert!(KdfParams::production().meets_production_minimum());
+    assert!(!KdfParams::insecure_for_tests().meets_production_minimum());
     let back = SoftwareKeystore::from_json(&json, PASS).unwrap();
     assert_eq!(back.account_xpub(), ks.account_xpub());
 }

@@ -21,20 +21,29 @@ use hsm::{
     HeldKey, HsmError, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, SignedKey, Signer, SoftwareKeystore,
 };
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "reserve-test";
 const PIN: &str = "314159";
 const SO_PIN: &str = "27182818";
 /// A token no test logs into with the right PIN (login state is per process and token).
 const WRONG_PIN_TOKEN: &str = "wrong-pin-test";
 
+/// The SoftHSM2 module: Debian's path unless `TREASURY_SOFTHSM_MODULE` names another.
+fn module() -> PathBuf {
+    std::env::var_os("TREASURY_SOFTHSM_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODULE))
+}
+
 /// Sets up SoftHSM once per process; `None` (test skipped) when it is not installed.
 fn softhsm() -> Option<&'static Path> {
-    if !Path::new(MODULE).exists() {
+    let module = module();
+    if !module.exists() {
+        let module = module.display();
         if std::env::var("TREASURY_REQUIRE_SOFTHSM").as_deref() == Ok("1") {
-            panic!("TREASURY_REQUIRE_SOFTHSM=1 but {MODULE} is missing (apt-get install softhsm2)");
+            panic!("TREASURY_REQUIRE_SOFTHSM=1 but {module} is missing (apt-get install softhsm2)");
         }
-        eprintln!("skipping: SoftHSM2 not installed ({MODULE} missing)");
+        eprintln!("skipping: SoftHSM2 not installed ({module} missing)");
         return None;
     }
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -76,7 +85,7 @@ fn softhsm() -> Option<&'static Path> {
 }
 
 fn config(token: &str, key: &str, pin: &str) -> Pkcs11Config {
-    Pkcs11Config::new(MODULE, token, key, Pkcs11Pin::new(pin))
+    Pkcs11Config::new(module(), token, key, Pkcs11Pin::new(pin))
 }
 
 fn random32() -> [u8; 32] {
@@ -167,6 +176,16 @@ fn wrong_pin_and_unknown_labels_are_clear_errors() {
 
     let cfg = config(TOKEN, "k", PIN);
     assert!(!format!("{cfg:?}").contains(PIN));
+
+    let mut cfg = config(TOKEN, "k", PIN);
+    cfg.module = PathBuf::from("/nonexistent/libpkcs11.so");
+    let err = Pkcs11Signer::open(cfg).unwrap_err();
+    assert!(matches!(err, HsmError::ModuleLoad { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("cannot load pkcs#11 module /nonexistent"),
+        "{err}"
+    );
 }
 
 #[test]
