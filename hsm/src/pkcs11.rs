@@ -163,6 +163,20 @@ fn parse_ec_point(bytes: &[u8]) -> Result<bitcoin::PublicKey, HsmError> {
     Ok(bitcoin::PublicKey::new(key))
 }
 
+/// Raw PKCS#11 ECDSA output (`r‖s`, 32 bytes each) to a low-S secp256k1 signature.
+fn raw_to_low_s(raw: &[u8]) -> Result<ecdsa::Signature, HsmError> {
+    let compact: [u8; 64] = raw.try_into().map_err(|_| {
+        HsmError::BadHsmData(format!(
+            "ecdsa signature of {} bytes, expected 64",
+            raw.len()
+        ))
+    })?;
+    let mut sig = ecdsa::Signature::from_compact(&compact)
+        .map_err(|e| HsmError::BadHsmData(format!("ecdsa signature: {e}")))?;
+    sig.normalize_s();
+    Ok(sig)
+}
+
 /// The descriptor fingerprint of a single static key: first 4 bytes of hash160 of the
 /// compressed key.
 pub(crate) fn key_fingerprint(key: &bitcoin::PublicKey) -> Fingerprint {
@@ -418,15 +432,7 @@ impl Pkcs11Signer {
             s.sign(&Mechanism::Ecdsa, self.private_key, digest)
                 .map_err(HsmError::pkcs11("sign"))
         })?;
-        let compact: [u8; 64] = raw.as_slice().try_into().map_err(|_| {
-            HsmError::BadHsmData(format!(
-                "ecdsa signature of {} bytes, expected 64",
-                raw.len()
-            ))
-        })?;
-        let mut sig = ecdsa::Signature::from_compact(&compact)
-            .map_err(|e| HsmError::BadHsmData(format!("ecdsa signature: {e}")))?;
-        sig.normalize_s();
+        let sig = raw_to_low_s(&raw)?;
         let msg = Message::from_digest(*digest);
         self.secp
             .verify_ecdsa(&msg, &sig, &self.public_key.inner)
@@ -489,6 +495,39 @@ mod tests {
         assert_eq!(parse_ec_point(&bare).unwrap().inner, pk);
         assert!(parse_ec_point(&wrapped).unwrap().compressed);
         assert!(parse_ec_point(&bare[..33]).is_err());
+    }
+
+    #[test]
+    fn high_s_from_the_token_is_normalized() {
+        // secp256k1 group order n; a token may return (r, n - s) for a valid (r, s).
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xfe, 0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c,
+            0xd0, 0x36, 0x41, 0x41,
+        ];
+        let secp = Secp256k1::new();
+        let sk = bitcoin::secp256k1::SecretKey::from_slice(&[9u8; 32]).unwrap();
+        let pk = SecpPublicKey::from_secret_key(&secp, &sk);
+        let msg = Message::from_digest([1u8; 32]);
+        let low = secp.sign_ecdsa(&msg, &sk).serialize_compact();
+        // high s = n - s, big-endian subtraction.
+        let mut high = low;
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(N[i]) - i16::from(low[32 + i]) - borrow;
+            borrow = i16::from(d < 0);
+            high[32 + i] = (d + if d < 0 { 256 } else { 0 }) as u8;
+        }
+        assert_ne!(high, low);
+        let high_sig = ecdsa::Signature::from_compact(&high).unwrap();
+        assert!(
+            secp.verify_ecdsa(&msg, &high_sig, &pk).is_err(),
+            "libsecp rejects high-S"
+        );
+        let fixed = raw_to_low_s(&high).unwrap();
+        assert_eq!(fixed.serialize_compact(), low);
+        secp.verify_ecdsa(&msg, &fixed, &pk).unwrap();
+        assert!(raw_to_low_s(&high[..63]).is_err());
     }
 
     #[test]
