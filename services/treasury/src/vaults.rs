@@ -120,7 +120,7 @@ impl VaultStore {
                 .fetch_all(p)
                 .await?
                 .iter()
-                .map(|r| ConfigRow::read(r))
+                .map(ConfigRow::read)
                 .collect::<Result<_, sqlx::Error>>()?
         });
         rows.into_iter().map(ConfigRow::into_config).collect()
@@ -661,6 +661,7 @@ impl VaultService {
     ///
     /// # Errors
     /// [`OpError::Spend`] for every refusal of the builder, [`OpError::Store`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn build_psbt(
         &self,
         name: &str,

@@ -3,6 +3,7 @@
 //! passes `decodepsbt`/`analyzepsbt`, is signed by officers through Core's
 //! `descriptorprocesspsbt`, finalized by our code, accepted by `testmempoolaccept`, mined, and
 //! the vault follows; reorgs; reservations; the recovery path; a node that is down.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -401,7 +402,7 @@ async fn end_to_end(node: &RegtestNode, svc: &VaultService, name: &str) {
         assert!(input.non_witness_utxo.is_some());
         assert!(input.witness_utxo.is_some());
         assert_eq!(input.bip32_derivation.len(), 3, "full key origins");
-        for (_, (fp, path)) in &input.bip32_derivation {
+        for (fp, path) in input.bip32_derivation.values() {
             assert_eq!(path.len(), 6, "{fp} {path}");
         }
     }
