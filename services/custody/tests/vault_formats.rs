@@ -727,3 +727,85 @@ proptest! {
         let _ = from_coldcard(&format!("Name: x\nPolicy: 1 of 1\nDerivation: m/48h\n{s}"), Network::Regtest);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shapes that must not be mistaken for the standard ones
+
+#[test]
+fn multipath_string_refuses_different_policies() {
+    // Same keys, paths differ in one step, but the thresholds differ.
+    let a = vault_from("a", &format!("wsh(multi(2,{},{}))", key(1), key(2)));
+    let b = vault_from("b", &format!("wsh(multi(1,{},{}))", key(1), key(2)));
+    let mixed = VaultDescriptors::new("x", Network::Regtest, a.external, b.internal).unwrap();
+    assert!(matches!(
+        mixed.multipath_string(),
+        Err(FormatError::NotMultipath(_))
+    ));
+}
+
+#[test]
+fn non_standard_receive_or_change_steps_are_refused() {
+    for steps in ["<2;1>", "<0;2>", "<1;0>"] {
+        let v = vault_from(
+            "steps",
+            &format!(
+                "wsh(sortedmulti(2,{},{}))",
+                key(1).replace("<0;1>", steps),
+                key(2).replace("<0;1>", steps)
+            ),
+        );
+        assert!(
+            matches!(to_caravan(&v), Err(FormatError::Unsupported { .. })),
+            "{steps}"
+        );
+        assert!(
+            matches!(to_coldcard(&v), Err(FormatError::Unsupported { .. })),
+            "{steps}"
+        );
+        // BSMS restrictions carry any unhardened steps.
+        let text = to_bsms(&v).unwrap();
+        assert!(
+            text.contains(
+                &steps
+                    .replace('<', "/")
+                    .replace(';', "/*,/")
+                    .replace('>', "/*")
+            ),
+            "{text}"
+        );
+        assert_same_vault(&from_bsms(&text, Network::Regtest).unwrap(), &unnamed(&v));
+    }
+}
+
+#[test]
+fn bsms_refuses_keys_with_different_steps() {
+    let v = vault_from(
+        "steps",
+        &format!(
+            "wsh(sortedmulti(2,{},{}))",
+            key(1),
+            key(2).replace("<0;1>", "<2;3>")
+        ),
+    );
+    assert!(matches!(
+        to_bsms(&v),
+        Err(FormatError::Unsupported { format: "bsms", .. })
+    ));
+    // Its BIP-389 form still exists.
+    assert!(v.multipath_string().unwrap().contains("<2;3>"));
+}
+
+#[test]
+fn coldcard_policy_slash_form_and_name_rules() {
+    let v = vault_2of3();
+    let file = to_coldcard(&v)
+        .unwrap()
+        .replace("Policy: 2 of 3", "Policy: 2/3");
+    assert_same_vault(&from_coldcard(&file, Network::Regtest).unwrap(), &v);
+    let mut padded = vault_2of3();
+    padded.name = " treasury".to_owned();
+    assert!(matches!(
+        to_coldcard(&padded),
+        Err(FormatError::Unsupported { .. })
+    ));
+}

@@ -593,7 +593,13 @@ impl Translator<DescriptorPublicKey, String, FormatError> for Templater {
                     format: "bsms",
                     reason: format!("unpaired key {pk}"),
                 })?;
-        let (e, i) = (pk, &self.int_keys[pos]);
+        let Some(i) = self.int_keys.get(pos) else {
+            return Err(FormatError::Unsupported {
+                format: "bsms",
+                reason: format!("unpaired key {pk}"),
+            });
+        };
+        let e = pk;
         if e == i {
             return Ok(pk.to_string());
         }
@@ -1034,13 +1040,14 @@ pub fn to_coldcard(v: &VaultDescriptors) -> Result<String, FormatError> {
         format: "coldcard",
         reason,
     };
-    let name = v.name.trim();
+    let name = v.name.as_str();
     if name.is_empty()
+        || name.trim() != name
         || name.chars().count() > COLDCARD_NAME_MAX
         || name.chars().any(char::is_control)
     {
         return Err(unsupported(format!(
-            "the wallet name must be 1 to {COLDCARD_NAME_MAX} printable characters"
+            "the wallet name must be 1 to {COLDCARD_NAME_MAX} printable characters, without surrounding spaces"
         )));
     }
     if spec.keys.len() > COLDCARD_MAX_SIGNERS {
@@ -1105,12 +1112,15 @@ pub fn from_coldcard(text: &str, network: Network) -> Result<VaultDescriptors, F
         match label.to_ascii_lowercase().as_str() {
             "name" => name = Some(value.to_owned()),
             "policy" => {
-                let parsed = value.split_once(" of ").and_then(|(k, n)| {
-                    Some((
-                        k.trim().parse::<usize>().ok()?,
-                        n.trim().parse::<usize>().ok()?,
-                    ))
-                });
+                let parsed = value
+                    .split_once(" of ")
+                    .or_else(|| value.split_once('/'))
+                    .and_then(|(k, n)| {
+                        Some((
+                            k.trim().parse::<usize>().ok()?,
+                            n.trim().parse::<usize>().ok()?,
+                        ))
+                    });
                 policy =
                     Some(parsed.ok_or_else(|| {
                         err(line_no, format!("policy {value:?} is not `k of n`"))
