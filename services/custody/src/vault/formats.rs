@@ -436,13 +436,13 @@ fn as_sortedmulti(v: &VaultDescriptors, format: &'static str) -> Result<SortedMu
     let unsupported = |reason: String| FormatError::Unsupported { format, reason };
     let (script, k, ext) = sortedmulti_parts(&v.external).ok_or_else(|| {
         unsupported(format!(
-            "the receive descriptor is {:?}",
+            "the receive descriptor is {:?}, not sortedmulti",
             v.external.desc_type()
         ))
     })?;
     let (int_script, int_k, int) = sortedmulti_parts(&v.internal).ok_or_else(|| {
         unsupported(format!(
-            "the change descriptor is {:?}",
+            "the change descriptor is {:?}, not sortedmulti",
             v.internal.desc_type()
         ))
     })?;
@@ -679,7 +679,10 @@ fn suffix_string(path: &DerivationPath) -> String {
 /// <first receive address>
 /// ```
 ///
-/// The template's checksum is computed over the template text. BSMS carries no wallet name.
+/// The template's checksum is computed over the template text (with `/**`). BIP-129's own
+/// test vectors write templates without a checksum; [`from_bsms`] accepts both. Any descriptor
+/// miniscript can express is written (taproot and timelocks included) as long as every key
+/// derives the same receive and change steps. BSMS carries no wallet name.
 ///
 /// # Errors
 ///
