@@ -7,6 +7,7 @@
 //! PSBT builder ([`spend`]) is a pure function of the vault's state and the request.
 
 pub mod descriptor;
+pub mod formats;
 pub mod spend;
 
 use std::collections::BTreeMap;
