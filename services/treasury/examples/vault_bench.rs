@@ -32,7 +32,11 @@ fn key(seed: u8) -> TemplateKey {
     let master = Xpriv::new_master(Network::Regtest, &[seed; 32]).unwrap();
     let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
     let xpub = Xpub::from_priv(&secp, &master.derive_priv(&secp, &path).unwrap());
-    TemplateKey::parse(&format!("[{}/48'/1'/0'/2']{xpub}", master.fingerprint(&secp))).unwrap()
+    TemplateKey::parse(&format!(
+        "[{}/48'/1'/0'/2']{xpub}",
+        master.fingerprint(&secp)
+    ))
+    .unwrap()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

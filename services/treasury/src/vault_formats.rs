@@ -1,6 +1,9 @@
-//! Export and import of vault descriptors in the formats of tools we did not write.
+//! Export and import of vault descriptors in the formats of tools we did not write: plain
+//! descriptors, BIP-129 BSMS descriptor records, Caravan wallet configs and Coldcard multisig
+//! setup files. Every import goes through the same validation as `vault create`.
 
 use bdk_wallet::bitcoin::Network;
+use custody::vault::formats::{self, VaultDescriptors};
 use custody::vault::VaultDescriptor;
 
 use crate::vault_cli::Format;
@@ -8,43 +11,128 @@ use crate::vault_cli::Format;
 /// Exports a vault's descriptors in `format`.
 ///
 /// # Errors
-/// A message when the vault cannot be written in that format.
+/// A message when the vault cannot be written in that format (Caravan and Coldcard hold only
+/// `sortedmulti` of extended keys).
 pub fn export(name: &str, d: &VaultDescriptor, format: Format) -> Result<String, String> {
-    let _ = name;
-    match format {
-        Format::Descriptor => Ok(format!(
+    if format == Format::Descriptor {
+        return Ok(format!(
             "{}\n{}\n{}\n",
             d.multipath_string().unwrap_or_default(),
             d.external_string(),
             d.internal_string()
-        )),
-        other => Err(format!("format {other:?} is not available yet")),
+        ));
     }
+    let v = VaultDescriptors::new(name, d.network, d.external.clone(), d.internal.clone())
+        .map_err(|e| e.to_string())?;
+    let out = match format {
+        Format::Bsms => formats::to_bsms(&v),
+        Format::Caravan => formats::to_caravan(&v),
+        Format::Coldcard => formats::to_coldcard(&v),
+        Format::Descriptor => return Err("unreachable format".into()),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(if out.ends_with('\n') { out } else { out + "\n" })
 }
 
-/// Imports vault descriptors from `text` in `format`.
+/// Imports vault descriptors from `text` in `format` for a vault on `network`.
 ///
 /// # Errors
-/// A message naming what is wrong with the file.
+/// A message naming what is wrong with the file, or why the vault is refused.
 pub fn import(text: &str, format: Format, network: Network) -> Result<VaultDescriptor, String> {
-    match format {
+    let v = match format {
         Format::Descriptor => {
             let lines: Vec<&str> = text
                 .lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .filter(|l| !l.is_empty() && !l.starts_with("//"))
                 .collect();
             let first = lines.first().ok_or("empty descriptor file")?;
-            let parsed = if first.contains("<0;1>") {
+            let parsed = if first.contains('<') {
                 VaultDescriptor::parse(first, None, network)
             } else {
                 let second = lines
                     .get(1)
-                    .ok_or("give a change descriptor on the second line")?;
+                    .ok_or("give the change descriptor on the second line")?;
                 VaultDescriptor::parse(first, Some(second), network)
             };
-            parsed.map_err(|e| e.to_string())
+            return parsed.map_err(|e| e.to_string());
         }
-        other => Err(format!("format {other:?} is not available yet")),
+        Format::Bsms => formats::from_bsms(text, network),
+        Format::Caravan => formats::from_caravan(text),
+        Format::Coldcard => formats::from_coldcard(text, network),
+    }
+    .map_err(|e| e.to_string())?;
+    if v.network != network {
+        return Err(format!(
+            "the file is for {}, the service runs on {network}",
+            v.network
+        ));
+    }
+    let (ext, int) = v.descriptor_strings();
+    VaultDescriptor::parse(&ext, Some(&int), network).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
+    use bdk_wallet::bitcoin::secp256k1::Secp256k1;
+    use custody::vault::{Keychain, Template, TemplateKey, Vault, VaultConfig};
+    use std::str::FromStr;
+
+    fn key(seed: u8) -> TemplateKey {
+        let secp = Secp256k1::new();
+        let m = Xpriv::new_master(Network::Regtest, &[seed; 32]).unwrap();
+        let p = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
+        let x = Xpub::from_priv(&secp, &m.derive_priv(&secp, &p).unwrap());
+        TemplateKey::parse(&format!("[{}/48'/1'/0'/2']{x}", m.fingerprint(&secp))).unwrap()
+    }
+
+    fn addresses(d: &VaultDescriptor) -> Vec<String> {
+        let v = Vault::create(VaultConfig::new("a", d.clone(), 0).unwrap()).unwrap();
+        [Keychain::External, Keychain::Internal]
+            .iter()
+            .flat_map(|k| (0..20).map(|i| v.peek_address(*k, i).address.to_string()))
+            .collect::<Vec<_>>()
+    }
+
+    #[test]
+    fn every_export_imports_to_the_same_vault() {
+        let d = Template::SortedMulti {
+            k: 2,
+            officers: vec![key(1), key(2)],
+            policy_key: key(3),
+        }
+        .build(Network::Regtest)
+        .unwrap();
+        let want = addresses(&d);
+        for f in [
+            Format::Descriptor,
+            Format::Bsms,
+            Format::Caravan,
+            Format::Coldcard,
+        ] {
+            let text = export("reserve", &d, f).unwrap();
+            let back = import(&text, f, Network::Regtest).unwrap();
+            assert_eq!(back, d, "{f:?}");
+            assert_eq!(addresses(&back), want, "{f:?}");
+        }
+        // a taproot vault exports as descriptors and BSMS, and is refused by Caravan/Coldcard
+        let t = Template::TaprootMultiA {
+            k: 2,
+            keys: vec![key(1), key(2), key(3)],
+        }
+        .build(Network::Regtest)
+        .unwrap();
+        for f in [Format::Descriptor, Format::Bsms] {
+            let text = export("tr", &t, f).unwrap();
+            assert_eq!(import(&text, f, Network::Regtest).unwrap(), t, "{f:?}");
+        }
+        assert!(export("tr", &t, Format::Caravan).is_err());
+        assert!(export("tr", &t, Format::Coldcard).is_err());
+        // a regtest file imported into a mainnet service is refused
+        let text = export("reserve", &d, Format::Caravan).unwrap();
+        assert!(import(&text, Format::Caravan, Network::Bitcoin).is_err());
     }
 }
