@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ledger_cli;
+pub mod officer_cli;
 pub mod store;
 pub mod vault_cli;
 pub mod vault_formats;

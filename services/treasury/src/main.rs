@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hashcore::{Backend, Engine};
 use treasury::ledger_cli::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
+use treasury::officer_cli::{run_officer, OfficerCommand};
 use treasury::vault_cli::{run_psbt, run_vault, PsbtCommand, VaultCommand, VaultOpts};
 
 /// The strategic reserve custody and treasury service.
@@ -51,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: PsbtCommand,
     },
+    /// An officer's own key, offline: keygen, show, sign PSBTs.
+    Officer {
+        #[command(subcommand)]
+        command: OfficerCommand,
+    },
     /// Offline verification of a ledger export, proofs and checkpoints (no database).
     Audit {
         #[command(subcommand)]
@@ -81,6 +87,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Psbt { opts, command } => {
             print!("{}", run_psbt(&opts, command)?);
+            Ok(())
+        }
+        Command::Officer { command } => {
+            print!("{}", run_officer(command)?);
             Ok(())
         }
         Command::Audit { command } => {

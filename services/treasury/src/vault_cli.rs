@@ -284,6 +284,20 @@ pub enum PsbtCommand {
         /// The PSBT file.
         file: PathBuf,
     },
+    /// Merge signers' PSBTs into the base PSBT, verifying every partial signature on arrival;
+    /// prints the combined PSBT.
+    Combine {
+        /// The request's PSBT.
+        base: PathBuf,
+        /// Signers' PSBTs.
+        #[arg(required = true)]
+        signed: Vec<PathBuf>,
+    },
+    /// Finalize, check with the node's `testmempoolaccept`, broadcast; prints the txid.
+    Broadcast {
+        /// The fully signed PSBT.
+        file: PathBuf,
+    },
 }
 
 fn read_input(path: &PathBuf) -> Result<String, String> {
@@ -295,6 +309,11 @@ fn read_input(path: &PathBuf) -> Result<String, String> {
     } else {
         std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
+}
+
+fn read_psbt(path: &PathBuf) -> Result<Psbt, String> {
+    let text = read_input(path)?;
+    Psbt::from_str(text.trim()).map_err(|e| format!("{}: malformed psbt: {e}", path.display()))
 }
 
 fn keys(list: &[String]) -> Result<Vec<TemplateKey>, String> {
@@ -570,14 +589,31 @@ fn describe(v: &custody::vault::Vault) -> String {
 /// # Errors
 /// A message for standard error.
 pub fn run_psbt(opts: &VaultOpts, cmd: PsbtCommand) -> Result<String, String> {
-    if let PsbtCommand::Finalize { file } = &cmd {
-        let text = read_input(file)?;
-        let psbt = Psbt::from_str(text.trim()).map_err(|e| format!("malformed psbt: {e}"))?;
-        let tx = spend::finalize(psbt).map_err(|e| e.to_string())?;
-        return Ok(format!(
-            "{}\n",
-            bdk_wallet::bitcoin::consensus::encode::serialize_hex(&tx)
-        ));
+    match &cmd {
+        PsbtCommand::Finalize { file } => {
+            let tx = spend::finalize(read_psbt(file)?).map_err(|e| e.to_string())?;
+            return Ok(format!(
+                "{}\n",
+                bdk_wallet::bitcoin::consensus::encode::serialize_hex(&tx)
+            ));
+        }
+        PsbtCommand::Combine { base, signed } => {
+            let mut psbt = read_psbt(base)?;
+            for f in signed {
+                let n = custody::vault::combine::combine(&mut psbt, read_psbt(f)?)
+                    .map_err(|e| format!("{}: {e}", f.display()))?;
+                eprintln!("{}: {n} signatures verified", f.display());
+            }
+            return Ok(format!("{psbt}\n"));
+        }
+        PsbtCommand::Broadcast { file } => {
+            let tx = spend::finalize(read_psbt(file)?).map_err(|e| e.to_string())?;
+            let node = opts.node()?;
+            let network = opts.network;
+            let txid = crate::vaults::broadcast(&node, network, &tx).map_err(|e| e.to_string())?;
+            return Ok(format!("{txid}\n"));
+        }
+        _ => {}
     }
     runtime()?.block_on(async {
         let ledger = LedgerStore::open(&opts.db)
@@ -705,6 +741,8 @@ async fn psbt_db(
             let n = svc.vaults.release(&request).await?;
             Ok(format!("released {n} coins of request {request}\n"))
         }
-        PsbtCommand::Finalize { .. } => Err(msg("finalize runs without a database".into())),
+        PsbtCommand::Finalize { .. }
+        | PsbtCommand::Combine { .. }
+        | PsbtCommand::Broadcast { .. } => Err(msg("this command runs without a database".into())),
     }
 }

@@ -504,6 +504,31 @@ pub fn sync_vault(vault: &mut Vault, client: &Client) -> Result<Vec<VaultEvent>,
     })
 }
 
+/// Checks a finalized transaction with the node's `testmempoolaccept`, then broadcasts it.
+///
+/// # Errors
+/// [`SyncError::Rpc`] with the node's reject reason, [`SyncError::Unreachable`].
+pub fn broadcast(
+    node: &NodeConfig,
+    network: Network,
+    tx: &bdk_wallet::bitcoin::Transaction,
+) -> Result<Txid, SyncError> {
+    let client = node.connect_checked(network, 3, Duration::from_millis(500))?;
+    let hex = bdk_wallet::bitcoin::consensus::encode::serialize_hex(tx);
+    let accept: serde_json::Value = client
+        .call("testmempoolaccept", &[serde_json::json!([hex])])
+        .map_err(rpc_error)?;
+    if accept[0]["allowed"] != serde_json::Value::Bool(true) {
+        return Err(SyncError::Rpc(format!(
+            "testmempoolaccept refused the transaction: {}",
+            accept[0]["reject-reason"]
+                .as_str()
+                .unwrap_or("no reason given")
+        )));
+    }
+    client.send_raw_transaction(tx).map_err(rpc_error)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

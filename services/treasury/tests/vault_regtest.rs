@@ -14,6 +14,7 @@ use bdk_wallet::bitcoin::consensus::encode::serialize_hex;
 use bdk_wallet::bitcoin::psbt::Psbt;
 use bdk_wallet::bitcoin::secp256k1::Secp256k1;
 use bdk_wallet::bitcoin::{Address, Amount, BlockHash, FeeRate, Network, OutPoint, Txid};
+use custody::vault::combine;
 use custody::vault::descriptor::with_checksum;
 use custody::vault::spend::{self, FeeCaps, Payment, SpendError, SpendPath, SpendRequest};
 use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultEvent};
@@ -482,8 +483,22 @@ async fn end_to_end(node: &RegtestNode, svc: &VaultService, name: &'static str, 
             *sig = s;
         }
     }
-    assert!(spend::finalize(forged).is_err());
-    let tx = spend::finalize(signed).unwrap();
+    assert!(spend::finalize(forged.clone()).is_err());
+    // Combining verifies every signature on arrival: the forged one is refused, naming the
+    // input and key, and nothing is merged.
+    let mut base = built.psbt.clone();
+    let e = combine::combine(&mut base, forged).unwrap_err();
+    assert!(
+        matches!(e, combine::CombineError::BadSignature { input: 0, .. }),
+        "{e}"
+    );
+    assert_eq!(base, built.psbt);
+    assert_eq!(
+        combine::combine(&mut base, one_psbt).unwrap(),
+        psbt.inputs.len()
+    );
+    combine::combine(&mut base, signed.clone()).unwrap();
+    let tx = spend::finalize(base).unwrap();
     assert_eq!(tx.compute_txid(), built.txid);
     let hex = serialize_hex(&tx);
     let accept = rpc(node, "testmempoolaccept", &[json!([hex])]);
@@ -885,6 +900,58 @@ fn cli_create_address_sync_balance_build() {
     assert!(err.contains("request"), "{err}");
     let decoded = rpc(&node, "decodepsbt", &[json!(b64.trim())]);
     assert_eq!(decoded["tx"]["vout"].as_array().unwrap().len(), 2);
+    // Two officers sign (through Core), the service combines, verifies and broadcasts.
+    let d = Template::SortedMulti {
+        k: 2,
+        officers: vec![tkey(&o1), tkey(&o2)],
+        policy_key: tkey(&p),
+    }
+    .build(NET)
+    .unwrap();
+    let base = dir.path().join("base.psbt");
+    std::fs::write(&base, b64.trim()).unwrap();
+    let mut files = Vec::new();
+    for (i, o) in [&o1, &p].iter().enumerate() {
+        let out = rpc(
+            &node,
+            "descriptorprocesspsbt",
+            &[
+                json!(b64.trim()),
+                json!(private_descriptors(&d, &[o])),
+                json!("ALL"),
+                json!(true),
+                json!(false),
+            ],
+        );
+        let f = dir.path().join(format!("s{i}.psbt"));
+        std::fs::write(&f, out["psbt"].as_str().unwrap()).unwrap();
+        files.push(f);
+    }
+    let (ok, combined, err) = run(&[
+        "psbt",
+        "combine",
+        base.to_str().unwrap(),
+        files[0].to_str().unwrap(),
+        files[1].to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("signatures verified"), "{err}");
+    let cfile = dir.path().join("combined.psbt");
+    std::fs::write(&cfile, combined.trim()).unwrap();
+    let (ok, txid, err) = run(&["psbt", "broadcast", cfile.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let mempool = rpc(&node, "getrawmempool", &[]);
+    assert!(
+        mempool.as_array().unwrap().contains(&json!(txid.trim())),
+        "{mempool}"
+    );
+    // broadcasting again is refused by testmempoolaccept with its reason
+    let (ok, _, err) = run(&["psbt", "broadcast", cfile.to_str().unwrap()]);
+    assert!(!ok && err.contains("testmempoolaccept"), "{err}");
+    // a base PSBT alone does not finalize
+    let (ok, _, err) = run(&["psbt", "finalize", base.to_str().unwrap()]);
+    assert!(!ok && err.contains("finalized"), "{err}");
+
     // the one coin is reserved now: a second build fails clearly
     let (ok, _, err) = run(&[
         "psbt",
@@ -912,4 +979,249 @@ fn cli_create_address_sync_balance_build() {
     assert!(!ok && err.contains("ADDRESS:SATS"), "{err}");
     let (ok, _, err) = run(&["vault", "show", "--vault", "nope"]);
     assert!(!ok && err.contains("no vault named"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taproot_vault_spend_signed_by_core_and_finalized_by_us() {
+    let Some(node) = node_or_skip("taproot_vault_spend") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let svc = sqlite_service(&dir).await;
+    let cfgnode = node_config(&node);
+    let d = templates(&officer(9))[2].build(NET).unwrap();
+    svc.create(VaultConfig::new("tr", d.clone(), 0).unwrap(), "create")
+        .await
+        .unwrap();
+    let mut faucet = Faucet::new(&node, 1);
+    let addr = svc.next_address("tr").await.unwrap().address;
+    faucet.pay(&node, &addr, Amount::from_sat(1_0000_0000));
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    svc.sync("tr", &cfgnode).await.unwrap();
+    let req = SpendRequest {
+        payments: vec![Payment {
+            address: Address::from_str(&node.new_address().to_string()).unwrap(),
+            amount: Amount::from_sat(4000_0000),
+        }],
+        fee_rate: Some(FeeRate::from_sat_per_vb_u32(2)),
+        ..Default::default()
+    };
+    let mut rng = StdRng::seed_from_u64(5);
+    let built = svc
+        .build_psbt(
+            "tr",
+            "tr-1",
+            &req,
+            FeeRate::from_sat_per_vb_u32(2),
+            &FeeCaps::default(),
+            Duration::from_secs(60),
+            &mut rng,
+        )
+        .await
+        .unwrap()
+        .built;
+    assert!(!built.psbt.inputs[0].tap_key_origins.is_empty());
+    let mut b64 = built.psbt.to_string();
+    let analyzed = rpc(&node, "analyzepsbt", &[json!(b64)]);
+    assert_eq!(analyzed["next"].as_str().unwrap(), "signer");
+    for o in [&officer(1), &officer(3)] {
+        let out = rpc(
+            &node,
+            "descriptorprocesspsbt",
+            &[
+                json!(b64),
+                json!(private_descriptors(&d, &[o])),
+                json!("DEFAULT"),
+                json!(true),
+                json!(false),
+            ],
+        );
+        b64 = out["psbt"].as_str().unwrap().to_string();
+    }
+    let signed = Psbt::from_str(&b64).unwrap();
+    // a flipped bit in a Schnorr signature is refused by our finalizer
+    let mut forged = signed.clone();
+    if let Some(sig) = forged.inputs[0].tap_script_sigs.values_mut().next() {
+        let mut bytes = sig.to_vec();
+        bytes[5] ^= 1;
+        *sig = bdk_wallet::bitcoin::taproot::Signature::from_slice(&bytes).unwrap();
+    }
+    assert!(spend::finalize(forged.clone()).is_err());
+    let mut base = built.psbt.clone();
+    assert!(matches!(
+        combine::combine(&mut base, forged),
+        Err(combine::CombineError::BadSignature { .. })
+    ));
+    combine::combine(&mut base, signed.clone()).unwrap();
+    let tx = spend::finalize(signed).unwrap();
+    let accept = rpc(&node, "testmempoolaccept", &[json!([serialize_hex(&tx)])]);
+    assert_eq!(accept[0]["allowed"], json!(true), "{accept}");
+}
+
+#[test]
+fn officer_keygen_and_sign_with_the_cli_then_core_cosigns() {
+    let Some(node) = node_or_skip("officer_keygen_and_sign") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("off.db").display());
+    let run = |args: &[&str], pass: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_treasury"));
+        cmd.args(args)
+            .env("TREASURY_DB", &db)
+            .env("TREASURY_RPC_URL", node.rpc_url())
+            .env("TREASURY_RPC_COOKIE", node.cookie_file())
+            .env_remove("TREASURY_KEYSTORE_PASSPHRASE");
+        if let Some(p) = pass {
+            cmd.env("TREASURY_KEYSTORE_PASSPHRASE", p);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let ks = dir.path().join("alice.json");
+    let ks_s = ks.to_str().unwrap();
+    let (ok, alice, err) = run(
+        &[
+            "officer",
+            "keygen",
+            "--out",
+            ks_s,
+            "--id",
+            "alice",
+            "--insecure-fast-kdf",
+        ],
+        Some("correct horse"),
+    );
+    assert!(ok, "{err}");
+    assert!(alice.starts_with('[') && alice.contains("tpub"), "{alice}");
+    // never overwritten; no passphrase or a wrong one is refused without leaking anything
+    let (ok, _, _) = run(
+        &[
+            "officer",
+            "keygen",
+            "--out",
+            ks_s,
+            "--id",
+            "alice",
+            "--insecure-fast-kdf",
+        ],
+        Some("x"),
+    );
+    assert!(!ok);
+    let (ok, _, err) = run(&["officer", "show", "--key", ks_s], None);
+    assert!(!ok && err.contains("TREASURY_KEYSTORE_PASSPHRASE"), "{err}");
+    let (ok, _, err) = run(&["officer", "show", "--key", ks_s], Some("wrong"));
+    assert!(!ok && !err.contains("wrong"), "{err}");
+    let file = std::fs::read_to_string(&ks).unwrap();
+    assert!(!file.contains("tprv") && !file.contains("correct horse"));
+
+    let (bob, policy) = (officer(42), officer(43));
+    let (ok, _, err) = run(
+        &[
+            "vault",
+            "create",
+            "--name",
+            "off",
+            "--template",
+            "sortedmulti",
+            "--k",
+            "2",
+            "--officer",
+            &alice,
+            "--officer",
+            &bob.public,
+            "--policy-key",
+            &policy.public,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (_, addr, _) = run(&["vault", "address", "--vault", "off"], None);
+    let address = Address::from_str(&addr).unwrap().assume_checked();
+    node.mine_blocks(1, &address).unwrap();
+    node.mine_blocks(100, &node.new_address()).unwrap();
+    let (ok, _, err) = run(&["vault", "sync"], None);
+    assert!(ok, "{err}");
+    let to = format!("{}:700000000", node.new_address());
+    let (ok, b64, err) = run(
+        &[
+            "psbt",
+            "build",
+            "--vault",
+            "off",
+            "--to",
+            &to,
+            "--fee-rate",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let base = dir.path().join("base.psbt");
+    std::fs::write(&base, &b64).unwrap();
+    // alice signs with her keystore
+    let (ok, signed, err) = run(
+        &["officer", "sign", "--key", ks_s, base.to_str().unwrap()],
+        Some("correct horse"),
+    );
+    assert!(ok, "{err}");
+    let a_file = dir.path().join("alice.psbt");
+    std::fs::write(&a_file, &signed).unwrap();
+    // bob signs through Core
+    let cfg = VaultConfig::new(
+        "x",
+        Template::SortedMulti {
+            k: 2,
+            officers: vec![TemplateKey::parse(&alice).unwrap(), tkey(&bob)],
+            policy_key: tkey(&policy),
+        }
+        .build(NET)
+        .unwrap(),
+        0,
+    )
+    .unwrap();
+    let out = rpc(
+        &node,
+        "descriptorprocesspsbt",
+        &[
+            json!(b64),
+            json!(private_descriptors(&cfg.descriptor, &[&bob])),
+            json!("ALL"),
+            json!(true),
+            json!(false),
+        ],
+    );
+    let b_file = dir.path().join("bob.psbt");
+    std::fs::write(&b_file, out["psbt"].as_str().unwrap()).unwrap();
+    let (ok, combined, err) = run(
+        &[
+            "psbt",
+            "combine",
+            base.to_str().unwrap(),
+            a_file.to_str().unwrap(),
+            b_file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let c_file = dir.path().join("combined.psbt");
+    std::fs::write(&c_file, &combined).unwrap();
+    let (ok, txid, err) = run(&["psbt", "broadcast", c_file.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    let tx = rpc(&node, "getrawtransaction", &[json!(txid), json!(true)]);
+    assert!(tx["confirmations"].as_u64().unwrap() >= 1, "{tx}");
+    let (ok, _, err) = run(&["vault", "sync", "--vault", "off"], None);
+    assert!(ok, "{err}");
+    let (_, bal, _) = run(&["vault", "balance", "--vault", "off"], None);
+    let bal: Value = serde_json::from_str(&bal).unwrap();
+    let confirmed = bal["confirmed_sat"].as_u64().unwrap();
+    assert!(
+        confirmed < 43_0000_0000 && confirmed > 42_9000_0000,
+        "{bal}"
+    );
 }

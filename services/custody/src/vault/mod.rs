@@ -6,6 +6,7 @@
 //! Nothing here does I/O: blocks and mempool transactions are handed in by the caller, and the
 //! PSBT builder ([`spend`]) is a pure function of the vault's state and the request.
 
+pub mod combine;
 pub mod descriptor;
 pub mod formats;
 pub mod spend;
