@@ -287,9 +287,10 @@ impl VaultStore {
     pub async fn release_spent(&self, vault: &Vault) -> Result<u64, VaultStoreError> {
         let held = self.reserved(vault.name(), i64::MIN).await?;
         let q = "DELETE FROM utxo_reservations WHERE outpoint = $1";
+        let unspent: BTreeSet<OutPoint> = vault.utxos().iter().map(|u| u.outpoint).collect();
         let mut n = 0;
         for op in held {
-            if vault.utxo(op).is_none() {
+            if !unspent.contains(&op) {
                 n += on_db!(&self.db, p => sqlx::query(q).bind(op.to_string()).execute(p).await?.rows_affected());
             }
         }

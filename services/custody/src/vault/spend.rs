@@ -7,7 +7,7 @@
 //! segwit v0 inputs keep their full previous transaction (`non_witness_utxo`) for hardware
 //! signers that demand it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bdk_wallet::bitcoin::address::NetworkUnchecked;
 use bdk_wallet::bitcoin::psbt::Psbt;
@@ -294,16 +294,20 @@ pub fn build(
             return Err(SpendError::MemoTooLong(memo.len()));
         }
     }
+    // One canonicalization of the wallet for every check below (bdk's `get_utxo` runs one per
+    // call: 500 included coins took seconds).
+    let utxos = vault.utxos();
+    let by_outpoint: BTreeMap<OutPoint, &VaultUtxo> =
+        utxos.iter().map(|u| (u.outpoint, u)).collect();
     for op in &req.include {
         if reserved.contains(op) {
             return Err(SpendError::Reserved(*op));
         }
-        if vault.utxo(*op).is_none() {
+        if !by_outpoint.contains_key(op) {
             return Err(SpendError::UnknownUtxo(*op));
         }
     }
 
-    let utxos = vault.utxos();
     let tip = vault.tip_height();
     let older = vault.config().descriptor.recovery_older();
     let mut unspendable: BTreeSet<OutPoint> = reserved.clone();
@@ -312,7 +316,7 @@ pub fn build(
         (SpendPath::Recovery, None) => return Err(SpendError::NoRecoveryPath),
         (SpendPath::Recovery, Some(n)) => {
             for op in &req.include {
-                if let Some(u) = utxos.iter().find(|u| u.outpoint == *op) {
+                if let Some(u) = by_outpoint.get(op) {
                     check_mature(u, n)?;
                 }
             }
@@ -443,9 +447,11 @@ fn finish(
         }
     }
     if let (SpendPath::Recovery, Some(n)) = (path, older) {
+        let utxos: BTreeMap<OutPoint, VaultUtxo> =
+            vault.utxos().into_iter().map(|u| (u.outpoint, u)).collect();
         for op in &inputs {
-            let u = vault.utxo(*op).ok_or(SpendError::UnknownUtxo(*op))?;
-            check_mature(&u, n)?;
+            let u = utxos.get(op).ok_or(SpendError::UnknownUtxo(*op))?;
+            check_mature(u, n)?;
         }
     }
     // The final size: the unsigned transaction plus the largest witness of each input.
