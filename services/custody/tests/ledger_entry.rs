@@ -125,6 +125,7 @@ fn kind_codes_are_stable() {
         (Kind::ReserveProof, 12, "reserve_proof"),
         (Kind::Checkpoint, 13, "checkpoint"),
         (Kind::OperatorNote, 14, "operator_note"),
+        (Kind::ChainReorg, 15, "chain_reorg"),
     ];
     assert_eq!(Kind::ALL.len(), expected.len());
     for (k, code, name) in expected {

@@ -64,6 +64,27 @@ fn private_descriptors(d: &custody::vault::VaultDescriptor, signers: &[&Officer]
         .collect()
 }
 
+/// Signs a PSBT with `signers`' private keys through Core's `descriptorprocesspsbt`.
+fn core_sign(
+    node: &RegtestNode,
+    psbt: &Value,
+    d: &custody::vault::VaultDescriptor,
+    signers: &[&Officer],
+    sighash: &str,
+) -> Value {
+    rpc(
+        node,
+        "descriptorprocesspsbt",
+        &[
+            psbt.clone(),
+            json!(private_descriptors(d, signers)),
+            json!(sighash),
+            json!(true),
+            json!(false),
+        ],
+    )
+}
+
 fn node_config(node: &RegtestNode) -> NodeConfig {
     NodeConfig {
         url: node.rpc_url(),
@@ -462,17 +483,7 @@ async fn end_to_end(node: &RegtestNode, svc: &VaultService, name: &'static str, 
         Err(SpendError::Finalize(_))
     ));
     // The second officer signs the first officer's PSBT.
-    let two = rpc(
-        node,
-        "descriptorprocesspsbt",
-        &[
-            json!(one["psbt"].as_str().unwrap()),
-            json!(private_descriptors(&d, &[&o2])),
-            json!("ALL"),
-            json!(true),
-            json!(false),
-        ],
-    );
+    let two = core_sign(node, &one["psbt"], &d, &[&o2], "ALL");
     let signed = Psbt::from_str(two["psbt"].as_str().unwrap()).unwrap();
     // A flipped byte in a signature is caught by our finalizer.
     let mut forged = signed.clone();
@@ -722,17 +733,7 @@ async fn recovery_path_spends_only_after_its_timelock() {
     let (r1, r2) = (officer(4), officer(5));
     let mut b64 = built.psbt.to_string();
     for o in [&r1, &r2] {
-        let out = rpc(
-            &node,
-            "descriptorprocesspsbt",
-            &[
-                json!(b64),
-                json!(private_descriptors(&d, &[o])),
-                json!("ALL"),
-                json!(true),
-                json!(false),
-            ],
-        );
+        let out = core_sign(&node, &json!(b64), &d, &[o], "ALL");
         b64 = out["psbt"].as_str().unwrap().to_string();
     }
     let tx = spend::finalize(Psbt::from_str(&b64).unwrap()).unwrap();
@@ -751,31 +752,11 @@ async fn recovery_path_spends_only_after_its_timelock() {
         .built;
     let mut b64 = built.psbt.to_string();
     for o in [&officer(1), &officer(2)] {
-        let out = rpc(
-            &node,
-            "descriptorprocesspsbt",
-            &[
-                json!(b64),
-                json!(private_descriptors(&d, &[o])),
-                json!("ALL"),
-                json!(true),
-                json!(false),
-            ],
-        );
+        let out = core_sign(&node, &json!(b64), &d, &[o], "ALL");
         b64 = out["psbt"].as_str().unwrap().to_string();
     }
     assert!(spend::finalize(Psbt::from_str(&b64).unwrap()).is_err());
-    let out = rpc(
-        &node,
-        "descriptorprocesspsbt",
-        &[
-            json!(b64),
-            json!(private_descriptors(&d, &[&policy])),
-            json!("ALL"),
-            json!(true),
-            json!(false),
-        ],
-    );
+    let out = core_sign(&node, &json!(b64), &d, &[&policy], "ALL");
     let tx = spend::finalize(Psbt::from_str(out["psbt"].as_str().unwrap()).unwrap()).unwrap();
     let accept = rpc(&node, "testmempoolaccept", &[json!([serialize_hex(&tx)])]);
     assert_eq!(accept[0]["allowed"], json!(true), "{accept}");
@@ -868,6 +849,30 @@ fn cli_create_address_sync_balance_build() {
     assert!(err.contains("watch-only"), "{err}");
     let (_, list, _) = run(&["vault", "list"]);
     assert_eq!(list.lines().count(), 1, "{list}");
+    let (ok, _, err) = run(&[
+        "vault", "create", "--name", "cli", "--template", "taproot", "--k", "1",
+        "--officer", &o1.public,
+    ]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    // every export imports as the same vault
+    let (_, shown, _) = run(&["vault", "show", "--vault", "cli"]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    for format in ["descriptor", "bsms", "caravan", "coldcard"] {
+        let (ok, text, err) = run(&["vault", "export", "--vault", "cli", "--format", format]);
+        assert!(ok, "{format}: {err}");
+        let f = dir.path().join(format!("export.{format}"));
+        std::fs::write(&f, text).unwrap();
+        let name = format!("imported-{format}");
+        let (ok, out, err) = run(&[
+            "vault", "import", "--name", &name, "--format", format, f.to_str().unwrap(),
+        ]);
+        assert!(ok, "{format}: {err}");
+        let imported: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(imported["external"], shown["external"], "{format}");
+        assert_eq!(imported["internal"], shown["internal"], "{format}");
+    }
+    let (_, list, _) = run(&["vault", "list"]);
+    assert_eq!(list.lines().count(), 5, "{list}");
     let (ok, addr, err) = run(&["vault", "address", "--vault", "cli"]);
     assert!(ok, "{err}");
     let addr = addr.trim().to_string();
@@ -912,17 +917,7 @@ fn cli_create_address_sync_balance_build() {
     std::fs::write(&base, b64.trim()).unwrap();
     let mut files = Vec::new();
     for (i, o) in [&o1, &p].iter().enumerate() {
-        let out = rpc(
-            &node,
-            "descriptorprocesspsbt",
-            &[
-                json!(b64.trim()),
-                json!(private_descriptors(&d, &[o])),
-                json!("ALL"),
-                json!(true),
-                json!(false),
-            ],
-        );
+        let out = core_sign(&node, &json!(b64.trim()), &d, &[o], "ALL");
         let f = dir.path().join(format!("s{i}.psbt"));
         std::fs::write(&f, out["psbt"].as_str().unwrap()).unwrap();
         files.push(f);
@@ -1037,17 +1032,7 @@ async fn taproot_vault_spend_signed_by_core_and_finalized_by_us() {
         1
     );
     for o in [&officer(1), &officer(3)] {
-        let out = rpc(
-            &node,
-            "descriptorprocesspsbt",
-            &[
-                json!(b64),
-                json!(private_descriptors(&d, &[o])),
-                json!("DEFAULT"),
-                json!(true),
-                json!(false),
-            ],
-        );
+        let out = core_sign(&node, &json!(b64), &d, &[o], "DEFAULT");
         b64 = out["psbt"].as_str().unwrap().to_string();
     }
     let signed = Psbt::from_str(&b64).unwrap();
@@ -1199,17 +1184,7 @@ fn officer_keygen_and_sign_with_the_cli_then_core_cosigns() {
         0,
     )
     .unwrap();
-    let out = rpc(
-        &node,
-        "descriptorprocesspsbt",
-        &[
-            json!(b64),
-            json!(private_descriptors(&cfg.descriptor, &[&bob])),
-            json!("ALL"),
-            json!(true),
-            json!(false),
-        ],
-    );
+    let out = core_sign(&node, &json!(b64), &cfg.descriptor, &[&bob], "ALL");
     let b_file = dir.path().join("bob.psbt");
     std::fs::write(&b_file, out["psbt"].as_str().unwrap()).unwrap();
     let (ok, combined, err) = run(
