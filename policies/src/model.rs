@@ -237,7 +237,7 @@ pub struct Tier {
 pub struct AllowlistEntry {
     /// A label for humans.
     pub label: String,
-    /// The address as written in the policy.
+    /// The address in normal form (bech32 in lower case).
     pub address: String,
     /// Its output script (what matching uses).
     pub script_pubkey: ScriptBuf,
@@ -697,9 +697,13 @@ fn resolve_alternative(
     Ok(out)
 }
 
-fn parse_address(field: &str, address: &str) -> Result<ScriptBuf, PolicyError> {
+/// The address in its normal form (bech32 lower case) and its output script.
+fn parse_address(field: &str, address: &str) -> Result<(String, ScriptBuf), PolicyError> {
     Address::<NetworkUnchecked>::from_str(address)
-        .map(|a| a.assume_checked().script_pubkey())
+        .map(|a| {
+            let a = a.assume_checked();
+            (a.to_string(), a.script_pubkey())
+        })
         .map_err(|e| PolicyError::BadAddress {
             field: field.to_owned(),
             address: address.to_owned(),
@@ -830,7 +834,7 @@ impl RawPolicy {
                     field: format!("{field}.label"),
                 });
             }
-            let script_pubkey = parse_address(&format!("{field}.address"), &a.address)?;
+            let (address, script_pubkey) = parse_address(&format!("{field}.address"), &a.address)?;
             if allowlist.iter().any(|x| x.script_pubkey == script_pubkey) {
                 return Err(PolicyError::DuplicateEntry {
                     field: format!("{field}.address"),
@@ -845,7 +849,7 @@ impl RawPolicy {
             }
             allowlist.push(AllowlistEntry {
                 label: a.label.clone(),
-                address: a.address.clone(),
+                address,
                 script_pubkey,
             });
         }
