@@ -50,7 +50,7 @@ pub(crate) fn max_matching(adj: &[Vec<usize>], n_right: usize) -> Vec<Option<usi
 pub(crate) struct Coverage {
     /// Per requirement (in alternative order): how many more approvals it needs.
     pub(crate) more: Vec<u32>,
-    /// The persons counted, in slot order.
+    /// The persons counted, sorted.
     pub(crate) counted: Vec<String>,
 }
 
@@ -93,5 +93,6 @@ pub(crate) fn cover(
             counted.push(persons[*p].to_owned());
         }
     }
+    counted.sort();
     Coverage { more, counted }
 }
