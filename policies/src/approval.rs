@@ -31,7 +31,7 @@ pub(crate) fn secp() -> &'static Secp256k1<All> {
 pub enum Verdict {
     /// The approver agrees to the spend.
     Approve,
-    /// The approver refuses the spend (recorded and reported; see [`crate::evaluate`]).
+    /// The approver refuses the spend (recorded and reported; see [`crate::evaluate`](mod@crate::evaluate)).
     Reject,
 }
 

@@ -94,3 +94,34 @@ pub(crate) mod hex_array {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Encoder;
+
+    #[test]
+    fn encodings_are_length_prefixed_and_big_endian() {
+        let mut e = Encoder::new();
+        e.u8(1)
+            .bool(true)
+            .u32(2)
+            .u64(3)
+            .i64(-1)
+            .str("ab")
+            .fixed(&[9])
+            .opt_u64(None)
+            .opt_u64(Some(5));
+        let mut want = vec![1, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3];
+        want.extend([0xff; 8]);
+        want.extend([
+            0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b', 9, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5,
+        ]);
+        assert_eq!(e.finish(), want);
+        // "a" + "b" and "ab" + "" differ.
+        let mut x = Encoder::new();
+        x.str("a").str("b");
+        let mut y = Encoder::new();
+        y.str("ab").str("");
+        assert_ne!(x.finish(), y.finish());
+    }
+}

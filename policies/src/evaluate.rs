@@ -131,6 +131,8 @@ pub struct Context {
 pub enum DenyReason {
     /// The reserve is frozen.
     Frozen,
+    /// No tier covers the amount (cannot happen with a validated policy; kept fail-closed).
+    NoTier,
     /// The approval subject does not describe this request.
     SubjectMismatch(String),
     /// The subject was built under another policy version.
@@ -186,6 +188,7 @@ impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DenyReason::Frozen => write!(f, "the reserve is frozen"),
+            DenyReason::NoTier => write!(f, "no tier covers the amount"),
             DenyReason::SubjectMismatch(s) => write!(f, "approval subject does not match: {s}"),
             DenyReason::PolicyMismatch { subject, policy } => {
                 write!(f, "subject bound to policy {subject}, evaluating {policy}")
@@ -474,8 +477,11 @@ pub fn evaluate(
     }
     let rejections: Vec<String> = rejections.into_iter().collect();
 
-    let reasons = deny_checks(policy, request, history, ctx);
-    if !reasons.is_empty() || alternatives.is_empty() {
+    let mut reasons = deny_checks(policy, request, history, ctx);
+    if alternatives.is_empty() {
+        reasons.push(DenyReason::NoTier);
+    }
+    if !reasons.is_empty() {
         return Evaluation {
             decision: Decision::Deny { reasons },
             tier,

@@ -96,3 +96,20 @@ pub(crate) fn cover(
     counted.sort();
     Coverage { more, counted }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::max_matching;
+
+    #[test]
+    fn matching_finds_augmenting_paths() {
+        // Left 0 can take 0 or 1, left 1 only 0: greedy 0->0 must be undone.
+        let m = max_matching(&[vec![0, 1], vec![0]], 2);
+        assert_eq!(m, vec![Some(1), Some(0)]);
+        // Three slots, two persons: one slot stays empty.
+        let m = max_matching(&[vec![0], vec![0, 1], vec![1]], 2);
+        assert_eq!(m.iter().filter(|x| x.is_some()).count(), 2);
+        assert_eq!(max_matching(&[], 3), Vec::<Option<usize>>::new());
+        assert_eq!(max_matching(&[vec![]], 0), vec![None]);
+    }
+}

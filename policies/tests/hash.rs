@@ -183,3 +183,18 @@ fn hash_is_the_tagged_hash_of_the_canonical_bytes() {
     assert_eq!(p.hash().0, expect);
     assert_eq!(policies::canonical::policy_hash(&p), p.hash());
 }
+
+/// Pins the encodings: a change of either value is a change of the format (bump the tag).
+#[test]
+fn golden_vectors() {
+    let p = example();
+    let s = subject(&p, "req-1", bitcoin::Amount::from_sat(250_000_000));
+    assert_eq!(
+        p.hash().to_string(),
+        "c49afa2f4ead965f8e961dcbfb90d8d24dfe2b4e69ac32bb2d87a5094c15bbaa"
+    );
+    assert_eq!(
+        hex::encode(s.digest()),
+        "3b18903ae2799700f8d15b082d32fd535c4e3e2834fa6a3d46c11c6e1f09354d"
+    );
+}
