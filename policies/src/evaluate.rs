@@ -8,6 +8,7 @@
 //!    only: the vault is frozen, a destination is not an address, a destination is not on the
 //!    allowlist of an `allowlist_only` tier, a velocity window would be exceeded, the fee or fee
 //!    rate is above its cap, the fee rate is outside the band around the requested rate.
+//!    A spend whose subject expires before the tier delay could elapse is denied too.
 //!    Reserve proofs are not blocked by a freeze (auditing must go on during an incident), and
 //!    have no tier, allowlist or velocity: they need the quorum of the `proof_quorum` group.
 //! 2. Approvals are verified ([`crate::approval::verify`]) against the request's subject (its
@@ -22,6 +23,9 @@
 //! 4. Otherwise **Pending**, listing for each alternative how many more approvals each group
 //!    needs (for one optimal assignment of the approvers present), and the tier delay that will
 //!    follow.
+//!
+//! `Allow` says the quorum was met by approvals valid *now*; the policy signer evaluates again
+//! when it signs (at or after `ready_at_ms`), and approvals that expired by then no longer count.
 //!
 //! **Rejections** are verified, recorded in [`Evaluation::rejections`] and reported; they do not
 //! veto and do not cancel approvals. This keeps evaluation monotone (adding any approval never
@@ -144,6 +148,14 @@ pub enum DenyReason {
     },
     /// The subject expires later than the policy's max age allows.
     ExpiryTooLate(String),
+    /// The subject expires before the tier's delay could elapse, so the spend could never
+    /// become ready.
+    ExpiresBeforeDelay {
+        /// The subject's expiry.
+        expires_at_ms: i64,
+        /// The earliest possible ready time (creation + tier delay).
+        earliest_ready_ms: i64,
+    },
     /// A destination is not a valid address.
     BadDestination(String),
     /// A destination is not on the allowlist (the tier is allowlist-only).
@@ -194,6 +206,13 @@ impl fmt::Display for DenyReason {
                 write!(f, "subject bound to policy {subject}, evaluating {policy}")
             }
             DenyReason::ExpiryTooLate(s) => write!(f, "approval expiry too late: {s}"),
+            DenyReason::ExpiresBeforeDelay {
+                expires_at_ms,
+                earliest_ready_ms,
+            } => write!(
+                f,
+                "approvals expire at {expires_at_ms} ms, before the delay ends at {earliest_ready_ms} ms at the earliest"
+            ),
             DenyReason::BadDestination(d) => write!(f, "destination \"{d}\" is not an address"),
             DenyReason::NotAllowlisted(d) => write!(f, "destination \"{d}\" is not allowlisted"),
             DenyReason::Velocity {
@@ -379,9 +398,17 @@ fn deny_checks(
     if ctx.frozen {
         reasons.insert(0, DenyReason::Frozen);
     }
-    let allowlist_only = policy
-        .tier_for(req.amount)
-        .is_some_and(|t| t.allowlist_only);
+    let tier = policy.tier_for(req.amount);
+    if let Some(t) = tier.filter(|t| t.delay_secs > 0) {
+        let earliest_ready_ms = req.created_ms.saturating_add(secs_to_ms(t.delay_secs));
+        if s.expires_at_ms <= earliest_ready_ms {
+            reasons.push(DenyReason::ExpiresBeforeDelay {
+                expires_at_ms: s.expires_at_ms,
+                earliest_ready_ms,
+            });
+        }
+    }
+    let allowlist_only = tier.is_some_and(|t| t.allowlist_only);
     for d in &req.destinations {
         match Address::<NetworkUnchecked>::from_str(d) {
             Err(_) => reasons.push(DenyReason::BadDestination(d.clone())),

@@ -624,3 +624,26 @@ fn velocity_window_boundaries() {
     let h = [past("a", 200, NOW - 2 * DAY_MS), past("b", 295, NOW - week)];
     assert!(matches!(run(&h), Decision::Allow { .. }));
 }
+
+#[test]
+fn subject_expiring_before_the_delay_is_denied() {
+    let p = example();
+    let mut req = request(&p, "r1", Amount::from_sat(60 * BTC), "dave");
+    req.subject.expires_at_ms = req.created_ms + DAY_MS;
+    let e = eval(&p, &req, &full_quorum(&req));
+    assert_eq!(
+        deny_reasons(&e),
+        [DenyReason::ExpiresBeforeDelay {
+            expires_at_ms: req.created_ms + DAY_MS,
+            earliest_ready_ms: req.created_ms + DAY_MS,
+        }]
+    );
+    req.subject.expires_at_ms += 1;
+    let e = eval(&p, &req, &full_quorum(&req));
+    assert!(matches!(e.decision, Decision::Allow { .. }));
+    // Tiers without a delay do not care.
+    let mut small = request(&p, "r2", Amount::from_sat(BTC), "dave");
+    small.subject.expires_at_ms = small.created_ms + 1;
+    let e = eval(&p, &small, &[]);
+    assert!(matches!(e.decision, Decision::Pending { .. }));
+}

@@ -195,6 +195,6 @@ fn golden_vectors() {
     );
     assert_eq!(
         hex::encode(s.digest()),
-        "3b18903ae2799700f8d15b082d32fd535c4e3e2834fa6a3d46c11c6e1f09354d"
+        "c71ea207916dac395bf0f896604af93fa4a143eae4fb71657f7809bb2d5b3073"
     );
 }

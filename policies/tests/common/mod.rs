@@ -75,7 +75,7 @@ pub fn subject(policy: &Policy, id: &str, amount: Amount) -> ApprovalSubject {
         fee: Amount::from_sat(50_000),
         policy: policy.hash(),
         decision: Verdict::Approve,
-        expires_at_ms: NOW + 3_600_000,
+        expires_at_ms: NOW + 36 * 3_600_000,
         expires_at_height: Some(TIP + 100),
     }
 }
