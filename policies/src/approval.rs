@@ -161,7 +161,8 @@ pub fn sign(subject: &ApprovalSubject, approver: &str, secret: &SecretKey) -> Ap
 }
 
 /// Why an approval was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ApprovalError {
     /// The key is not an approval key of the policy.
     #[error("unknown approval key {0}")]
@@ -223,7 +224,7 @@ pub enum ApprovalError {
 }
 
 /// A verified approval: who said what.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
     /// The approver's person id.
     pub person: String,

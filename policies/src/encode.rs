@@ -125,3 +125,17 @@ mod tests {
         assert_ne!(x.finish(), y.finish());
     }
 }
+
+/// `bitcoin::Amount` as a number of satoshis in serde formats.
+pub(crate) mod amount_sat {
+    use bitcoin::Amount;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &Amount, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_sat())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Amount, D::Error> {
+        u64::deserialize(d).map(Amount::from_sat)
+    }
+}

@@ -42,9 +42,11 @@ use std::str::FromStr;
 
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::{Address, Amount, FeeRate};
+use serde::{Deserialize, Serialize};
 
 use crate::approval::{secs_to_ms, verify, Approval, ApprovalError, ApprovalSubject, Verdict};
 use crate::canonical::PolicyHash;
+use crate::encode::amount_sat;
 use crate::model::{GroupRequirement, Policy};
 use crate::quorum::cover;
 
@@ -131,7 +133,8 @@ pub struct Context {
 }
 
 /// Why a request is denied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DenyReason {
     /// The reserve is frozen.
     Frozen,
@@ -165,17 +168,22 @@ pub enum DenyReason {
         /// The window.
         window_secs: u64,
         /// Its limit.
+        #[serde(with = "amount_sat")]
         max: Amount,
         /// Spent within the window already.
+        #[serde(with = "amount_sat")]
         used: Amount,
         /// This request.
+        #[serde(with = "amount_sat")]
         requested: Amount,
     },
     /// The fee is above the cap.
     FeeTooHigh {
         /// The fee.
+        #[serde(with = "amount_sat")]
         fee: Amount,
         /// The cap.
+        #[serde(with = "amount_sat")]
         max: Amount,
     },
     /// The fee rate is above the cap.
@@ -246,7 +254,7 @@ impl fmt::Display for DenyReason {
 }
 
 /// A group that needs more approvals.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shortfall {
     /// The group.
     pub group: String,
@@ -257,7 +265,8 @@ pub struct Shortfall {
 }
 
 /// What a pending request still needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Missing {
     /// Approvals: satisfy any one of the alternatives (one entry for an all-of tier); each lists
     /// the groups short of their `k`.
@@ -273,7 +282,8 @@ pub enum Missing {
 }
 
 /// The outcome of an evaluation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// The quorum is met; the spend may proceed from `ready_at_ms` on.
     Allow {
@@ -293,7 +303,8 @@ pub enum Decision {
 }
 
 /// Why an approval was not counted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Ignored {
     /// It does not verify.
     Invalid(ApprovalError),
@@ -304,7 +315,7 @@ pub enum Ignored {
 }
 
 /// The decision with the bookkeeping behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evaluation {
     /// The decision.
     pub decision: Decision,

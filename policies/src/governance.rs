@@ -50,7 +50,7 @@ pub enum ChangeKind {
 }
 
 /// The result of [`compare`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comparison {
     /// Tightening when `loosened` is empty.
     pub kind: ChangeKind,
@@ -234,7 +234,7 @@ impl ChangeOrder {
 }
 
 /// An accepted change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activation {
     /// Tightening or loosening.
     pub kind: ChangeKind,

@@ -647,3 +647,36 @@ fn subject_expiring_before_the_delay_is_denied() {
     let e = eval(&p, &small, &[]);
     assert!(matches!(e.decision, Decision::Pending { .. }));
 }
+
+#[test]
+fn evaluations_round_trip_through_json() {
+    let p = example();
+    let req = request(&p, "r1", Amount::from_sat(60 * BTC), "dave");
+    let mut approvals = full_quorum(&req);
+    approvals.push(approve(&req, "mallory", NOW));
+    approvals.push(reject(&req, "erin", NOW));
+    for frozen in [false, true] {
+        let e = evaluate(
+            &p,
+            &req,
+            &[past("x", 300, NOW)],
+            &approvals,
+            &Context { frozen, ..ctx() },
+        );
+        let json = serde_json::to_string(&e).unwrap();
+        let back: Evaluation = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+    }
+    let e = eval(&p, &req, &approvals[..1]);
+    let json = serde_json::to_value(&e.decision).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"pending": {"missing": [
+            {"approvals": {"alternatives": [[
+                {"group": "cfo", "more": 1, "k": 1},
+                {"group": "officers", "more": 2, "k": 3}
+            ]]}},
+            {"delay_after_quorum": {"secs": 86400}}
+        ]}})
+    );
+}
