@@ -46,12 +46,12 @@ fn make(p: &Policy, req: &SpendRequestFacts, g: &Gen) -> ReceivedApproval {
 
 fn scenario() -> impl Strategy<Value = (u64, usize, Vec<Gen>, Gen, bool, u64)> {
     (
-        prop::sample::select(vec![BTC / 2, 10 * BTC, 60 * BTC, 199 * BTC]),
+        prop::sample::select(vec![BTC / 2, 10 * BTC, 60 * BTC, 120 * BTC]),
         0..PERSONS.len(),
         prop::collection::vec(gen_approval(), 0..8),
         gen_approval(),
         prop::bool::weighted(0.1),
-        0u64..200,
+        0u64..120,
     )
 }
 
@@ -77,7 +77,7 @@ fn run(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Adding an approval never turns Allow into Deny or Pending (nor delays readiness);
     /// equivalently, removing one never turns Deny or Pending into Allow.
