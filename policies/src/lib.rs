@@ -4,4 +4,27 @@
 //! spend, the policy signer in front of the HSM key, and an auditor re-running decisions from the
 //! ledger), and all three must reach the same decision from the same inputs. So the model, its
 //! canonical hash and `evaluate` are pure, deterministic functions with no I/O.
+//!
+//! - [`model`]: the TOML policy document and its validated model ([`Policy`]);
+//! - [`canonical`]: the canonical encoding and [`PolicyHash`];
+//! - [`approval`]: approval subjects, digests, BIP-340 [`sign`] and [`verify`];
+//! - [`evaluate`](mod@evaluate): [`evaluate()`] a spend request into a [`Decision`];
+//! - [`freeze`]: the freeze state (any admin freezes, the admin quorum lifts);
+//! - [`governance`]: comparing versions (tightening or loosening) and activating a new version.
 #![forbid(unsafe_code)]
+
+pub mod approval;
+pub mod canonical;
+mod encode;
+pub mod evaluate;
+pub mod freeze;
+pub mod governance;
+pub mod model;
+mod quorum;
+
+pub use approval::{sign, verify, Approval, ApprovalError, ApprovalSubject, Verdict, Verified};
+pub use canonical::{PolicyHash, POLICY_TAG};
+pub use evaluate::{evaluate, Decision, Evaluation, SpendRequestFacts};
+pub use freeze::FreezeState;
+pub use governance::{activate, compare, propose, ChangeKind};
+pub use model::{Policy, PolicyError};
