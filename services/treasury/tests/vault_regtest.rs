@@ -850,8 +850,16 @@ fn cli_create_address_sync_balance_build() {
     let (_, list, _) = run(&["vault", "list"]);
     assert_eq!(list.lines().count(), 1, "{list}");
     let (ok, _, err) = run(&[
-        "vault", "create", "--name", "cli", "--template", "taproot", "--k", "1",
-        "--officer", &o1.public,
+        "vault",
+        "create",
+        "--name",
+        "cli",
+        "--template",
+        "taproot",
+        "--k",
+        "1",
+        "--officer",
+        &o1.public,
     ]);
     assert!(!ok && err.contains("already exists"), "{err}");
     // every export imports as the same vault
@@ -864,7 +872,13 @@ fn cli_create_address_sync_balance_build() {
         std::fs::write(&f, text).unwrap();
         let name = format!("imported-{format}");
         let (ok, out, err) = run(&[
-            "vault", "import", "--name", &name, "--format", format, f.to_str().unwrap(),
+            "vault",
+            "import",
+            "--name",
+            &name,
+            "--format",
+            format,
+            f.to_str().unwrap(),
         ]);
         assert!(ok, "{format}: {err}");
         let imported: Value = serde_json::from_str(&out).unwrap();
