@@ -135,7 +135,7 @@ fn kind_codes_are_stable() {
         assert_eq!(name.parse::<Kind>().unwrap(), k);
     }
     assert_eq!(Kind::from_code(0), None);
-    assert_eq!(Kind::from_code(15), None);
+    assert_eq!(Kind::from_code(16), None);
     for (t, code) in [
         (PayloadType::Bytes, 0),
         (PayloadType::Note, 1),

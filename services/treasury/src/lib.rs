@@ -4,6 +4,7 @@
 
 pub mod ledger_cli;
 pub mod officer_cli;
+pub mod policy_cli;
 pub mod store;
 pub mod vault_cli;
 pub mod vault_formats;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use hashcore::{Backend, Engine};
 use treasury::ledger_cli::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
 use treasury::officer_cli::{run_officer, OfficerCommand};
+use treasury::policy_cli::{run_policy, PolicyCommand};
 use treasury::vault_cli::{run_psbt, run_vault, PsbtCommand, VaultCommand, VaultOpts};
 
 /// The strategic reserve custody and treasury service.
@@ -52,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: PsbtCommand,
     },
+    /// Spending policies: check, hash (content address), simulate a decision.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// An officer's own key, offline: keygen, show, sign PSBTs.
     Officer {
         #[command(subcommand)]
@@ -87,6 +93,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Psbt { opts, command } => {
             print!("{}", run_psbt(&opts, command)?);
+            Ok(())
+        }
+        Command::Policy { command } => {
+            print!("{}", run_policy(command)?);
             Ok(())
         }
         Command::Officer { command } => {
