@@ -191,9 +191,11 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<String, String> {
                         "pending" => SpendState::Pending,
                         "broadcast" => SpendState::Broadcast,
                         "confirmed" => SpendState::Confirmed,
-                        other => return Err(format!(
+                        other => {
+                            return Err(format!(
                             "history[{i}].state: {other:?} is not pending, broadcast or confirmed"
-                        )),
+                        ))
+                        }
                     };
                     Ok(PastSpend {
                         request_id: h.request_id.clone(),

@@ -64,8 +64,14 @@ macro_rules! on_db {
     };
 }
 
+/// A unique or primary-key violation. sqlx maps SQLite's SQLITE_CONSTRAINT_UNIQUE (2067) to
+/// a unique violation but not SQLITE_CONSTRAINT_PRIMARYKEY (1555), which a text primary key
+/// raises; PostgreSQL reports both as 23505.
 fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+    match e {
+        sqlx::Error::Database(d) => d.is_unique_violation() || d.code().as_deref() == Some("1555"),
+        _ => false,
+    }
 }
 
 impl VaultStore {
@@ -87,7 +93,8 @@ impl VaultStore {
             serde_json::to_string(&changes).map_err(|e| VaultStoreError::Corrupt(e.to_string()))?;
         let insert = "INSERT INTO vaults (name, network, external_descriptor, internal_descriptor, birthday, gap_limit, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)";
         let cs = "INSERT INTO vault_changesets (vault, seq, changeset) VALUES ($1, 0, $2)";
-        let result: Result<(), sqlx::Error> = on_db!(&self.db, p => {
+        // An async block, so that `?` stops here and a taken name is told apart below.
+        let result: Result<(), sqlx::Error> = on_db!(&self.db, p => async {
             let mut tx = p.begin().await?;
             sqlx::query(insert)
                 .bind(&cfg.name)
@@ -101,7 +108,7 @@ impl VaultStore {
                 .await?;
             sqlx::query(cs).bind(&cfg.name).bind(&json).execute(&mut *tx).await?;
             tx.commit().await
-        });
+        }.await);
         match result {
             Ok(()) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(VaultStoreError::Exists(cfg.name)),

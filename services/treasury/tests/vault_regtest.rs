@@ -23,7 +23,7 @@ use rand::SeedableRng;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
 use treasury::store::LedgerStore;
-use treasury::vaults::{NodeAuth, NodeConfig, OpError, SyncError, VaultService};
+use treasury::vaults::{NodeAuth, NodeConfig, OpError, SyncError, VaultService, VaultStoreError};
 
 const NET: Network = Network::Regtest;
 
@@ -272,10 +272,11 @@ async fn end_to_end(node: &RegtestNode, svc: &VaultService, name: &'static str, 
     .await
     .unwrap();
     // a second vault of the same name is refused and changes nothing
-    assert!(svc
-        .create(VaultConfig::new(name, d.clone(), 0).unwrap(), "create")
-        .await
-        .is_err());
+    assert!(matches!(
+        svc.create(VaultConfig::new(name, d.clone(), 0).unwrap(), "create")
+            .await,
+        Err(OpError::Store(VaultStoreError::Exists(_)))
+    ));
 
     // Deposits: three payments from outside.
     let mut faucet = Faucet::new(node, 3);
