@@ -473,7 +473,9 @@ impl SpendRequest {
                 .ok_or(RequestError::NegativeFee)?;
             outputs.push((o.script_pubkey.clone(), o.value));
             if !n.change_scripts.contains(&o.script_pubkey) {
-                amount = amount.checked_add(o.value).ok_or(RequestError::NegativeFee)?;
+                amount = amount
+                    .checked_add(o.value)
+                    .ok_or(RequestError::NegativeFee)?;
                 destinations.push(
                     Address::from_script(&o.script_pubkey, n.network)
                         .map_or_else(|_| o.script_pubkey.to_hex_string(), |a| a.to_string()),
@@ -774,7 +776,13 @@ impl SpendRequest {
                 let ready_at_ms = *ready_at_ms;
                 self.ready_at_ms = Some(ready_at_ms);
                 if self.state == State::PendingApproval {
-                    self.push(ctx, State::Approved, Cause::Evaluated, "quorum met".into(), ev);
+                    self.push(
+                        ctx,
+                        State::Approved,
+                        Cause::Evaluated,
+                        "quorum met".into(),
+                        ev,
+                    );
                 }
                 if ctx.now_ms >= ready_at_ms {
                     if self.state != State::ReadyToSign {

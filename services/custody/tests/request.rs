@@ -298,7 +298,12 @@ fn large_tier_waits_its_delay() {
     // Too early: finalizing is illegal, reevaluating changes nothing.
     let tx = signed_tx(&r);
     let err = r
-        .apply(&p, Event::Finalized { tx: tx.clone() }, &ctx(ready - 1), &[])
+        .apply(
+            &p,
+            Event::Finalized { tx: tx.clone() },
+            &ctx(ready - 1),
+            &[],
+        )
         .unwrap_err();
     assert!(matches!(err, RequestError::IllegalTransition { .. }));
     assert!(step(&mut r, &p, Event::Reevaluate, ready - 1).is_empty());
@@ -611,7 +616,7 @@ fn finalized_with_another_txid_is_refused() {
     let mut r = at_state(&p, &State::ReadyToSign);
     let before = r.clone();
     let mut tx = signed_tx(&r);
-    tx.output[0].value = tx.output[0].value - Amount::from_sat(1);
+    tx.output[0].value -= Amount::from_sat(1);
     let got = tx.compute_txid();
     let err = r
         .apply(&p, Event::Finalized { tx }, &ctx(NOW + 5), &[])
@@ -688,8 +693,7 @@ fn states_and_transitions_serialize_snake_case() {
         let back: Transition = serde_json::from_str(&json).unwrap();
         assert_eq!(&back, t);
         let d = t.ledger_draft().unwrap();
-        let body: serde_json::Value =
-            serde_json::from_slice(d.payload.as_bytes()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(d.payload.as_bytes()).unwrap();
         assert_eq!(body["request_id"], "r1");
         assert_eq!(body["vault"], "main");
         assert_eq!(body["txid"], r.txid.to_string());
