@@ -25,6 +25,9 @@
 //!   operator's [`Event::Cancel`].
 //! - **Expiry**: when the subject's expiry (time or height) is reached before the request was
 //!   finalized, or the approvals that met the quorum no longer do, the request is `Expired`.
+//! - **Freeze**: a frozen reserve is a policy `Deny`, so an evaluation while frozen rejects the
+//!   request (fail-closed); after the freeze is lifted a new request is needed. Finalized and
+//!   later states are not re-evaluated (the policy signer evaluated when it signed).
 //! - **Cancel** is possible from every non-terminal state up to `Finalized`; a broadcast
 //!   transaction cannot be called back, only replaced by a conflicting one ([`Event::ReplacedBy`]).
 //! - **Fee bumps**: a bump is a new request with `replaces: Some(old id)`; its subject (txid,
@@ -44,7 +47,7 @@ use policies::{Policy, PolicyHash};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::ledger::{EntryDraft, EntryError, Kind};
+use crate::ledger::{Actor, EntryDraft, EntryError, Kind};
 use crate::vault::ledger_record;
 
 /// The actor of ledger entries the service records on its own (evaluations, chain events).
@@ -225,6 +228,9 @@ pub enum RequestError {
     /// The outputs spend more than the inputs.
     #[error("outputs exceed inputs")]
     NegativeFee,
+    /// The canceller's name is not a valid ledger actor.
+    #[error("invalid actor: {0}")]
+    InvalidActor(EntryError),
     /// The number of required confirmations is zero.
     #[error("confirmations required must be at least 1")]
     ZeroConfirmations,
@@ -572,7 +578,8 @@ impl SpendRequest {
     /// [`RequestError::ApprovalRefused`], [`RequestError::InitiatorApproval`] or
     /// [`RequestError::DuplicateApproval`] for an approval that is not accepted;
     /// [`RequestError::TxidMismatch`] for a finalized transaction that is not the request's;
-    /// [`RequestError::SelfReplacement`] when replaced by itself.
+    /// [`RequestError::SelfReplacement`] when replaced by itself;
+    /// [`RequestError::InvalidActor`] when the canceller's name is not a valid ledger actor.
     pub fn apply(
         &mut self,
         policy: &Policy,
@@ -665,6 +672,7 @@ impl SpendRequest {
                 if self.state.is_terminal() || self.state == State::Broadcast {
                     return Err(illegal(&self.state, &Event::Cancel { by }));
                 }
+                Actor::new(by.as_str()).map_err(RequestError::InvalidActor)?;
                 let reason = format!("cancelled by {by}");
                 self.push_plain(ctx, State::Cancelled, Cause::Cancelled { by }, reason);
             }

@@ -546,6 +546,13 @@ fn cancel_from_each_non_terminal_state() {
     assert_eq!(r.state, State::WaitingForDelay);
     step(&mut r, &p, Event::Cancel { by: "frank".into() }, NOW + 3);
     assert_eq!(r.state, State::Cancelled);
+    // The canceller must be a valid ledger actor.
+    let mut r = at_state(&p, &State::PendingApproval);
+    let err = r
+        .apply(&p, Event::Cancel { by: String::new() }, &ctx(NOW + 10), &[])
+        .unwrap_err();
+    assert!(matches!(err, RequestError::InvalidActor(_)));
+    assert_eq!(r.state, State::PendingApproval);
     // A broadcast transaction cannot be called back, only replaced.
     let mut r = at_state(&p, &State::Broadcast);
     let err = r
