@@ -737,11 +737,13 @@ fn new_request_needs_input_amounts() {
 }
 
 fn arb_event() -> impl Strategy<Value = (u8, u8, i64)> {
-    (0u8..9, 0u8..6, 0i64..(60 * HOUR))
+    // Mostly short steps (so quorums form before the 48 h expiry), sometimes long ones.
+    let dt = prop_oneof![4 => 0i64..(2 * HOUR), 1 => 0i64..(60 * HOUR)];
+    (0u8..9, 0u8..6, dt)
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn random_events_never_panic_or_leave_terminal(
@@ -755,6 +757,7 @@ proptest! {
         let approvals: Vec<Approval> = people.iter().map(|w| approve(&r, w)).collect();
         let mut now = NOW;
         let mut was_terminal = false;
+        let mut seen_ready = false;
         for (kind, who, dt) in events {
             now += dt;
             let who = usize::from(who) % people.len();
@@ -782,6 +785,11 @@ proptest! {
                 prop_assert_eq!(&r.state, &before.state);
             }
             was_terminal = r.state.is_terminal();
+            seen_ready |= r.state == State::ReadyToSign;
+            // Finalized and later states are reached only through ReadyToSign.
+            if matches!(r.state, State::Finalized | State::Broadcast | State::Confirmed) {
+                prop_assert!(seen_ready);
+            }
         }
     }
 }
