@@ -9,4 +9,5 @@
 #![forbid(unsafe_code)]
 
 pub mod ledger;
+pub mod request;
 pub mod vault;
