@@ -85,6 +85,25 @@ fn core_sign(
     )
 }
 
+/// A vault `name` of `d` on SQLite, paid 1 BTC from outside, mined and synced.
+async fn funded_vault(
+    node: &RegtestNode,
+    dir: &tempfile::TempDir,
+    name: &str,
+    d: &custody::vault::VaultDescriptor,
+) -> VaultService {
+    let svc = sqlite_service(dir).await;
+    svc.create(VaultConfig::new(name, d.clone(), 0).unwrap(), "create")
+        .await
+        .unwrap();
+    let mut faucet = Faucet::new(node, 1);
+    let addr = svc.next_address(name).await.unwrap().address;
+    faucet.pay(node, &addr, Amount::from_sat(1_0000_0000));
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    svc.sync(name, &node_config(node)).await.unwrap();
+    svc
+}
+
 fn node_config(node: &RegtestNode) -> NodeConfig {
     NodeConfig {
         url: node.rpc_url(),
@@ -667,18 +686,10 @@ async fn recovery_path_spends_only_after_its_timelock() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let svc = sqlite_service(&dir).await;
-    let cfgnode = node_config(&node);
     let policy = officer(9);
     let d = templates(&policy)[1].build(NET).unwrap();
-    svc.create(VaultConfig::new("rec", d.clone(), 0).unwrap(), "create")
-        .await
-        .unwrap();
-    let mut faucet = Faucet::new(&node, 1);
-    let addr = svc.next_address("rec").await.unwrap().address;
-    faucet.pay(&node, &addr, Amount::from_sat(1_0000_0000));
-    node.mine_blocks(1, &node.new_address()).unwrap();
-    svc.sync("rec", &cfgnode).await.unwrap();
+    let svc = funded_vault(&node, &dir, "rec", &d).await;
+    let cfgnode = node_config(&node);
     let req = SpendRequest {
         payments: vec![Payment {
             address: Address::from_str(&node.new_address().to_string()).unwrap(),
@@ -997,17 +1008,8 @@ async fn taproot_vault_spend_signed_by_core_and_finalized_by_us() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let svc = sqlite_service(&dir).await;
-    let cfgnode = node_config(&node);
     let d = templates(&officer(9))[2].build(NET).unwrap();
-    svc.create(VaultConfig::new("tr", d.clone(), 0).unwrap(), "create")
-        .await
-        .unwrap();
-    let mut faucet = Faucet::new(&node, 1);
-    let addr = svc.next_address("tr").await.unwrap().address;
-    faucet.pay(&node, &addr, Amount::from_sat(1_0000_0000));
-    node.mine_blocks(1, &node.new_address()).unwrap();
-    svc.sync("tr", &cfgnode).await.unwrap();
+    let svc = funded_vault(&node, &dir, "tr", &d).await;
     let req = SpendRequest {
         payments: vec![Payment {
             address: Address::from_str(&node.new_address().to_string()).unwrap(),
