@@ -27,7 +27,7 @@ use bitcoin::taproot::TapLeafHash;
 
 pub use error::HsmError;
 pub use keystore::{KdfParams, SoftwareKeystore, KEYSTORE_VERSION};
-pub use pkcs11::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
+pub use pkcs11::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 
 /// A public key a signer holds, as it appears in a descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]

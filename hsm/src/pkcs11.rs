@@ -267,6 +267,38 @@ fn find_key(
     }
 }
 
+/// Labels of the secp256k1 private keys on the token named in `config` (its `key_label` is
+/// ignored), sorted. What `treasury hsm list` shows.
+///
+/// # Errors
+/// As [`Pkcs11Signer::open`]: module, token, PIN.
+pub fn list_key_labels(config: &Pkcs11Config) -> Result<Vec<String>, HsmError> {
+    let conn = connect(config)?;
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+    ];
+    let handles = conn
+        .session
+        .find_objects(&template)
+        .map_err(HsmError::pkcs11("find objects"))?;
+    let mut labels = Vec::new();
+    for h in handles {
+        let attrs = conn
+            .session
+            .get_attributes(h, &[AttributeType::Label])
+            .map_err(HsmError::pkcs11("read label"))?;
+        for a in attrs {
+            if let Attribute::Label(bytes) = a {
+                labels.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+    }
+    labels.sort();
+    labels.dedup();
+    Ok(labels)
+}
+
 impl Pkcs11Signer {
     /// Opens the existing key pair labelled `config.key_label` on the token.
     ///

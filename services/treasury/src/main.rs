@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hashcore::{Backend, Engine};
+use treasury::hsm_cli::{run_hsm, HsmCommand, HsmOpts};
 use treasury::ledger_cli::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
 use treasury::officer_cli::{run_officer, OfficerCommand};
 use treasury::policy_cli::{run_policy, PolicyCommand};
@@ -53,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         command: PsbtCommand,
     },
+    /// The HSM policy key: key ceremony (`init`) and `list`.
+    Hsm {
+        #[command(flatten)]
+        opts: HsmOpts,
+        #[command(subcommand)]
+        command: HsmCommand,
+    },
     /// Spending policies: check, hash (content address), simulate a decision.
     Policy {
         #[command(subcommand)]
@@ -93,6 +101,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Psbt { opts, command } => {
             print!("{}", run_psbt(&opts, command)?);
+            Ok(())
+        }
+        Command::Hsm { opts, command } => {
+            print!("{}", run_hsm(&opts, command)?);
             Ok(())
         }
         Command::Policy { command } => {
