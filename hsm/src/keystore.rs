@@ -29,6 +29,10 @@ use zeroize::Zeroizing;
 use crate::psbt_sign::{self, KeyOps};
 use crate::{HeldKey, HsmError, SignReport, Signer};
 
+/// The derivation path of an officer's approval key under the master key (hardened, under a
+/// purpose no wallet standard uses, so it never coincides with a PSBT signing key).
+pub const APPROVAL_KEY_PATH: &str = "m/1826'/0'";
+
 /// Version of the keystore file format written by this crate.
 pub const KEYSTORE_VERSION: u32 = 1;
 
@@ -375,6 +379,37 @@ impl SoftwareKeystore {
             source,
         })?;
         Self::from_json(&json, passphrase)
+    }
+
+    /// The officer's approval key (BIP-340, for spend approvals and admin orders): the child
+    /// at [`APPROVAL_KEY_PATH`] of the master key, so one keystore file holds both the PSBT
+    /// signing key and the approval key.
+    ///
+    /// # Errors
+    /// [`HsmError::Key`] when the derivation fails (it cannot for a valid master key).
+    pub fn approval_public_key(&self) -> Result<XOnlyPublicKey, HsmError> {
+        self.with_approval_secret(|sk| {
+            SecpPublicKey::from_secret_key(&self.secp, sk)
+                .x_only_public_key()
+                .0
+        })
+    }
+
+    /// Runs `f` with the approval secret key, which is erased (best effort) afterwards.
+    ///
+    /// # Errors
+    /// [`HsmError::Key`] when the derivation fails.
+    pub fn with_approval_secret<R>(&self, f: impl FnOnce(&SecretKey) -> R) -> Result<R, HsmError> {
+        let path = DerivationPath::from_str(APPROVAL_KEY_PATH)
+            .map_err(|e| HsmError::Key(e.to_string()))?;
+        let child = ChildKey(
+            self.master
+                .0
+                .derive_priv(&self.secp, &path)
+                .map_err(|e| HsmError::Key(e.to_string()))?
+                .private_key,
+        );
+        Ok(f(&child.0))
     }
 
     /// The child secret key at `origin`, if `origin` is ours and yields `expected`.

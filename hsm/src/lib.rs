@@ -26,7 +26,7 @@ use bitcoin::secp256k1::XOnlyPublicKey;
 use bitcoin::taproot::TapLeafHash;
 
 pub use error::HsmError;
-pub use keystore::{KdfParams, SoftwareKeystore, KEYSTORE_VERSION};
+pub use keystore::{KdfParams, SoftwareKeystore, APPROVAL_KEY_PATH, KEYSTORE_VERSION};
 pub use pkcs11::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 
 /// A public key a signer holds, as it appears in a descriptor.

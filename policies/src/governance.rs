@@ -233,6 +233,33 @@ impl ChangeOrder {
     }
 }
 
+/// The tag of veto digests.
+pub const VETO_TAG: &str = "strategic-reserve/veto/v1";
+
+impl ChangeOrder {
+    /// The digest an admin signs to veto this change while it waits for its delay (hashcore
+    /// tagged hash, tag [`VETO_TAG`], of the change digest): a signature of the change itself
+    /// can never be taken for a veto, nor the other way round.
+    pub fn veto_digest(&self) -> [u8; 32] {
+        hashcore::TaggedHash::new(VETO_TAG).hash(&self.digest())
+    }
+}
+
+/// Verifies admin signatures of `digest` against the admins of `policy`; returns the distinct
+/// admins who signed.
+///
+/// # Errors
+/// [`GovernanceError::BadSignature`] naming the first signer who is not an admin, whose key is
+/// not the admin's, or whose signature does not verify.
+pub fn verify_admin_signatures(
+    policy: &Policy,
+    digest: [u8; 32],
+    sigs: &[AdminSignature],
+) -> Result<BTreeSet<String>, GovernanceError> {
+    admin_signers(policy.admins(), digest, sigs)
+        .map_err(|(admin, problem)| GovernanceError::BadSignature { admin, problem })
+}
+
 /// An accepted change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activation {

@@ -126,6 +126,8 @@ fn kind_codes_are_stable() {
         (Kind::Checkpoint, 13, "checkpoint"),
         (Kind::OperatorNote, 14, "operator_note"),
         (Kind::ChainReorg, 15, "chain_reorg"),
+        (Kind::Freeze, 16, "freeze"),
+        (Kind::PolicyVetoed, 17, "policy_vetoed"),
     ];
     assert_eq!(Kind::ALL.len(), expected.len());
     for (k, code, name) in expected {
@@ -135,7 +137,7 @@ fn kind_codes_are_stable() {
         assert_eq!(name.parse::<Kind>().unwrap(), k);
     }
     assert_eq!(Kind::from_code(0), None);
-    assert_eq!(Kind::from_code(16), None);
+    assert_eq!(Kind::from_code(18), None);
     for (t, code) in [
         (PayloadType::Bytes, 0),
         (PayloadType::Note, 1),

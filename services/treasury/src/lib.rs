@@ -2,10 +2,13 @@
 //! runs. I/O lives here; the domain logic is in `custody` (pure).
 #![forbid(unsafe_code)]
 
+pub mod governance;
 pub mod hsm_cli;
 pub mod ledger_cli;
 pub mod officer_cli;
 pub mod policy_cli;
+pub mod spend;
+pub mod spend_cli;
 pub mod store;
 pub mod vault_cli;
 pub mod vault_formats;

@@ -1,8 +1,10 @@
 //! `treasury`: the command-line entry point of the reserve service.
 //!
-//! The HTTPS service and officer commands arrive with their issues; what is here now reports on
-//! the hash core every other part stands on, runs the reserve ledger (`ledger`), the vaults and
-//! the PSBT builder (`vault`, `psbt`), and verifies a ledger offline (`audit`).
+//! The HTTPS service arrives with its issue; what is here now reports on the hash core every
+//! other part stands on, runs the reserve ledger (`ledger`), the vaults and the PSBT builder
+//! (`vault`, `psbt`), spend requests (`spend`), policies and their governance (`policy`), the
+//! freeze (`freeze`), officers' offline tools (`officer`), and verifies a ledger offline
+//! (`audit`).
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -14,6 +16,7 @@ use treasury::hsm_cli::{run_hsm, HsmCommand, HsmOpts};
 use treasury::ledger_cli::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
 use treasury::officer_cli::{run_officer, OfficerCommand};
 use treasury::policy_cli::{run_policy, PolicyCommand};
+use treasury::spend_cli::{run_freeze, run_spend, ClockOpts, FreezeCommand, SpendCommand};
 use treasury::vault_cli::{run_psbt, run_vault, PsbtCommand, VaultCommand, VaultOpts};
 
 /// The strategic reserve custody and treasury service.
@@ -54,6 +57,24 @@ enum Command {
         #[command(subcommand)]
         command: PsbtCommand,
     },
+    /// Spend requests: create (build, reserve, bind to the policy), show, approve, cancel.
+    Spend {
+        #[command(flatten)]
+        opts: VaultOpts,
+        #[command(flatten)]
+        clock: ClockOpts,
+        #[command(subcommand)]
+        command: SpendCommand,
+    },
+    /// The emergency freeze: any one admin sets it, the admin quorum lifts it.
+    Freeze {
+        #[command(flatten)]
+        opts: VaultOpts,
+        #[command(flatten)]
+        clock: ClockOpts,
+        #[command(subcommand)]
+        command: FreezeCommand,
+    },
     /// The HSM policy key: key ceremony (`init`) and `list`.
     Hsm {
         #[command(flatten)]
@@ -61,7 +82,7 @@ enum Command {
         #[command(subcommand)]
         command: HsmCommand,
     },
-    /// Spending policies: check, hash (content address), simulate a decision.
+    /// Spending policies: check, hash, simulate; the versions in force and their governance.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
@@ -101,6 +122,22 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Psbt { opts, command } => {
             print!("{}", run_psbt(&opts, command)?);
+            Ok(())
+        }
+        Command::Spend {
+            opts,
+            clock,
+            command,
+        } => {
+            print!("{}", run_spend(&opts, &clock, command)?);
+            Ok(())
+        }
+        Command::Freeze {
+            opts,
+            clock,
+            command,
+        } => {
+            print!("{}", run_freeze(&opts, &clock, command)?);
             Ok(())
         }
         Command::Hsm { opts, command } => {

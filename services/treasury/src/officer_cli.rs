@@ -1,6 +1,10 @@
 //! `treasury officer ...`: an officer's own key, offline (an air-gapped laptop). The key lives in
 //! an encrypted keystore file (argon2id + XChaCha20-Poly1305, `hsm::SoftwareKeystore`); the
 //! passphrase comes from `TREASURY_KEYSTORE_PASSPHRASE` or a file, never from the command line.
+//! The same file holds the officer's approval key (BIP-340, at `hsm::APPROVAL_KEY_PATH`):
+//! `review` explains a spend request file in plain words, `approve` signs its approval subject,
+//! rebuilt from the request's own PSBT (a file whose claims differ from its PSBT is refused),
+//! and `sign-order` signs admin orders (policy changes, vetoes, freezes).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -10,7 +14,13 @@ use bdk_wallet::bitcoin::psbt::Psbt;
 use bdk_wallet::bitcoin::Network;
 use clap::Subcommand;
 use hsm::{KdfParams, Signer, SoftwareKeystore};
+use policies::freeze::AdminSignature;
+use policies::Verdict;
 use zeroize::Zeroizing;
+
+use crate::governance::OrderFile;
+use crate::spend::{utc, verdict_text, RequestFile};
+use crate::spend_cli::read_json;
 
 /// `treasury officer` subcommands.
 #[derive(Debug, Clone, Subcommand)]
@@ -37,7 +47,7 @@ pub enum OfficerCommand {
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
-    /// Print the account key of a keystore.
+    /// Print the account key of a keystore (or its approval public key).
     Show {
         /// Keystore file.
         #[arg(long)]
@@ -45,6 +55,49 @@ pub enum OfficerCommand {
         /// File holding the passphrase (default: TREASURY_KEYSTORE_PASSPHRASE).
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
+        /// Print the approval key (x-only, hex) for the policy document instead.
+        #[arg(long)]
+        approval_key: bool,
+    },
+    /// Explain a spend request file (`treasury spend show --json`) in plain words: amounts,
+    /// destinations with their allowlist labels, fee, and the policy's verdict.
+    Review {
+        /// The request file.
+        file: PathBuf,
+        /// Evaluate at this time (Unix ms; default: the system clock).
+        #[arg(long, env = "TREASURY_NOW_MS", hide = true)]
+        now_ms: Option<i64>,
+    },
+    /// Approve (or reject) a spend request file; prints the signed approval (JSON).
+    Approve {
+        /// The request file.
+        file: PathBuf,
+        /// Keystore file.
+        #[arg(long)]
+        key: PathBuf,
+        /// File holding the passphrase (default: TREASURY_KEYSTORE_PASSPHRASE).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Sign a rejection instead.
+        #[arg(long)]
+        reject: bool,
+    },
+    /// Sign an admin order (policy change, freeze or lift); prints the signature (JSON).
+    SignOrder {
+        /// The order file.
+        file: PathBuf,
+        /// Keystore file.
+        #[arg(long)]
+        key: PathBuf,
+        /// File holding the passphrase (default: TREASURY_KEYSTORE_PASSPHRASE).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Sign a veto of the policy change instead of its approval.
+        #[arg(long)]
+        veto: bool,
+        /// The admin's name in the policy (the order names the policy only by its hash).
+        #[arg(long)]
+        admin: String,
     },
     /// Sign every input of a PSBT this key can sign; prints the signed PSBT (base64).
     Sign {
@@ -108,10 +161,67 @@ pub fn run_officer(cmd: OfficerCommand) -> Result<String, String> {
         OfficerCommand::Show {
             key,
             passphrase_file,
+            approval_key,
         } => {
             let pass = passphrase(passphrase_file.as_ref())?;
             let ks = SoftwareKeystore::load(&key, &pass).map_err(|e| e.to_string())?;
+            if approval_key {
+                let pk = ks.approval_public_key().map_err(|e| e.to_string())?;
+                return Ok(format!("{pk}\n"));
+            }
             Ok(format!("{}\n", ks.descriptor_key()))
+        }
+        OfficerCommand::Review { file, now_ms } => {
+            let f: RequestFile = read_json(&file)?;
+            review(&f, now_ms.unwrap_or_else(crate::vaults::now_ms))
+        }
+        OfficerCommand::Approve {
+            file,
+            key,
+            passphrase_file,
+            reject,
+        } => {
+            let f: RequestFile = read_json(&file)?;
+            let (request, policy) = f.rebuild().map_err(|e| e.to_string())?;
+            let pass = passphrase(passphrase_file.as_ref())?;
+            let ks = SoftwareKeystore::load(&key, &pass).map_err(|e| e.to_string())?;
+            let pk = ks.approval_public_key().map_err(|e| e.to_string())?;
+            let person = policy.person_of(&pk).ok_or_else(|| {
+                format!(
+                    "approval key {pk} is not an approver of policy {}",
+                    policy.hash()
+                )
+            })?;
+            let verdict = if reject {
+                Verdict::Reject
+            } else {
+                Verdict::Approve
+            };
+            let subject = request.subject.with_decision(verdict);
+            let approval = ks
+                .with_approval_secret(|sk| policies::sign(&subject, person, sk))
+                .map_err(|e| e.to_string())?;
+            let text = serde_json::to_string_pretty(&approval)
+                .map_err(|e| format!("cannot print the approval: {e}"))?;
+            Ok(format!("{text}\n"))
+        }
+        OfficerCommand::SignOrder {
+            file,
+            key,
+            passphrase_file,
+            veto,
+            admin,
+        } => {
+            let order: OrderFile = read_json(&file)?;
+            let digest = order.digest(veto).map_err(|e| e.to_string())?;
+            let pass = passphrase(passphrase_file.as_ref())?;
+            let ks = SoftwareKeystore::load(&key, &pass).map_err(|e| e.to_string())?;
+            let sig = ks
+                .with_approval_secret(|sk| AdminSignature::sign(digest, &admin, sk))
+                .map_err(|e| e.to_string())?;
+            let text = serde_json::to_string_pretty(&sig)
+                .map_err(|e| format!("cannot print the signature: {e}"))?;
+            Ok(format!("{text}\n"))
         }
         OfficerCommand::Sign {
             key,
@@ -141,4 +251,94 @@ pub fn run_officer(cmd: OfficerCommand) -> Result<String, String> {
             Ok(format!("{p}\n"))
         }
     }
+}
+
+/// A spend request file in plain words, with the policy's verdict at `now_ms`.
+///
+/// # Errors
+/// A message when the file is inconsistent with its PSBT or policy.
+pub fn review(f: &RequestFile, now_ms: i64) -> Result<String, String> {
+    let (request, policy) = f.rebuild().map_err(|e| e.to_string())?;
+    let net = Network::from_str(&f.network).map_err(|e| format!("network: {e}"))?;
+    let mut out = format!(
+        "Spend request {} from vault {}, asked for by {} (state: {}).\n",
+        request.id, request.vault, request.initiator, f.state
+    );
+    out.push_str(&format!(
+        "It pays {} sat ({} BTC) in total:\n",
+        request.amount.to_sat(),
+        request.amount.to_btc()
+    ));
+    for (i, o) in request.psbt.unsigned_tx.output.iter().enumerate() {
+        let is_change = f
+            .change_outputs
+            .iter()
+            .any(|&c| usize::try_from(c).is_ok_and(|c| c == i));
+        let dest = bdk_wallet::bitcoin::Address::from_script(&o.script_pubkey, net).map_or_else(
+            |_| format!("script {}", o.script_pubkey.to_hex_string()),
+            |a| a.to_string(),
+        );
+        let label = policy
+            .allowlist()
+            .iter()
+            .find(|e| e.script_pubkey == o.script_pubkey)
+            .map(|e| format!("allowlisted as \"{}\"", e.label));
+        if is_change {
+            out.push_str(&format!(
+                "  - {} sat back to the vault as change ({dest})\n",
+                o.value.to_sat()
+            ));
+        } else {
+            out.push_str(&format!(
+                "  - {} sat to {dest} ({})\n",
+                o.value.to_sat(),
+                label.unwrap_or_else(|| "NOT on the allowlist".into())
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "The fee is {} sat (at least {} sat/vB once signed).\n",
+        request.subject.fee.to_sat(),
+        request.fee_rate.to_sat_per_vb_floor()
+    ));
+    out.push_str(&format!(
+        "It spends {} coin(s) of the vault:\n",
+        request.subject.inputs.len()
+    ));
+    for (op, a) in &request.subject.inputs {
+        out.push_str(&format!("  - {op} ({} sat)\n", a.to_sat()));
+    }
+    out.push_str(&format!(
+        "Transaction {} under policy \"{}\" version {} ({}).\n",
+        request.txid,
+        policy.name(),
+        policy.version(),
+        policy.hash()
+    ));
+    let height = request
+        .subject
+        .expires_at_height
+        .map_or(String::new(), |h| format!(" or at block {h}"));
+    out.push_str(&format!(
+        "Approvals expire at {}{height}.\n",
+        utc(request.subject.expires_at_ms)
+    ));
+    let ctx = policies::evaluate::Context {
+        now_ms,
+        tip_height: f.tip_height,
+        frozen: f.frozen,
+    };
+    let history = f.past_spends().map_err(|e| e.to_string())?;
+    let ev = request.evaluation(&policy, &ctx, &history);
+    if let Some(t) = &ev.tier {
+        out.push_str(&format!("Tier: {t}.\n"));
+    }
+    out.push_str(&format!("Policy verdict: {}.\n", verdict_text(&ev, now_ms)));
+    if !ev.counted.is_empty() {
+        out.push_str(&format!("Approvals counted: {}.\n", ev.counted.join(", ")));
+    }
+    if !ev.rejections.is_empty() {
+        out.push_str(&format!("Rejected by: {}.\n", ev.rejections.join(", ")));
+    }
+    Ok(out)
 }

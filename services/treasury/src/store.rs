@@ -49,6 +49,78 @@ pub enum StoreError {
     /// Verification found tampering.
     #[error(transparent)]
     Tampered(#[from] ChainError),
+    /// A write run with an append did not change the rows it had to (another writer won).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+/// A value bound to a [`Write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    /// TEXT.
+    Text(String),
+    /// BIGINT (INTEGER on SQLite).
+    Int(i64),
+    /// TEXT or NULL.
+    OptText(Option<String>),
+    /// BIGINT or NULL.
+    OptInt(Option<i64>),
+}
+
+/// A statement run in the same transaction as a ledger append ([`LedgerStore::append_with_writes`]):
+/// the state change and its ledger entries commit together or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The SQL, with `$1`, `$2`, ... placeholders (both databases accept them).
+    pub sql: String,
+    /// The values of the placeholders.
+    pub args: Vec<SqlValue>,
+    /// When set, the statement must change exactly this many rows, else the whole
+    /// transaction rolls back with [`StoreError::Conflict`] carrying `what`.
+    pub expect_rows: Option<u64>,
+    /// What the statement does (for the conflict message).
+    pub what: String,
+}
+
+impl Write {
+    /// A statement that may change any number of rows.
+    pub fn new(sql: &str, args: Vec<SqlValue>) -> Self {
+        Write {
+            sql: sql.to_owned(),
+            args,
+            expect_rows: None,
+            what: String::new(),
+        }
+    }
+
+    /// The same statement, required to change exactly `n` rows.
+    pub fn expect(mut self, n: u64, what: &str) -> Self {
+        self.expect_rows = Some(n);
+        self.what = what.to_owned();
+        self
+    }
+}
+
+macro_rules! run_writes {
+    ($tx:expr, $writes:expr) => {
+        for w in $writes {
+            let mut q = sqlx::query(&w.sql);
+            for a in &w.args {
+                q = match a {
+                    SqlValue::Text(s) => q.bind(s.clone()),
+                    SqlValue::Int(i) => q.bind(*i),
+                    SqlValue::OptText(s) => q.bind(s.clone()),
+                    SqlValue::OptInt(i) => q.bind(*i),
+                };
+            }
+            let done = q.execute(&mut *$tx).await?;
+            if let Some(n) = w.expect_rows {
+                if done.rows_affected() != n {
+                    return Err(StoreError::Conflict(w.what.clone()));
+                }
+            }
+        }
+    };
 }
 
 /// The database behind a store.
@@ -292,7 +364,22 @@ impl LedgerStore {
     /// [`StoreError::Entry`] for an invalid draft (nothing is written), [`StoreError::Db`],
     /// [`StoreError::Corrupt`].
     pub async fn append_batch(&self, drafts: Vec<EntryDraft>) -> Result<Vec<Entry>, StoreError> {
-        self.append_with(|head| Ok(head.append_batch(drafts)?))
+        self.append_with(&[], |head| Ok(head.append_batch(drafts)?))
+            .await
+    }
+
+    /// Runs `writes` and appends `drafts` in one transaction, all or nothing: a state change
+    /// and the ledger entries recording it. The writes run first, in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when a write did not change the rows it expected (nothing is
+    /// written), and as [`LedgerStore::append_batch`].
+    pub async fn append_with_writes(
+        &self,
+        drafts: Vec<EntryDraft>,
+        writes: &[Write],
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.append_with(writes, |head| Ok(head.append_batch(drafts)?))
             .await
     }
 
@@ -310,7 +397,7 @@ impl LedgerStore {
     ) -> Result<(String, Entry), StoreError> {
         let mut note = String::new();
         let entries = self
-            .append_with(|head| {
+            .append_with(&[], |head| {
                 let cp: Checkpoint = head.checkpoint(origin, time_ms)?;
                 note = cp.sign(signer)?;
                 let e = head.append(EntryDraft {
@@ -330,7 +417,7 @@ impl LedgerStore {
     }
 
     /// Runs `build` on the locked head inside one transaction and stores what it built.
-    async fn append_with<F>(&self, build: F) -> Result<Vec<Entry>, StoreError>
+    async fn append_with<F>(&self, writes: &[Write], build: F) -> Result<Vec<Entry>, StoreError>
     where
         F: FnOnce(&mut LedgerHead) -> Result<Vec<Entry>, StoreError>,
     {
@@ -338,6 +425,7 @@ impl LedgerStore {
         match &self.db {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                run_writes!(tx, writes);
                 let old = head_row(&sqlx::query(head_q).fetch_one(&mut *tx).await?)?;
                 let mut head = old.to_head()?;
                 let entries = build(&mut head)?;
@@ -373,6 +461,10 @@ impl LedgerStore {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let q = format!("{head_q} FOR UPDATE");
+                // Lock the head first: appenders (and their writes) serialize on it.
+                let locked = sqlx::query(&q).fetch_one(&mut *tx).await?;
+                drop(locked);
+                run_writes!(tx, writes);
                 let old = head_row(&sqlx::query(&q).fetch_one(&mut *tx).await?)?;
                 let mut head = old.to_head()?;
                 let entries = build(&mut head)?;

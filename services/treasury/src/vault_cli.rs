@@ -88,7 +88,7 @@ impl VaultOpts {
         })
     }
 
-    fn caps(&self) -> FeeCaps {
+    pub(crate) fn caps(&self) -> FeeCaps {
         FeeCaps {
             max_fee: bdk_wallet::bitcoin::Amount::from_sat(self.max_fee_sat),
             max_fee_rate: FeeRate::from_sat_per_vb_u32(self.max_fee_rate),

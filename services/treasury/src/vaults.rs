@@ -705,8 +705,37 @@ impl VaultService {
         ttl: Duration,
         rng: &mut (impl rand_core::RngCore + Send),
     ) -> Result<BuiltRequest, OpError> {
+        self.build_psbt_at(
+            name,
+            request,
+            req,
+            default_fee_rate,
+            caps,
+            ttl,
+            rng,
+            now_ms(),
+        )
+        .await
+    }
+
+    /// As [`VaultService::build_psbt`], at the caller's clock `now` (Unix milliseconds):
+    /// reservations are judged and made at that time.
+    ///
+    /// # Errors
+    /// As [`VaultService::build_psbt`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn build_psbt_at(
+        &self,
+        name: &str,
+        request: &str,
+        req: &custody::vault::spend::SpendRequest,
+        default_fee_rate: bdk_wallet::bitcoin::FeeRate,
+        caps: &custody::vault::spend::FeeCaps,
+        ttl: Duration,
+        rng: &mut (impl rand_core::RngCore + Send),
+        now: i64,
+    ) -> Result<BuiltRequest, OpError> {
         let mut vault = self.vaults.load(name).await?;
-        let now = now_ms();
         let mut reserved = self.vaults.reserved(name, now).await?;
         let expires_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         for _ in 0..5 {

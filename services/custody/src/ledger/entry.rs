@@ -170,6 +170,10 @@ coded_enum! {
         OperatorNote = 14, "operator_note";
         /// A vault transaction lost its block in a reorg or left the mempool.
         ChainReorg = 15, "chain_reorg";
+        /// The reserve was frozen or a freeze was lifted (signed admin order).
+        Freeze = 16, "freeze";
+        /// A proposed policy version was vetoed by an admin.
+        PolicyVetoed = 17, "policy_vetoed";
     }
 }
 

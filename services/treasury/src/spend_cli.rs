@@ -1,0 +1,394 @@
+//! `treasury spend ...` (spend requests in the service) and `treasury freeze ...` (the
+//! emergency freeze), against the database. The clock is the system's unless `--now-ms` /
+//! `TREASURY_NOW_MS` sets it (drills and tests); the chain tip is the vault's last sync unless
+//! `--tip-height` sets it.
+
+use std::path::PathBuf;
+
+use bdk_wallet::bitcoin::FeeRate;
+use clap::{Args, Subcommand, ValueEnum};
+use custody::vault::spend::Payment;
+use policies::approval::Approval;
+use policies::freeze::{AdminSignature, FreezeAction};
+
+use crate::governance::OrderFile;
+use crate::ledger_cli::runtime;
+use crate::spend::{utc, verdict_text, At, CreateSpend, RequestFile, SpendService, SpendView};
+use crate::store::LedgerStore;
+use crate::vault_cli::VaultOpts;
+use crate::vaults::VaultService;
+
+/// The clock and tip the service decides at.
+#[derive(Debug, Clone, Args)]
+pub struct ClockOpts {
+    /// The service's clock in Unix milliseconds (drills and tests; default: the system clock).
+    #[arg(long, env = "TREASURY_NOW_MS", hide = true, global = true)]
+    pub now_ms: Option<i64>,
+    /// The chain tip height (default: the vault's last sync).
+    #[arg(long, hide = true, global = true)]
+    pub tip_height: Option<u32>,
+}
+
+impl ClockOpts {
+    /// The time and tip to decide at.
+    pub fn at(&self) -> At {
+        At {
+            now_ms: self.now_ms.unwrap_or_else(crate::vaults::now_ms),
+            tip_height: self.tip_height,
+        }
+    }
+}
+
+/// `treasury spend` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SpendCommand {
+    /// Build a spend request (PSBT with reserved coins), bind it to the active policy and
+    /// submit it for approval; prints the request.
+    Create {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// A payment ADDRESS:SATS (repeat for a batch).
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        /// Fee rate in sat/vB.
+        #[arg(long)]
+        fee_rate: u32,
+        /// Who asks for the payment (their own approval never counts).
+        #[arg(long)]
+        initiator: String,
+        /// Request id, an idempotency key (default: random).
+        #[arg(long)]
+        id: Option<String>,
+        /// OP_RETURN memo (UTF-8, at most 80 bytes).
+        #[arg(long)]
+        memo: Option<String>,
+        /// Confirmations after which the request is confirmed.
+        #[arg(long, default_value_t = 6)]
+        confirmations: u32,
+    },
+    /// Show a request: state, verdict and what is missing, approvals, PSBT.
+    Show {
+        /// Request id.
+        #[arg(long)]
+        id: String,
+        /// Print the request file officers review and approve (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit approvals (JSON files from `treasury officer approve`); each is verified on
+    /// arrival, then the request is evaluated.
+    Approve {
+        /// Request id.
+        #[arg(long)]
+        id: String,
+        /// Approval files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Evaluate again (time passed, the tip moved, a freeze was lifted).
+    Reevaluate {
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Cancel a request and release its coins.
+    Cancel {
+        /// Request id.
+        #[arg(long)]
+        id: String,
+        /// Who cancels.
+        #[arg(long)]
+        by: String,
+    },
+    /// List requests.
+    List {
+        /// Only this vault.
+        #[arg(long)]
+        vault: Option<String>,
+    },
+}
+
+/// Freeze or lift on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FreezeActionArg {
+    /// Stop every spend.
+    Freeze,
+    /// Resume spends (needs the admin quorum).
+    Lift,
+}
+
+/// `treasury freeze` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum FreezeCommand {
+    /// Print an order for admins to sign (`treasury officer sign-order`).
+    Order {
+        /// Freeze or lift.
+        #[arg(long, value_enum)]
+        action: FreezeActionArg,
+        /// Why (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Freeze the reserve: the order and one admin's signature.
+    Set {
+        /// The freeze order (JSON).
+        order: PathBuf,
+        /// Admin signature files.
+        #[arg(required = true)]
+        sigs: Vec<PathBuf>,
+    },
+    /// Lift the freeze: the order and the admin quorum's signatures.
+    Lift {
+        /// The lift order (JSON).
+        order: PathBuf,
+        /// Admin signature files.
+        #[arg(required = true)]
+        sigs: Vec<PathBuf>,
+    },
+    /// Print the freeze state.
+    Show,
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A request in plain words.
+pub fn describe(v: &SpendView) -> String {
+    let r = &v.stored.request;
+    let mut out = format!(
+        "request {} vault {} initiator {} state {}\n",
+        r.id, r.vault, r.initiator, r.state
+    );
+    out.push_str(&format!(
+        "txid {} amount {} sat fee {} sat ({} sat/vB)\n",
+        r.txid,
+        r.amount.to_sat(),
+        r.subject.fee.to_sat(),
+        r.fee_rate.to_sat_per_vb_ceil()
+    ));
+    out.push_str(&format!(
+        "policy {} (\"{}\" version {})\n",
+        r.policy_hash,
+        v.policy.name(),
+        v.policy.version()
+    ));
+    let height = r
+        .subject
+        .expires_at_height
+        .map_or(String::new(), |h| format!(" or at height {h}"));
+    out.push_str(&format!(
+        "approvals expire at {}{height}\n",
+        utc(r.subject.expires_at_ms)
+    ));
+    out.push_str(&format!(
+        "verdict: {}\n",
+        verdict_text(&v.evaluation, v.context.now_ms)
+    ));
+    for a in r.approvals.iter().chain(&r.rejections) {
+        out.push_str(&format!(
+            "{:?} by {} received {}\n",
+            a.approval.decision,
+            a.approval.approver,
+            utc(a.received_ms)
+        ));
+    }
+    for (who, why) in &v.evaluation.ignored {
+        out.push_str(&format!("not counted: {who}: {why:?}\n"));
+    }
+    if let Some(t) = v.stored.request.ready_at_ms {
+        out.push_str(&format!("ready at {}\n", utc(t)));
+    }
+    out.push_str(&format!("psbt {}\n", r.psbt));
+    out
+}
+
+async fn service(opts: &VaultOpts) -> Result<SpendService, String> {
+    let ledger = LedgerStore::open(&opts.db)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(SpendService::new(VaultService::new(ledger)))
+}
+
+/// Runs a `treasury spend` command; returns what to print on standard output.
+///
+/// # Errors
+/// A message for standard error; nothing is stored on error.
+pub fn run_spend(opts: &VaultOpts, clock: &ClockOpts, cmd: SpendCommand) -> Result<String, String> {
+    runtime()?.block_on(async {
+        let svc = service(opts).await?;
+        let out = spend_db(opts, clock, &svc, cmd).await;
+        svc.vaults.ledger.close().await;
+        out
+    })
+}
+
+async fn spend_db(
+    opts: &VaultOpts,
+    clock: &ClockOpts,
+    svc: &SpendService,
+    cmd: SpendCommand,
+) -> Result<String, String> {
+    let at = clock.at();
+    let e = |e: crate::spend::SpendServiceError| e.to_string();
+    match cmd {
+        SpendCommand::Create {
+            vault,
+            to,
+            fee_rate,
+            initiator,
+            id,
+            memo,
+            confirmations,
+        } => {
+            let payments = to
+                .iter()
+                .map(|p| Payment::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let c = CreateSpend {
+                id,
+                vault,
+                initiator,
+                payments,
+                fee_rate: FeeRate::from_sat_per_vb_u32(fee_rate),
+                memo: memo.map(String::into_bytes),
+                confirmations_required: confirmations,
+            };
+            let mut rng = rand::rngs::OsRng;
+            let stored = svc
+                .create(&c, &opts.caps(), at, &mut rng)
+                .await
+                .map_err(e)?;
+            let v = svc.show(&stored.request.id, at).await.map_err(e)?;
+            Ok(describe(&v))
+        }
+        SpendCommand::Show { id, json } => {
+            let v = svc.show(&id, at).await.map_err(e)?;
+            if json {
+                let text = serde_json::to_string_pretty(&RequestFile::of(&v))
+                    .map_err(|e| format!("cannot print the request: {e}"))?;
+                Ok(format!("{text}\n"))
+            } else {
+                Ok(describe(&v))
+            }
+        }
+        SpendCommand::Approve { id, files } => {
+            for f in &files {
+                let a: Approval = read_json(f)?;
+                svc.approve(&id, a, at)
+                    .await
+                    .map_err(|e| format!("{}: {e}", f.display()))?;
+            }
+            let v = svc.show(&id, at).await.map_err(e)?;
+            Ok(describe(&v))
+        }
+        SpendCommand::Reevaluate { id } => {
+            svc.reevaluate(&id, at).await.map_err(e)?;
+            let v = svc.show(&id, at).await.map_err(e)?;
+            Ok(describe(&v))
+        }
+        SpendCommand::Cancel { id, by } => {
+            let s = svc.cancel(&id, &by, at).await.map_err(e)?;
+            Ok(format!("request {} {}\n", s.request.id, s.request.state))
+        }
+        SpendCommand::List { vault } => {
+            let rows = svc.list(vault.as_deref()).await.map_err(e)?;
+            Ok(rows
+                .iter()
+                .map(|(id, vault, state)| format!("{id} {vault} {state}\n"))
+                .collect())
+        }
+    }
+}
+
+/// Runs a `treasury freeze` command; returns what to print on standard output.
+///
+/// # Errors
+/// A message for standard error; nothing is stored on error.
+pub fn run_freeze(
+    opts: &VaultOpts,
+    clock: &ClockOpts,
+    cmd: FreezeCommand,
+) -> Result<String, String> {
+    runtime()?.block_on(async {
+        let svc = service(opts).await?;
+        let out = freeze_db(clock, &svc, cmd).await;
+        svc.vaults.ledger.close().await;
+        out
+    })
+}
+
+async fn freeze_db(
+    clock: &ClockOpts,
+    svc: &SpendService,
+    cmd: FreezeCommand,
+) -> Result<String, String> {
+    let now = clock.at().now_ms;
+    let g = &svc.governance;
+    let e = |e: crate::governance::GovernanceStoreError| e.to_string();
+    match cmd {
+        FreezeCommand::Order { action, reason } => {
+            let action = match action {
+                FreezeActionArg::Freeze => FreezeAction::Freeze,
+                FreezeActionArg::Lift => FreezeAction::Lift,
+            };
+            let o = g.freeze_order(action, &reason, now).await.map_err(e)?;
+            let text = serde_json::to_string_pretty(&OrderFile::Freeze(o))
+                .map_err(|e| format!("cannot print the order: {e}"))?;
+            Ok(format!("{text}\n"))
+        }
+        FreezeCommand::Set { order, sigs } => {
+            apply_order(g, now, &order, &sigs, FreezeAction::Freeze).await
+        }
+        FreezeCommand::Lift { order, sigs } => {
+            apply_order(g, now, &order, &sigs, FreezeAction::Lift).await
+        }
+        FreezeCommand::Show => {
+            let s = g.freeze_state().await.map_err(e)?;
+            Ok(format!(
+                "{} (orders applied {}{})\n",
+                if s.frozen { "frozen" } else { "not frozen" },
+                s.seq,
+                s.since_ms
+                    .map_or(String::new(), |t| format!(", since {}", utc(t)))
+            ))
+        }
+    }
+}
+
+async fn apply_order(
+    g: &crate::governance::Governance,
+    now: i64,
+    order: &PathBuf,
+    sigs: &[PathBuf],
+    want: FreezeAction,
+) -> Result<String, String> {
+    let o: OrderFile = read_json(order)?;
+    let OrderFile::Freeze(o) = o else {
+        return Err(format!("{}: not a freeze order", order.display()));
+    };
+    if o.action != want {
+        return Err(format!(
+            "{}: the order says {:?}",
+            order.display(),
+            o.action
+        ));
+    }
+    let sigs = sigs
+        .iter()
+        .map(read_json::<AdminSignature>)
+        .collect::<Result<Vec<_>, _>>()?;
+    let state = g
+        .apply_freeze(&o, &sigs, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{} (orders applied {})\n",
+        if state.frozen { "frozen" } else { "not frozen" },
+        state.seq
+    ))
+}
