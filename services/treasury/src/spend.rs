@@ -821,10 +821,36 @@ impl SpendService {
     /// [`SpendServiceError::PolicyNotActive`].
     pub async fn approve(&self, id: &str, approval: Approval, at: At) -> Result<StoredRequest> {
         self.sync_policy(at.now_ms).await?;
-        let stored = self.load(id).await?;
-        let policy = self.policy_of(&stored).await?;
-        self.apply_and_store(stored, &policy, Event::AddApproval(approval), at, true)
+        self.with_retry(id, Event::AddApproval(approval), at, true)
             .await
+    }
+
+    /// Loads, applies and stores; when another writer moved the request in between (the
+    /// revision check failed), loads again and re-applies (the event is verified again against
+    /// the new state), up to three times.
+    async fn with_retry(
+        &self,
+        id: &str,
+        event: Event,
+        at: At,
+        check_active: bool,
+    ) -> Result<StoredRequest> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let stored = self.load(id).await?;
+            if matches!(event, Event::Reevaluate) && stored.request.state.is_terminal() {
+                return Ok(stored);
+            }
+            let policy = self.policy_of(&stored).await?;
+            match self
+                .apply_and_store(stored, &policy, event.clone(), at, check_active)
+                .await
+            {
+                Err(SpendServiceError::Store(StoreError::Conflict(_))) if attempt < 3 => {}
+                other => return other,
+            }
+        }
     }
 
     /// Evaluates the request again at `at` (time passed, the tip moved, the freeze changed).
@@ -833,13 +859,7 @@ impl SpendService {
     /// As [`SpendService::approve`].
     pub async fn reevaluate(&self, id: &str, at: At) -> Result<StoredRequest> {
         self.sync_policy(at.now_ms).await?;
-        let stored = self.load(id).await?;
-        if stored.request.state.is_terminal() {
-            return Ok(stored);
-        }
-        let policy = self.policy_of(&stored).await?;
-        self.apply_and_store(stored, &policy, Event::Reevaluate, at, true)
-            .await
+        self.with_retry(id, Event::Reevaluate, at, true).await
     }
 
     /// Cancels the request and releases its coins.
@@ -848,16 +868,8 @@ impl SpendService {
     /// [`SpendServiceError::Request`] when it cannot be cancelled any more (broadcast or
     /// terminal) or the name is not a valid actor.
     pub async fn cancel(&self, id: &str, by: &str, at: At) -> Result<StoredRequest> {
-        let stored = self.load(id).await?;
-        let policy = self.policy_of(&stored).await?;
-        self.apply_and_store(
-            stored,
-            &policy,
-            Event::Cancel { by: by.to_owned() },
-            at,
-            false,
-        )
-        .await
+        self.with_retry(id, Event::Cancel { by: by.to_owned() }, at, false)
+            .await
     }
 
     /// The request and its evaluation at `at` (nothing is stored).

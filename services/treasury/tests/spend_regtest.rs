@@ -434,16 +434,29 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
     w.create(&r4, &medium, "dave", &outside, 30_000_000, T0)
         .await
         .unwrap();
-    let s = w.approve(&r4, "alice", T0 + 1000).await.unwrap();
+    // Two approvals arriving at the same moment (two tasks, one database): both are kept
+    // (the loser of the revision check re-applies on the new state).
+    let (a, e) = (
+        w.approval(&r4, "alice").await,
+        w.approval(&r4, "erin").await,
+    );
+    let (s1, s2) = (w.svc.clone(), w.svc.clone());
+    let (id1, id2) = (r4.clone(), r4.clone());
+    let j1 = tokio::spawn(async move { s1.approve(&id1, a, At::ms(T0 + 1000)).await });
+    let j2 = tokio::spawn(async move { s2.approve(&id2, e, At::ms(T0 + 1000)).await });
+    j1.await.unwrap().unwrap();
+    j2.await.unwrap().unwrap();
+    let s = w.svc.load(&r4).await.unwrap();
+    assert_eq!(s.request.approvals.len(), 2);
+    assert_eq!(s.revision, 2);
     assert_eq!(s.request.state, State::PendingApproval);
     let view = w.svc.show(&r4, At::ms(T0 + 1000)).await.unwrap();
     assert_eq!(view.evaluation.tier.as_deref(), Some("medium"));
     assert!(matches!(&view.evaluation.decision,
         Decision::Pending { missing } if matches!(&missing[0],
             Missing::Approvals { alternatives } if alternatives[0][0].more == 1 && alternatives[0][0].k == 2)));
-    // erin is an officer but not on duty: does not count for this tier
-    let s = w.approve(&r4, "erin", T0 + 1500).await.unwrap();
-    assert_eq!(s.request.state, State::PendingApproval);
+    // erin is an officer but not on duty: she does not count for this tier
+    assert_eq!(view.evaluation.counted, vec!["alice".to_string()]);
     let s = w.approve(&r4, "bob", T0 + 2000).await.unwrap();
     assert_eq!(s.request.state, State::ReadyToSign);
 
