@@ -254,6 +254,11 @@ fn transition_draft(
                     "fee_rate_sat_kwu".into(),
                     json!(req.fee_rate.to_sat_per_kwu()),
                 );
+                obj.insert(
+                    "requested_fee_rate_sat_kwu".into(),
+                    json!(req.requested_fee_rate.map(FeeRate::to_sat_per_kwu)),
+                );
+                obj.insert("created_ms".into(), json!(req.created_ms));
                 obj.insert("created_height".into(), json!(req.created_height));
             }
             Cause::Approval { .. } => {

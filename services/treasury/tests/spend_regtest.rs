@@ -533,6 +533,10 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
         .unwrap();
     assert_eq!(s.request.state, State::ReadyToSign);
 
+    // An auditor re-runs the large request's decision from the ledger alone: the policy
+    // document, the subject and every approval with its receive time are in the entries.
+    auditor_reruns(&w.svc.vaults.ledger, &r6, quorum + 24 * HOUR).await;
+
     // --- Freeze: one admin sets it, a single admin cannot lift it, the quorum does.
     let frz = format!("{p}-freeze");
     w.vault(&frz, 2, Amount::from_sat(2_000_000)).await;
@@ -764,4 +768,107 @@ fn subject_expiry_follows_the_policy() {
     let (ms, h) = ApprovalSubject::max_expiry(&p, T0, 100);
     assert_eq!(ms, T0 + 48 * HOUR);
     assert_eq!(h, Some(388));
+}
+
+/// Rebuilds the request's subject and facts from its `spend_requested` entry, the policy from
+/// the `policy_activated` entry that installed it, verifies every approval entry and evaluates.
+async fn auditor_reruns(ledger: &LedgerStore, id: &str, ready_at: i64) {
+    use bdk_wallet::bitcoin::{OutPoint, ScriptBuf};
+    use policies::evaluate::{Context, ReceivedApproval, RequestKind, SpendRequestFacts};
+    let bodies: Vec<(String, Value)> = ledger
+        .entries()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let v: Value = serde_json::from_slice(e.payload().as_bytes()).ok()?;
+            Some((e.kind().name().to_string(), v))
+        })
+        .collect();
+    let doc = bodies
+        .iter()
+        .find(|(k, v)| k == "policy_activated" && v["event"] == "installed")
+        .map(|(_, v)| v["document"].as_str().unwrap().to_string())
+        .unwrap();
+    let policy = policies::Policy::from_toml(&doc).unwrap();
+    let (_, sub) = bodies
+        .iter()
+        .find(|(k, v)| {
+            k == "spend_requested" && v["request_id"] == id && v["cause"]["cause"] == "submitted"
+        })
+        .unwrap();
+    let s = &sub["subject"];
+    let subject = ApprovalSubject {
+        request_id: id.into(),
+        vault: s["vault"].as_str().unwrap().into(),
+        txid: Txid::from_str(s["txid"].as_str().unwrap()).unwrap(),
+        inputs: s["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    OutPoint::from_str(i["outpoint"].as_str().unwrap()).unwrap(),
+                    Amount::from_sat(i["amount_sat"].as_u64().unwrap()),
+                )
+            })
+            .collect(),
+        outputs: s["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    ScriptBuf::from_hex(o["script_hex"].as_str().unwrap()).unwrap(),
+                    Amount::from_sat(o["amount_sat"].as_u64().unwrap()),
+                )
+            })
+            .collect(),
+        fee: Amount::from_sat(s["fee_sat"].as_u64().unwrap()),
+        policy: s["policy"].as_str().unwrap().parse().unwrap(),
+        decision: Verdict::Approve,
+        expires_at_ms: s["expires_at_ms"].as_i64().unwrap(),
+        expires_at_height: s["expires_at_height"].as_u64().map(|h| h as u32),
+    };
+    assert_eq!(subject.policy, policy.hash());
+    let approvals: Vec<ReceivedApproval> = bodies
+        .iter()
+        .filter(|(k, v)| k == "approval" && v["request_id"] == id && v["approval"].is_object())
+        .map(|(_, v)| ReceivedApproval {
+            approval: serde_json::from_value(v["approval"].clone()).unwrap(),
+            received_ms: v["received_ms"].as_i64().unwrap(),
+        })
+        .collect();
+    assert_eq!(approvals.len(), 4, "alice, bob, carol, frank");
+    for a in &approvals {
+        policies::verify(&policy, &subject, &a.approval, a.received_ms, 0).unwrap();
+    }
+    let facts = SpendRequestFacts {
+        id: id.into(),
+        vault: subject.vault.clone(),
+        initiator: sub["initiator"].as_str().unwrap().into(),
+        amount: Amount::from_sat(sub["amount_sat"].as_u64().unwrap()),
+        destinations: serde_json::from_value(sub["destinations"].clone()).unwrap(),
+        fee: subject.fee,
+        fee_rate: FeeRate::from_sat_per_kwu(sub["fee_rate_sat_kwu"].as_u64().unwrap()),
+        requested_fee_rate: sub["requested_fee_rate_sat_kwu"]
+            .as_u64()
+            .map(FeeRate::from_sat_per_kwu),
+        kind: RequestKind::Spend,
+        created_ms: sub["created_ms"].as_i64().unwrap(),
+        created_height: sub["created_height"].as_u64().unwrap() as u32,
+        subject,
+    };
+    let ctx = Context {
+        now_ms: ready_at,
+        tip_height: facts.created_height,
+        frozen: false,
+    };
+    let ev = policies::evaluate(&policy, &facts, &[], &approvals, &ctx);
+    assert_eq!(
+        ev.decision,
+        Decision::Allow {
+            ready_at_ms: ready_at
+        }
+    );
 }
