@@ -1258,7 +1258,7 @@ fn shortfalls(s: &[policies::evaluate::Shortfall]) -> String {
     s.iter()
         .map(|x| {
             format!(
-                "{} more approval{} from {} (needs {})",
+                "{} more approval{} from {} ({} of that group required)",
                 x.more,
                 if x.more == 1 { "" } else { "s" },
                 x.group,

@@ -164,11 +164,11 @@ pub fn describe(v: &SpendView) -> String {
         r.id, r.vault, r.initiator, r.state
     );
     out.push_str(&format!(
-        "txid {} amount {} sat fee {} sat ({} sat/vB)\n",
+        "txid {} amount {} sat fee {} sat (at least {} sat/vB once signed)\n",
         r.txid,
         r.amount.to_sat(),
         r.subject.fee.to_sat(),
-        r.fee_rate.to_sat_per_vb_ceil()
+        r.fee_rate.to_sat_per_vb_floor()
     ));
     out.push_str(&format!(
         "policy {} (\"{}\" version {})\n",

@@ -195,6 +195,7 @@ fn spend_request_through_the_cli() {
     let req = ok(&["spend", "show", "--id", "c1", "--json"], T0 + 1000);
     let req_file = write("c1.json", &req);
     let review = ok(&["officer", "review", &req_file], T0 + 1000);
+    eprintln!("{out}\n{review}");
     assert!(review.contains("500000 sat to"), "{review}");
     assert!(review.contains("NOT on the allowlist"), "{review}");
     assert!(review.contains("back to the vault as change"), "{review}");
