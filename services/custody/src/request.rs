@@ -36,6 +36,8 @@
 //!   is created, the old one receives [`Event::ReplacedBy`].
 //! - The signed transaction's txid (which excludes witnesses) must be the request's unsigned
 //!   txid ([`Event::Finalized`]).
+//! - An input spent by another transaction ([`Event::InputSpent`], seen by the vault's sync)
+//!   voids the approvals: a request still being approved is `Expired`.
 
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Psbt, ScriptBuf, Transaction, Txid};
 use policies::approval::{verify, Approval, ApprovalError, ApprovalSubject, Verdict};
@@ -160,6 +162,9 @@ pub enum Event {
     Confirmations(u32),
     /// Another request (a fee bump) replaces this one.
     ReplacedBy(String),
+    /// An input of the request was spent by another transaction: the approved transaction
+    /// can never be valid any more, so its approvals are void.
+    InputSpent(OutPoint),
 }
 
 impl Event {
@@ -174,6 +179,7 @@ impl Event {
             Event::Broadcast => "broadcast",
             Event::Confirmations(_) => "confirmations",
             Event::ReplacedBy(_) => "replaced_by",
+            Event::InputSpent(_) => "input_spent",
         }
     }
 }
@@ -231,6 +237,9 @@ pub enum RequestError {
     /// The canceller's name is not a valid ledger actor.
     #[error("invalid actor: {0}")]
     InvalidActor(EntryError),
+    /// The outpoint is not an input of the request.
+    #[error("{0} is not an input of the request")]
+    NotAnInput(OutPoint),
     /// The number of required confirmations is zero.
     #[error("confirmations required must be at least 1")]
     ZeroConfirmations,
@@ -739,6 +748,20 @@ impl SpendRequest {
                     State::Replaced { by: by.clone() },
                     Cause::Replaced { by },
                     reason,
+                );
+            }
+            Event::InputSpent(op) => {
+                if !self.state.in_approval() && self.state != State::Created {
+                    return Err(illegal(&self.state, &Event::InputSpent(op)));
+                }
+                if !self.subject.inputs.iter().any(|(o, _)| *o == op) {
+                    return Err(RequestError::NotAnInput(op));
+                }
+                self.push_plain(
+                    ctx,
+                    State::Expired,
+                    Cause::Evaluated,
+                    format!("input {op} was spent by another transaction"),
                 );
             }
         }

@@ -618,6 +618,40 @@ fn illegal_transitions_are_refused() {
 }
 
 #[test]
+fn an_input_spent_elsewhere_expires_the_request() {
+    let p = policy();
+    for target in [State::PendingApproval, State::ReadyToSign] {
+        let mut r = at_state(&p, &target);
+        let before = r.clone();
+        let foreign = OutPoint::new(Txid::from_byte_array([0xee; 32]), 7);
+        assert_eq!(
+            r.apply(&p, Event::InputSpent(foreign), &ctx(NOW + 5), &[])
+                .unwrap_err(),
+            RequestError::NotAnInput(foreign)
+        );
+        assert_eq!(r, before);
+        let input = r.subject.inputs[0].0;
+        let ts = step(&mut r, &p, Event::InputSpent(input), NOW + 6);
+        assert_eq!(ts.len(), 1);
+        assert_eq!(ts[0].from, target);
+        assert_eq!(r.state, State::Expired);
+        assert!(
+            ts[0].reason.contains(&input.to_string()),
+            "{}",
+            ts[0].reason
+        );
+        assert_all_drafts(&r);
+    }
+    // Once finalized, the request's own transaction spends its inputs: not an event any more.
+    let mut r = at_state(&p, &State::Finalized);
+    let input = r.subject.inputs[0].0;
+    assert!(matches!(
+        r.apply(&p, Event::InputSpent(input), &ctx(NOW + 7), &[]),
+        Err(RequestError::IllegalTransition { .. })
+    ));
+}
+
+#[test]
 fn finalized_with_another_txid_is_refused() {
     let p = policy();
     let mut r = at_state(&p, &State::ReadyToSign);

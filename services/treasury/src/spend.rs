@@ -8,6 +8,9 @@
 //! the same database transaction as its ledger entry, under an optimistic revision check, so
 //! two service instances never both move one request and the ledger never misses a step.
 //!
+//! Before each evaluation the request's inputs are checked against the vault's last sync: an
+//! input spent by another transaction voids the approvals (the request expires).
+//!
 //! The clock is the caller's ([`At`]): the CLI reads `--now-ms` / `TREASURY_NOW_MS` or the
 //! system clock, tests move time by hand. When a new policy version activates, open requests
 //! bound to the previous version are cancelled (by `governance`): their approvals signed the old
@@ -566,6 +569,12 @@ impl SpendService {
             }
         };
         check_name("request id", &id)?;
+        if c.confirmations_required == 0 {
+            return Err(SpendServiceError::Invalid {
+                what: "confirmations",
+                reason: "at least 1 is needed".into(),
+            });
+        }
         Actor::new(c.initiator.as_str()).map_err(|e| SpendServiceError::Invalid {
             what: "initiator",
             reason: e.to_string(),
@@ -809,6 +818,34 @@ impl SpendService {
         Ok(stored)
     }
 
+    /// An input of a request still being approved that the vault (as of its last sync) no
+    /// longer holds unspent, unless the request's own transaction spent it.
+    async fn spent_input(
+        &self,
+        stored: &StoredRequest,
+    ) -> Result<Option<bdk_wallet::bitcoin::OutPoint>> {
+        let r = &stored.request;
+        if !matches!(
+            r.state,
+            State::Created
+                | State::PendingApproval
+                | State::Approved
+                | State::WaitingForDelay
+                | State::ReadyToSign
+        ) {
+            return Ok(None);
+        }
+        let vault = self.vaults.vaults.load(&r.vault).await?;
+        if vault.transaction(r.txid).is_some() {
+            return Ok(None);
+        }
+        Ok(r.subject
+            .inputs
+            .iter()
+            .map(|(op, _)| *op)
+            .find(|op| vault.utxo(*op).is_none()))
+    }
+
     async fn policy_of(&self, stored: &StoredRequest) -> Result<Policy> {
         Ok(self
             .governance
@@ -848,6 +885,22 @@ impl SpendService {
                 return Ok(stored);
             }
             let policy = self.policy_of(&stored).await?;
+            if matches!(event, Event::Reevaluate | Event::AddApproval(_)) {
+                if let Some(op) = self.spent_input(&stored).await? {
+                    match self
+                        .apply_and_store(stored, &policy, Event::InputSpent(op), at, false)
+                        .await
+                    {
+                        Ok(s) if matches!(event, Event::Reevaluate) => return Ok(s),
+                        // The approval now meets an expired request: refused below.
+                        Ok(_) => continue,
+                        Err(SpendServiceError::Store(StoreError::Conflict(_))) if attempt < 3 => {
+                            continue
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
             match self
                 .apply_and_store(stored, &policy, event.clone(), at, check_active)
                 .await

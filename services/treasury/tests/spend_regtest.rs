@@ -78,14 +78,22 @@ fn test_policy(allow: &[Address; 3]) -> String {
     p
 }
 
-fn officer_key(seed: u8) -> TemplateKey {
+/// An officer's account key with origin: (public `[fp/48'/1'/0'/2']tpub`, same with tprv).
+fn officer_strings(seed: u8) -> (String, String) {
     let secp = Secp256k1::new();
     let master = Xpriv::new_master(NET, &[seed; 32]).unwrap();
     let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
     let acct = master.derive_priv(&secp, &path).unwrap();
     let xpub = Xpub::from_priv(&secp, &acct);
     let fp = master.fingerprint(&secp);
-    TemplateKey::parse(&format!("[{fp}/48'/1'/0'/2']{xpub}")).unwrap()
+    (
+        format!("[{fp}/48'/1'/0'/2']{xpub}"),
+        format!("[{fp}/48'/1'/0'/2']{acct}"),
+    )
+}
+
+fn officer_key(seed: u8) -> TemplateKey {
+    TemplateKey::parse(&officer_strings(seed).0).unwrap()
 }
 
 fn rpc(node: &RegtestNode, method: &str, params: &[Value]) -> Value {
@@ -151,8 +159,14 @@ struct World<'a> {
 }
 
 impl World<'_> {
-    /// A 2-of-3 vault `name` funded with `coins` deposits of `each`, mined and synced.
-    async fn vault(&mut self, name: &str, coins: usize, each: Amount) {
+    /// A 2-of-3 vault `name` funded with `coins` deposits of `each`, mined and synced; returns
+    /// its descriptor and the seed of its first officer key (the others are +1 and +2).
+    async fn vault(
+        &mut self,
+        name: &str,
+        coins: usize,
+        each: Amount,
+    ) -> (custody::vault::VaultDescriptor, u8) {
         self.seed += 3;
         let t = Template::SortedMulti {
             k: 2,
@@ -162,7 +176,7 @@ impl World<'_> {
         let d = t.build(NET).unwrap();
         self.svc
             .vaults
-            .create(VaultConfig::new(name, d, 0).unwrap(), "create")
+            .create(VaultConfig::new(name, d.clone(), 0).unwrap(), "create")
             .await
             .unwrap();
         for _ in 0..coins {
@@ -170,6 +184,11 @@ impl World<'_> {
             self.faucet.pay(self.node, &addr, each);
         }
         self.node.mine_blocks(1, &self.node.new_address()).unwrap();
+        self.sync(name).await;
+        (d, self.seed)
+    }
+
+    async fn sync(&self, name: &str) {
         let cfg = NodeConfig {
             url: self.node.rpc_url(),
             auth: NodeAuth::Cookie(self.node.cookie_file()),
@@ -536,6 +555,73 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
     // An auditor re-runs the large request's decision from the ledger alone: the policy
     // document, the subject and every approval with its receive time are in the entries.
     auditor_reruns(&w.svc.vaults.ledger, &r6, quorum + 24 * HOUR).await;
+
+    // --- An input spent by another transaction (the officers signed something else) voids
+    // the approvals: the request expires when next evaluated and its coin reservation goes.
+    let spent = format!("{p}-spent");
+    let (d, seed) = w.vault(&spent, 1, Amount::from_sat(2_000_000)).await;
+    let r12 = format!("{p}-r12");
+    let s = w
+        .create(&r12, &spent, "bob", &outside, 500_000, T0 + 8000)
+        .await
+        .unwrap();
+    let coin = s.request.subject.inputs[0].0;
+    let mut vault = w.svc.vaults.vaults.load(&spent).await.unwrap();
+    let other = custody::vault::spend::build(
+        &mut vault,
+        &custody::vault::spend::SpendRequest {
+            payments: vec![Payment {
+                address: outside.as_unchecked().clone(),
+                amount: Amount::from_sat(700_000),
+            }],
+            include: vec![coin],
+            only_included: true,
+            ..Default::default()
+        },
+        &std::collections::BTreeSet::new(),
+        FeeRate::from_sat_per_vb_u32(5),
+        &FeeCaps::default(),
+        &mut w.rng,
+    )
+    .unwrap();
+    let private: Vec<String> = [d.external_string(), d.internal_string()]
+        .iter()
+        .map(|s| {
+            let mut body = s.split('#').next().unwrap().to_string();
+            for k in [seed, seed + 1] {
+                let (public, private) = officer_strings(k);
+                body = body.replace(&public, &private);
+            }
+            with_checksum(&body)
+        })
+        .collect();
+    let signed = rpc(
+        w.node,
+        "descriptorprocesspsbt",
+        &[
+            json!(other.psbt.to_string()),
+            json!(private),
+            json!("ALL"),
+            json!(true),
+            json!(true),
+        ],
+    );
+    assert_eq!(signed["complete"], true, "{signed}");
+    rpc(w.node, "sendrawtransaction", &[signed["hex"].clone()]);
+    w.node.mine_blocks(1, &w.node.new_address()).unwrap();
+    w.sync(&spent).await;
+    let s = w.svc.reevaluate(&r12, At::ms(T0 + 9000)).await.unwrap();
+    assert_eq!(s.request.state, State::Expired);
+    let last = s.request.transitions.last().unwrap();
+    assert!(last.reason.contains(&coin.to_string()), "{}", last.reason);
+    assert!(w
+        .svc
+        .vaults
+        .vaults
+        .reserved(&spent, T0)
+        .await
+        .unwrap()
+        .is_empty());
 
     // --- Freeze: one admin sets it, a single admin cannot lift it, the quorum does.
     let frz = format!("{p}-freeze");
