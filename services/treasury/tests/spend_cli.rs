@@ -354,7 +354,80 @@ fn spend_request_through_the_cli() {
     );
     assert!(!okk && err.contains("illegal transition"), "{err}");
 
-    let out = ok(&["policy", "active"], T0 + 9000);
+    // Governance through the CLI: a tightening (the CFO group needs both) applies once two
+    // admins signed; a loosening back is accepted for later and vetoed by one admin.
+    let sign = |order: &str, who: &str, veto: bool, now: i64| {
+        let key = path(&format!("{who}.json"));
+        let mut args = vec![
+            "officer",
+            "sign-order",
+            order,
+            "--key",
+            &key,
+            "--admin",
+            who,
+        ];
+        if veto {
+            args.push("--veto");
+        }
+        let s = ok(&args, now);
+        write(&format!("{who}-{}-{veto}.json", now), &s)
+    };
+    let v2 = write(
+        "v2.toml",
+        &policy
+            .replace("version = 1", "version = 2")
+            .replace("name = \"cfo\"\nk = 1", "name = \"cfo\"\nk = 2"),
+    );
+    let (okk, order2, err) = run(&["policy", "propose", &v2, "--by", "heidi"], T0 + 10_000);
+    assert!(okk && err.contains("tightening"), "{err}");
+    let order2 = write("order2.json", &order2);
+    let h = sign(&order2, "heidi", false, T0 + 10_000);
+    let out = ok(
+        &["policy", "approve-proposal", "--order", &order2, &h],
+        T0 + 10_000,
+    );
+    assert!(out.starts_with("waiting: signed by 1 of 2"), "{out}");
+    let i = sign(&order2, "ivan", false, T0 + 10_000);
+    let out = ok(
+        &["policy", "approve-proposal", "--order", &order2, &i],
+        T0 + 10_000,
+    );
+    assert!(out.starts_with("activated"), "{out}");
+    let v3 = write("v3.toml", &policy.replace("version = 1", "version = 3"));
+    let (okk, order3, err) = run(&["policy", "propose", &v3, "--by", "heidi"], T0 + 11_000);
+    assert!(okk && err.contains("loosening"), "{err}");
+    let order3 = write("order3.json", &order3);
+    let (h, i) = (
+        sign(&order3, "heidi", false, T0 + 11_000),
+        sign(&order3, "ivan", false, T0 + 11_000),
+    );
+    let out = ok(
+        &["policy", "approve-proposal", "--order", &order3, &h, &i],
+        T0 + 11_000,
+    );
+    assert!(out.starts_with("accepted"), "{out}");
+    let out = ok(&["policy", "active"], T0 + 12_000);
+    assert!(
+        out.starts_with("active ") && out.contains("accepted "),
+        "{out}"
+    );
+    // a veto needs the veto digest: an approval signature is refused
+    let (okk, _, err) = run(&["policy", "veto", "--order", &order3, &h], T0 + 12_000);
+    assert!(!okk && err.contains("signature"), "{err}");
+    let veto = sign(&order3, "heidi", true, T0 + 12_000);
+    let out = ok(&["policy", "veto", "--order", &order3, &veto], T0 + 12_000);
+    assert!(out.starts_with("vetoed"), "{out}");
+    let out = ok(&["policy", "activate"], T0 + 100 * 3_600_000);
+    assert_eq!(out.trim(), "nothing to activate");
+    let history = ok(&["policy", "history"], T0 + 100 * 3_600_000);
+    let statuses: Vec<&str> = history
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(statuses, ["superseded", "active", "vetoed"], "{history}");
+
+    let out = ok(&["policy", "active"], T0 + 100 * 3_600_000);
     assert!(out.starts_with("active "), "{out}");
     let out = ok(&["ledger", "verify"], T0 + 9000);
     assert!(out.starts_with("ok:"), "{out}");
