@@ -13,6 +13,9 @@
 //! - [`SoftwareKeystore`]: an officer's master `Xpriv` encrypted at rest (argon2id +
 //!   XChaCha20-Poly1305); signs `wsh` (ECDSA) and taproot script-path (Schnorr) inputs.
 //!
+//! - [`PolicySigner`]: the gate in front of the policy key: it re-checks the active policy,
+//!   the approvals against this exact transaction, quorum, delay, expiry and freeze itself.
+//!
 //! Signing is all-or-nothing: every signature is computed and verified first, and the PSBT is
 //! changed only when every input we hold a key for could be signed.
 #![forbid(unsafe_code)]
@@ -20,6 +23,7 @@
 mod error;
 mod keystore;
 mod pkcs11;
+pub mod policy_signer;
 mod psbt_sign;
 
 use bitcoin::secp256k1::XOnlyPublicKey;
@@ -28,6 +32,7 @@ use bitcoin::taproot::TapLeafHash;
 pub use error::HsmError;
 pub use keystore::{KdfParams, SoftwareKeystore, APPROVAL_KEY_PATH, KEYSTORE_VERSION};
 pub use pkcs11::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
+pub use policy_signer::{PolicySignature, PolicySigner, PolicySignerError, SpendAuthorization};
 
 /// A public key a signer holds, as it appears in a descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]

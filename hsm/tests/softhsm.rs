@@ -7,86 +7,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bitcoin::bip32::{DerivationPath, Fingerprint};
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{Message, Secp256k1};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use bitcoin::{NetworkKind, PublicKey};
-use hsm::{
-    HeldKey, HsmError, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, SignedKey, Signer, SoftwareKeystore,
-};
+use hsm::{HeldKey, HsmError, Pkcs11Signer, SignedKey, Signer, SoftwareKeystore};
 
-const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const TOKEN: &str = "reserve-test";
-const PIN: &str = "314159";
-const SO_PIN: &str = "27182818";
-/// A token no test logs into with the right PIN (login state is per process and token).
-const WRONG_PIN_TOKEN: &str = "wrong-pin-test";
-
-/// The SoftHSM2 module: Debian's path unless `TREASURY_SOFTHSM_MODULE` names another.
-fn module() -> PathBuf {
-    std::env::var_os("TREASURY_SOFTHSM_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODULE))
-}
-
-/// Sets up SoftHSM once per process; `None` (test skipped) when it is not installed.
-fn softhsm() -> Option<&'static Path> {
-    let module = module();
-    if !module.exists() {
-        let module = module.display();
-        if std::env::var("TREASURY_REQUIRE_SOFTHSM").as_deref() == Ok("1") {
-            panic!("TREASURY_REQUIRE_SOFTHSM=1 but {module} is missing (apt-get install softhsm2)");
-        }
-        eprintln!("skipping: SoftHSM2 not installed ({module} missing)");
-        return None;
-    }
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("softhsm-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap()
-            .keep();
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        // Before any thread loads the module: SoftHSM reads it at C_Initialize.
-        std::env::set_var("SOFTHSM2_CONF", &conf);
-        for label in [TOKEN, WRONG_PIN_TOKEN] {
-            let out = Command::new("softhsm2-util")
-                .env("SOFTHSM2_CONF", &conf)
-                .args(["--init-token", "--free", "--label", label, "--pin", PIN])
-                .args(["--so-pin", SO_PIN])
-                .output()
-                .expect("run softhsm2-util");
-            assert!(
-                out.status.success(),
-                "softhsm2-util: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        dir
-    });
-    Some(dir.as_path())
-}
-
-fn config(token: &str, key: &str, pin: &str) -> Pkcs11Config {
-    Pkcs11Config::new(module(), token, key, Pkcs11Pin::new(pin))
-}
+use common::softhsm::{config, softhsm, PIN, TOKEN, WRONG_PIN_TOKEN};
 
 fn random32() -> [u8; 32] {
     let mut b = [0u8; 32];

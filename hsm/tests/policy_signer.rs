@@ -1,0 +1,698 @@
+//! The policy signer in front of a real SoftHSM2 policy key.
+//!
+//! A vault `wsh(or_d(and_b(pk(HSM), a:multi(2, three officers)), and_v(v:multi(2, two recovery
+//! keys), older(10))))` under the example policy (keys from its fixed test secrets). Each test
+//! builds a real PSBT for the vault with miniscript's updater, asks the policy signer to sign,
+//! and checks both the refusals (each naming its reason) and, when it signs, that the officers'
+//! signatures plus the policy key's finalize into a transaction miniscript's interpreter accepts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::str::FromStr;
+
+use bitcoin::absolute::LockTime;
+use bitcoin::bip32::DerivationPath;
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
+use bitcoin::transaction::Version;
+use bitcoin::{
+    Address, Amount, Network, NetworkKind, OutPoint, Psbt, ScriptBuf, Sequence, Transaction, TxIn,
+    TxOut, Txid, Witness,
+};
+use common::softhsm::{config, softhsm, PIN, TOKEN};
+use hsm::policy_signer::{PolicySignerError, SpendAuthorization};
+use hsm::{Pkcs11Signer, PolicySigner, Signer, SoftwareKeystore};
+use miniscript::descriptor::DescriptorPublicKey;
+use miniscript::psbt::PsbtExt;
+use miniscript::Descriptor;
+use policies::approval::{sign, ApprovalSubject, Verdict};
+use policies::evaluate::{PastSpend, ReceivedApproval, SpendState};
+use policies::freeze::{AdminSignature, FreezeAction, FreezeOrder};
+use policies::governance::ChangeOrder;
+use policies::Policy;
+
+const EXAMPLE: &str = include_str!("../../policies/examples/strategic-reserve.toml");
+const PERSONS: &[(&str, u8)] = &[
+    ("alice", 1),
+    ("bob", 2),
+    ("carol", 3),
+    ("dave", 4),
+    ("erin", 5),
+    ("frank", 6),
+    ("grace", 7),
+    ("heidi", 8),
+    ("ivan", 9),
+    ("judy", 10),
+];
+const NOW: i64 = 1_800_000_000_000;
+const TIP: u32 = 900_000;
+const HOUR: i64 = 3_600_000;
+const BTC: u64 = 100_000_000;
+/// The first allowlist entry of the example policy, as a regtest address (same script).
+const ALLOWLISTED_MAINNET: &str = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4";
+
+fn secret_of(person: &str) -> SecretKey {
+    let b = PERSONS.iter().find(|(p, _)| *p == person).unwrap().1;
+    SecretKey::from_slice(&[b; 32]).unwrap()
+}
+
+fn allowlisted() -> ScriptBuf {
+    Address::from_str(ALLOWLISTED_MAINNET)
+        .unwrap()
+        .assume_checked()
+        .script_pubkey()
+}
+
+fn elsewhere() -> ScriptBuf {
+    let kp = Keypair::from_secret_key(
+        &Secp256k1::new(),
+        &SecretKey::from_slice(&[42; 32]).unwrap(),
+    );
+    let pk = bitcoin::CompressedPublicKey(kp.public_key());
+    ScriptBuf::new_p2wpkh(&pk.wpubkey_hash())
+}
+
+struct Fixture {
+    signer: PolicySigner<Pkcs11Signer>,
+    officers: Vec<SoftwareKeystore>,
+    external: Descriptor<DescriptorPublicKey>,
+    internal: Descriptor<DescriptorPublicKey>,
+    policy: Policy,
+}
+
+fn fixture(key_label: &str) -> Option<Fixture> {
+    softhsm()?;
+    let hsm_key = Pkcs11Signer::generate(config(TOKEN, key_label, PIN)).unwrap();
+    let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
+    let keys: Vec<SoftwareKeystore> = (0..5)
+        .map(|i| {
+            SoftwareKeystore::generate(format!("k{i}"), NetworkKind::Test, path.clone()).unwrap()
+        })
+        .collect();
+    let k = |i: usize, chain: u32| format!("{}/{chain}/*", keys[i].descriptor_key());
+    let text = |chain: u32| {
+        format!(
+            "wsh(or_d(and_b(pk({}),a:multi(2,{},{},{})),and_v(v:multi(2,{},{}),older(10))))",
+            hsm_key.descriptor_key(),
+            k(0, chain),
+            k(1, chain),
+            k(2, chain),
+            k(3, chain),
+            k(4, chain)
+        )
+    };
+    let external = Descriptor::<DescriptorPublicKey>::from_str(&text(0)).unwrap();
+    let internal = Descriptor::<DescriptorPublicKey>::from_str(&text(1)).unwrap();
+    let policy = Policy::from_toml(EXAMPLE).unwrap();
+    let mut signer = PolicySigner::new(hsm_key, policy.clone(), Network::Regtest).unwrap();
+    signer
+        .add_vault("main", &external.to_string(), &internal.to_string())
+        .unwrap();
+    Some(Fixture {
+        signer,
+        officers: keys.into_iter().take(3).collect(),
+        external,
+        internal,
+        policy,
+    })
+}
+
+/// A PSBT spending two vault coins (100 BTC and 200 BTC) to `dest` with change to the vault;
+/// output 0 pays `dest`, output 1 is change.
+fn psbt(f: &Fixture, dest: ScriptBuf, amount: Amount, fee: Amount) -> Psbt {
+    let coins = [(0u32, 100 * BTC), (1, 200 * BTC)];
+    let funding = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(Txid::from_byte_array([9; 32]), 0),
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: coins
+            .iter()
+            .map(|(i, v)| TxOut {
+                value: Amount::from_sat(*v),
+                script_pubkey: f.external.at_derivation_index(*i).unwrap().script_pubkey(),
+            })
+            .collect(),
+    };
+    let total = Amount::from_sat(300 * BTC);
+    let change = total - amount - fee;
+    let tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: (0..2)
+            .map(|vout| TxIn {
+                previous_output: OutPoint::new(funding.compute_txid(), vout),
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            })
+            .collect(),
+        output: vec![
+            TxOut {
+                value: amount,
+                script_pubkey: dest,
+            },
+            TxOut {
+                value: change,
+                script_pubkey: f.internal.at_derivation_index(0).unwrap().script_pubkey(),
+            },
+        ],
+    };
+    let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+    for (i, (index, _)) in coins.iter().enumerate() {
+        psbt.inputs[i].witness_utxo = Some(funding.output[i].clone());
+        psbt.inputs[i].non_witness_utxo = Some(funding.clone());
+        psbt.update_input_with_descriptor(i, &f.external.at_derivation_index(*index).unwrap())
+            .unwrap();
+    }
+    psbt.update_output_with_descriptor(1, &f.internal.at_derivation_index(0).unwrap())
+        .unwrap();
+    psbt
+}
+
+fn subject(f: &Fixture, id: &str, psbt: &Psbt) -> ApprovalSubject {
+    let tx = &psbt.unsigned_tx;
+    let inputs: Vec<(OutPoint, Amount)> = tx
+        .input
+        .iter()
+        .zip(&psbt.inputs)
+        .map(|(i, p)| (i.previous_output, p.witness_utxo.as_ref().unwrap().value))
+        .collect();
+    let outputs: Vec<(ScriptBuf, Amount)> = tx
+        .output
+        .iter()
+        .map(|o| (o.script_pubkey.clone(), o.value))
+        .collect();
+    let total_in: Amount = inputs.iter().map(|(_, a)| *a).sum();
+    let total_out: Amount = outputs.iter().map(|(_, a)| *a).sum();
+    ApprovalSubject {
+        request_id: id.to_owned(),
+        vault: "main".to_owned(),
+        txid: tx.compute_txid(),
+        inputs,
+        outputs,
+        fee: total_in - total_out,
+        policy: f.signer.policy().hash(),
+        decision: Verdict::Approve,
+        expires_at_ms: NOW + 48 * HOUR,
+        expires_at_height: Some(TIP + 288),
+    }
+}
+
+fn auth(f: &Fixture, id: &str, psbt: &Psbt) -> SpendAuthorization {
+    SpendAuthorization {
+        request_id: id.to_owned(),
+        vault: "main".to_owned(),
+        initiator: "alice".to_owned(),
+        created_ms: NOW,
+        created_height: TIP,
+        requested_fee_rate: None,
+        subject: subject(f, id, psbt),
+        change_outputs: vec![1],
+        approvals: Vec::new(),
+        history: Vec::new(),
+    }
+}
+
+fn approve(a: &mut SpendAuthorization, people: &[&str], at: i64) {
+    for p in people {
+        a.approvals.push(ReceivedApproval {
+            approval: sign(&a.subject, p, &secret_of(p)),
+            received_ms: at,
+        });
+    }
+}
+
+/// The officers 0 and 1 sign, then miniscript finalizes and its interpreter checks everything.
+fn officers_finalize(f: &Fixture, mut psbt: Psbt) -> Transaction {
+    for o in &f.officers[..2] {
+        assert_eq!(o.sign_psbt(&mut psbt).unwrap().inputs(), vec![0, 1]);
+    }
+    let secp = Secp256k1::verification_only();
+    let psbt = psbt.finalize(&secp).map_err(|(_, e)| e).unwrap();
+    psbt.extract(&secp).unwrap()
+}
+
+#[test]
+fn signs_an_approved_small_spend_and_the_transaction_verifies() {
+    let Some(mut f) = fixture("policy-small") else {
+        return;
+    };
+    let p = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(BTC / 2),
+        Amount::from_sat(5_000),
+    );
+    let mut a = auth(&f, "r-small", &p);
+
+    // No approval: refused, naming the group.
+    let err = f.signer.check(&p, &a, NOW, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::MissingApprovals { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("duty-officers"), "{err}");
+
+    // The initiator's own approval never counts.
+    approve(&mut a, &["alice"], NOW);
+    let err = f.signer.check(&p, &a, NOW, TIP).unwrap_err();
+    assert!(err.to_string().contains("initiator"), "{err}");
+
+    approve(&mut a, &["bob"], NOW + 1);
+    f.signer.observe(&a, NOW + 1);
+    let mut signed = p.clone();
+    let sig = f.signer.sign(&mut signed, &a, NOW + 2, TIP).unwrap();
+    assert_eq!(sig.inputs, vec![0, 1]);
+    assert_eq!(sig.request_id, "r-small");
+    assert_eq!(sig.txid, p.unsigned_tx.compute_txid());
+    assert_eq!(sig.tier.as_deref(), Some("small"));
+    assert_eq!(sig.counted, vec!["bob".to_owned()]);
+    assert_eq!(sig.amount, Amount::from_sat(BTC / 2));
+    for input in &signed.inputs {
+        assert_eq!(input.partial_sigs.len(), 1);
+    }
+
+    // The policy key alone is not enough; with two officers it finalizes and verifies.
+    let secp = Secp256k1::verification_only();
+    assert!(signed.clone().finalize(&secp).is_err());
+    let tx = officers_finalize(&f, signed);
+    assert_eq!(tx.compute_txid(), p.unsigned_tx.compute_txid());
+}
+
+#[test]
+fn refuses_approvals_for_another_transaction_and_expired_ones() {
+    let Some(mut f) = fixture("policy-refusals") else {
+        return;
+    };
+    let p = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(BTC / 2),
+        Amount::from_sat(5_000),
+    );
+    let mut a = auth(&f, "r-1", &p);
+
+    // An approval for another txid (the same request, another transaction).
+    let other = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(BTC / 3),
+        Amount::from_sat(5_000),
+    );
+    let foreign = subject(&f, "r-1", &other);
+    a.approvals.push(ReceivedApproval {
+        approval: sign(&foreign, "bob", &secret_of("bob")),
+        received_ms: NOW,
+    });
+    let err = f.signer.check(&p, &a, NOW, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::MissingApprovals { ref ignored, .. } if ignored.len() == 1),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bob"), "{err}");
+
+    // An approval of another request (a replay) is not counted either.
+    let mut replay = auth(&f, "r-2", &p);
+    approve(&mut replay, &["bob"], NOW);
+    a.approvals = replay.approvals.clone();
+    let err = f.signer.check(&p, &a, NOW, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::MissingApprovals { .. }),
+        "{err}"
+    );
+
+    // A valid approval, but the subject expired (time, then height).
+    a.approvals.clear();
+    approve(&mut a, &["bob"], NOW);
+    f.signer.check(&p, &a, NOW, TIP).unwrap();
+    let err = f.signer.check(&p, &a, NOW + 48 * HOUR, TIP).unwrap_err();
+    assert!(matches!(err, PolicySignerError::Expired(_)), "{err}");
+    let err = f.signer.check(&p, &a, NOW, TIP + 288).unwrap_err();
+    assert!(matches!(err, PolicySignerError::Expired(_)), "{err}");
+
+    // Nothing was signed by any refusal.
+    let mut q = p.clone();
+    assert!(f.signer.sign(&mut q, &a, NOW + 48 * HOUR, TIP).is_err());
+    assert_eq!(q, p);
+}
+
+#[test]
+fn refuses_a_swapped_output_a_raised_fee_and_false_change() {
+    let Some(mut f) = fixture("policy-tamper") else {
+        return;
+    };
+    let p = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(BTC / 2),
+        Amount::from_sat(5_000),
+    );
+    let mut a = auth(&f, "r-t", &p);
+    approve(&mut a, &["bob", "carol"], NOW);
+    f.signer.check(&p, &a, NOW, TIP).unwrap();
+
+    // The destination swapped for another script, same amount.
+    let mut swapped = p.clone();
+    swapped.unsigned_tx.output[0].script_pubkey = allowlisted();
+    let err = f.signer.sign(&mut swapped, &a, NOW, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::NotTheApprovedTransaction(_)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("output 0 pays another script"),
+        "{err}"
+    );
+    assert!(swapped.inputs.iter().all(|i| i.partial_sigs.is_empty()));
+
+    // The fee raised by 1,000 sat out of the change.
+    let mut raised = p.clone();
+    raised.unsigned_tx.output[1].value -= Amount::from_sat(1_000);
+    let err = f.signer.check(&raised, &a, NOW, TIP).unwrap_err();
+    assert!(
+        err.to_string().contains("fee 6000 sat, approved 5000 sat"),
+        "{err}"
+    );
+
+    // The version (or a sequence) changed: only the txid tells.
+    let mut bumped = p.clone();
+    bumped.unsigned_tx.input[0].sequence = Sequence::MAX;
+    let err = f.signer.check(&bumped, &a, NOW, TIP).unwrap_err();
+    assert!(err.to_string().contains("txid"), "{err}");
+
+    // Declaring the payment as change (to understate the amount) is caught.
+    let mut lie = a.clone();
+    lie.change_outputs = vec![0, 1];
+    let err = f.signer.check(&p, &lie, NOW, TIP).unwrap_err();
+    assert!(matches!(err, PolicySignerError::NotChange(0)), "{err}");
+
+    // An input that is not the vault's.
+    let mut foreign = p.clone();
+    foreign.inputs[1].bip32_derivation.clear();
+    let err = f.signer.check(&foreign, &a, NOW, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::Input { input: 1, .. }),
+        "{err}"
+    );
+
+    // A vault the signer does not cosign for.
+    let mut unknown = a.clone();
+    unknown.vault = "other".to_owned();
+    let err = f.signer.check(&p, &unknown, NOW, TIP).unwrap_err();
+    assert!(matches!(err, PolicySignerError::UnknownVault(_)), "{err}");
+}
+
+#[test]
+fn a_large_spend_waits_for_its_delay_counted_from_when_the_signer_saw_the_quorum() {
+    let Some(mut f) = fixture("policy-delay") else {
+        return;
+    };
+    let p = psbt(
+        &f,
+        allowlisted(),
+        Amount::from_sat(60 * BTC),
+        Amount::from_sat(5_000),
+    );
+    let mut a = auth(&f, "r-large", &p);
+    approve(&mut a, &["bob", "carol", "dave"], NOW);
+    let err = f.signer.check(&p, &a, NOW, TIP).unwrap_err();
+    assert!(err.to_string().contains("cfo"), "{err}");
+
+    // The quorum, with receive times the service claims are a day old.
+    approve(&mut a, &["frank"], NOW);
+    for ra in &mut a.approvals {
+        ra.received_ms = NOW - 25 * HOUR;
+    }
+    // The signer first sees them now: the 24 h run from now, not from the claimed time.
+    f.signer.observe(&a, NOW);
+    let err = f.signer.check(&p, &a, NOW + HOUR, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::DelayNotElapsed { ready_at_ms, .. } if ready_at_ms == NOW + 24 * HOUR),
+        "{err}"
+    );
+    let mut signed = p.clone();
+    let sig = f
+        .signer
+        .sign(&mut signed, &a, NOW + 24 * HOUR, TIP)
+        .unwrap();
+    assert_eq!(sig.tier.as_deref(), Some("large"));
+    officers_finalize(&f, signed);
+
+    // The same spend to a destination off the allowlist is denied outright.
+    let q = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(60 * BTC),
+        Amount::from_sat(5_000),
+    );
+    let mut b = auth(&f, "r-large-2", &q);
+    approve(&mut b, &["bob", "carol", "dave", "frank"], NOW);
+    let err = f.signer.check(&q, &b, NOW + 30 * HOUR, TIP).unwrap_err();
+    assert!(matches!(err, PolicySignerError::Denied(_)), "{err}");
+}
+
+#[test]
+fn velocity_counts_what_the_signer_signed_even_when_the_history_omits_it() {
+    let Some(mut f) = fixture("policy-velocity") else {
+        return;
+    };
+    // 45 BTC (medium, 2 of 3 duty officers), four times within 24 h: 180 BTC, under 200.
+    for i in 0..4 {
+        let p = psbt(
+            &f,
+            elsewhere(),
+            Amount::from_sat(45 * BTC),
+            Amount::from_sat(5_000 + i),
+        );
+        let mut a = auth(&f, &format!("r-v{i}"), &p);
+        approve(&mut a, &["bob", "carol"], NOW);
+        let mut s = p.clone();
+        f.signer
+            .sign(&mut s, &a, NOW + i64::try_from(i).unwrap(), TIP)
+            .unwrap();
+    }
+    // A fifth would make 225 BTC: denied although the caller's history is empty.
+    let p = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(45 * BTC),
+        Amount::from_sat(9_000),
+    );
+    let mut a = auth(&f, "r-v4", &p);
+    approve(&mut a, &["bob", "carol"], NOW);
+    assert!(a.history.is_empty());
+    let err = f.signer.check(&p, &a, NOW + 10, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::Denied(ref r) if r.iter().any(|d| d.to_string().contains("velocity"))),
+        "{err}"
+    );
+    // A day later the window has moved on.
+    f.signer.check(&p, &a, NOW + 24 * HOUR + 10, TIP).unwrap();
+    // A history that names a spend the signer did not sign counts too.
+    a.history.push(PastSpend {
+        request_id: "r-elsewhere".to_owned(),
+        amount: Amount::from_sat(190 * BTC),
+        at_ms: NOW + 24 * HOUR,
+        state: SpendState::Broadcast,
+    });
+    assert!(f.signer.check(&p, &a, NOW + 24 * HOUR + 10, TIP).is_err());
+}
+
+fn admin_sigs(digest: [u8; 32], admins: &[&str]) -> Vec<AdminSignature> {
+    admins
+        .iter()
+        .map(|a| AdminSignature::sign(digest, a, &secret_of(a)))
+        .collect()
+}
+
+#[test]
+fn a_frozen_reserve_signs_nothing_until_the_admin_quorum_lifts_it() {
+    let Some(mut f) = fixture("policy-freeze") else {
+        return;
+    };
+    let p = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(BTC / 2),
+        Amount::from_sat(5_000),
+    );
+    let mut a = auth(&f, "r-f", &p);
+    approve(&mut a, &["bob"], NOW);
+
+    let freeze = FreezeOrder {
+        action: FreezeAction::Freeze,
+        policy: f.policy.hash(),
+        seq: 0,
+        issued_at_ms: NOW,
+        reason: "incident 7".to_owned(),
+    };
+    f.signer
+        .apply_freeze(&freeze, &admin_sigs(freeze.digest(), &["heidi"]))
+        .unwrap();
+    let mut q = p.clone();
+    let err = f.signer.sign(&mut q, &a, NOW, TIP).unwrap_err();
+    assert!(matches!(err, PolicySignerError::Frozen { seq: 1 }), "{err}");
+    assert_eq!(q, p);
+
+    let lift = FreezeOrder {
+        action: FreezeAction::Lift,
+        seq: 1,
+        reason: "resolved".to_owned(),
+        ..freeze.clone()
+    };
+    // One admin cannot lift.
+    let err = f
+        .signer
+        .apply_freeze(&lift, &admin_sigs(lift.digest(), &["ivan"]))
+        .unwrap_err();
+    assert!(matches!(err, PolicySignerError::Freeze(_)), "{err}");
+    // A signature by someone who is not an admin does not help.
+    let mut sigs = admin_sigs(lift.digest(), &["ivan"]);
+    sigs.extend(admin_sigs(lift.digest(), &["alice"]));
+    assert!(f.signer.apply_freeze(&lift, &sigs).is_err());
+    f.signer
+        .apply_freeze(&lift, &admin_sigs(lift.digest(), &["ivan", "judy"]))
+        .unwrap();
+    f.signer.sign(&mut q, &a, NOW, TIP).unwrap();
+}
+
+#[test]
+fn policy_changes_tighten_at_once_and_loosen_after_their_delay() {
+    let Some(mut f) = fixture("policy-governance") else {
+        return;
+    };
+    let p = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(BTC / 2),
+        Amount::from_sat(5_000),
+    );
+    let mut a = auth(&f, "r-g", &p);
+    approve(&mut a, &["bob"], NOW);
+    f.signer.check(&p, &a, NOW, TIP).unwrap();
+
+    // Tightening (a lower fee cap) applies at once; the old request is bound to the old version.
+    let tight_text = EXAMPLE
+        .replacen("version = 1\n", "version = 2\n", 1)
+        .replacen("max_fee_sat = 2_000_000", "max_fee_sat = 1_000_000", 1);
+    let tight = Policy::from_toml(&tight_text).unwrap();
+    let order = ChangeOrder {
+        current: f.policy.hash(),
+        proposed: tight.hash(),
+        issued_at_ms: NOW,
+    };
+    // One admin is not the quorum.
+    assert!(f
+        .signer
+        .activate(
+            tight.clone(),
+            &order,
+            &admin_sigs(order.digest(), &["heidi"]),
+            NOW
+        )
+        .is_err());
+    let act = f
+        .signer
+        .activate(
+            tight.clone(),
+            &order,
+            &admin_sigs(order.digest(), &["heidi", "ivan"]),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(act.activates_at_ms, NOW);
+    let err = f.signer.check(&p, &a, NOW, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::PolicyNotActive { .. }),
+        "{err}"
+    );
+
+    // Loosening (a higher fee cap) waits 72 h and can be vetoed meanwhile.
+    let loose_text = tight_text
+        .replacen("version = 2\n", "version = 3\n", 1)
+        .replacen("max_fee_sat = 1_000_000", "max_fee_sat = 3_000_000", 1);
+    let loose = Policy::from_toml(&loose_text).unwrap();
+    let order = ChangeOrder {
+        current: tight.hash(),
+        proposed: loose.hash(),
+        issued_at_ms: NOW,
+    };
+    let sigs = admin_sigs(order.digest(), &["heidi", "judy"]);
+    let act = f
+        .signer
+        .activate(loose.clone(), &order, &sigs, NOW)
+        .unwrap();
+    assert_eq!(act.activates_at_ms, NOW + 72 * HOUR);
+    assert_eq!(f.signer.policy().hash(), tight.hash());
+    assert!(matches!(
+        f.signer.activate_due(NOW + HOUR),
+        Err(PolicySignerError::NotYetActive { .. })
+    ));
+    assert!(f.signer.veto_pending().is_some());
+    assert_eq!(f.signer.activate_due(NOW + 73 * HOUR).unwrap(), None);
+    assert_eq!(f.signer.policy().hash(), tight.hash());
+
+    // Proposed again and not vetoed: active once the delay has passed.
+    f.signer
+        .activate(loose.clone(), &order, &sigs, NOW)
+        .unwrap();
+    assert!(f.signer.activate_due(NOW + 72 * HOUR).unwrap().is_some());
+    assert_eq!(f.signer.policy().hash(), loose.hash());
+}
+
+#[test]
+fn refuses_a_vault_without_the_policy_key_and_a_reserve_proof() {
+    let Some(mut f) = fixture("policy-misc") else {
+        return;
+    };
+    let text = f.external.to_string();
+    // The same vault shape, but with another key in the policy key's place.
+    let other = Keypair::from_secret_key(
+        &Secp256k1::new(),
+        &SecretKey::from_slice(&[77; 32]).unwrap(),
+    );
+    let start = text.find("pk(").unwrap() + 3;
+    let end = start + text[start..].find(')').unwrap();
+    let replaced = format!(
+        "{}{}{}",
+        &text[..start],
+        bitcoin::PublicKey::new(other.public_key()),
+        &text[end..]
+    );
+    let replaced = replaced.split('#').next().unwrap().to_owned();
+    let err = f
+        .signer
+        .add_vault("nokey", &replaced, &replaced.replace("/0/*", "/1/*"))
+        .unwrap_err();
+    assert!(matches!(err, PolicySignerError::KeyNotInVault(_)), "{err}");
+    let err = f
+        .signer
+        .add_vault("bad", "wsh(pk(nonsense))", "x")
+        .unwrap_err();
+    assert!(matches!(err, PolicySignerError::Descriptor { .. }), "{err}");
+
+    // A PSBT carrying a proof-of-reserves commitment is not signed as a spend.
+    let mut p = psbt(
+        &f,
+        elsewhere(),
+        Amount::from_sat(BTC / 2),
+        Amount::from_sat(5_000),
+    );
+    let mut a = auth(&f, "r-por", &p);
+    approve(&mut a, &["bob"], NOW);
+    p.inputs[0].unknown.insert(
+        bitcoin::psbt::raw::Key {
+            type_value: 0x09,
+            key: Vec::new(),
+        },
+        b"message".to_vec(),
+    );
+    let err = f.signer.sign(&mut p, &a, NOW, TIP).unwrap_err();
+    assert!(matches!(err, PolicySignerError::NotASpend(_)), "{err}");
+}
