@@ -395,6 +395,13 @@ impl<S: Signer> PolicySigner<S> {
         Ok(self.freeze)
     }
 
+    /// Resumes from a freeze state left by orders of earlier policy versions, which this
+    /// signer (holding the active version only) cannot verify again. Orders under the active
+    /// version go through [`PolicySigner::apply_freeze`].
+    pub fn resume_freeze(&mut self, state: FreezeState) {
+        self.freeze = state;
+    }
+
     /// Accepts a policy change signed by the admin quorum of the active version. A tightening
     /// change applies at once; a loosening one is held until its activation time and applied by
     /// [`PolicySigner::activate_due`].

@@ -7,6 +7,7 @@ pub mod hsm_cli;
 pub mod ledger_cli;
 pub mod officer_cli;
 pub mod policy_cli;
+pub mod signing;
 pub mod spend;
 pub mod spend_cli;
 pub mod store;

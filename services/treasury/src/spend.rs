@@ -731,7 +731,7 @@ impl SpendService {
 
     /// Applies `event` to a stored request under `policy` and stores the result (with its
     /// ledger entries, in one transaction, at the revision read).
-    async fn apply_and_store(
+    pub(crate) async fn apply_and_store(
         &self,
         stored: StoredRequest,
         policy: &Policy,

@@ -4,6 +4,10 @@
 //! `--tip-height` sets it.
 
 use std::path::PathBuf;
+use std::str::FromStr;
+
+use bdk_wallet::bitcoin::psbt::Psbt;
+use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 
 use bdk_wallet::bitcoin::FeeRate;
 use clap::{Args, Subcommand, ValueEnum};
@@ -106,6 +110,58 @@ pub enum SpendCommand {
         /// Only this vault.
         #[arg(long)]
         vault: Option<String>,
+    },
+    /// Submit officers' signed PSBTs (from Core, hardware wallets, `treasury officer sign`):
+    /// each new partial signature is verified on arrival; prints the PSBT signed so far.
+    SubmitPsbt {
+        /// Request id.
+        #[arg(long)]
+        id: String,
+        /// Who submits (recorded).
+        #[arg(long)]
+        by: String,
+        /// PSBT files (base64).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The policy key (PKCS#11 token) signs through the policy signer, which re-checks the
+    /// request itself; prints the PSBT signed so far. The PIN comes from `TREASURY_HSM_PIN`.
+    SignPolicy {
+        /// Request id.
+        #[arg(long)]
+        id: String,
+        /// The PKCS#11 module.
+        #[arg(
+            long,
+            env = "TREASURY_HSM_MODULE",
+            default_value = "/usr/lib/softhsm/libsofthsm2.so"
+        )]
+        module: PathBuf,
+        /// The token label.
+        #[arg(long, env = "TREASURY_HSM_TOKEN", default_value = "reserve")]
+        token: String,
+        /// The policy key's label.
+        #[arg(long, default_value = "policy-key")]
+        key_label: String,
+    },
+    /// Print the request's PSBT with every signature accepted so far.
+    Psbt {
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Finalize (every input verified), test with the node, broadcast; prints the txid.
+    Broadcast {
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Sync the vault and record the transaction's confirmations; releases the coins once
+    /// confirmed.
+    Follow {
+        /// Request id.
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -301,6 +357,75 @@ async fn spend_db(
                 .iter()
                 .map(|(id, vault, state)| format!("{id} {vault} {state}\n"))
                 .collect())
+        }
+        SpendCommand::SubmitPsbt { id, by, files } => {
+            for f in &files {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|err| format!("cannot read {}: {err}", f.display()))?;
+                let psbt = Psbt::from_str(text.trim())
+                    .map_err(|err| format!("{}: not a psbt: {err}", f.display()))?;
+                svc.submit_psbt(&id, psbt, &by, at)
+                    .await
+                    .map_err(|err| format!("{}: {err}", f.display()))?;
+            }
+            let signed = svc.signed_psbt(&id).await.map_err(|err| err.to_string())?;
+            Ok(format!("{}\n", signed.psbt))
+        }
+        SpendCommand::SignPolicy {
+            id,
+            module,
+            token,
+            key_label,
+        } => {
+            let pin = std::env::var("TREASURY_HSM_PIN")
+                .map(Pkcs11Pin::new)
+                .map_err(|_| "no PIN: set TREASURY_HSM_PIN".to_string())?;
+            let cfg = Pkcs11Config::new(module, token, key_label, pin);
+            let key = tokio::task::spawn_blocking(move || Pkcs11Signer::open(cfg))
+                .await
+                .map_err(|err| format!("hsm task: {err}"))?
+                .map_err(|err| err.to_string())?;
+            let mut signer = svc
+                .policy_signer(key, opts.network, at.now_ms)
+                .await
+                .map_err(|err| err.to_string())?;
+            let sig = svc
+                .policy_sign(&id, &mut signer, at)
+                .await
+                .map_err(|err| err.to_string())?;
+            eprintln!(
+                "policy key {} signed inputs {:?} of {} (tier {}, counted {})",
+                sig.key,
+                sig.inputs,
+                sig.txid,
+                sig.tier.as_deref().unwrap_or("-"),
+                sig.counted.join(", ")
+            );
+            let signed = svc.signed_psbt(&id).await.map_err(|err| err.to_string())?;
+            Ok(format!("{}\n", signed.psbt))
+        }
+        SpendCommand::Psbt { id } => {
+            let signed = svc.signed_psbt(&id).await.map_err(|err| err.to_string())?;
+            Ok(format!("{}\n", signed.psbt))
+        }
+        SpendCommand::Broadcast { id } => {
+            let node = opts.node()?;
+            let txid = svc
+                .broadcast(&id, &node, at)
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok(format!("{txid}\n"))
+        }
+        SpendCommand::Follow { id } => {
+            let node = opts.node()?;
+            let s = svc
+                .follow(&id, &node, at)
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok(format!(
+                "request {} {} ({} confirmations)\n",
+                s.request.id, s.request.state, s.request.confirmations
+            ))
         }
     }
 }

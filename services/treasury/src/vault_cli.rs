@@ -71,7 +71,7 @@ pub struct VaultOpts {
 }
 
 impl VaultOpts {
-    fn node(&self) -> Result<NodeConfig, String> {
+    pub(crate) fn node(&self) -> Result<NodeConfig, String> {
         let auth = match (&self.rpc_cookie, &self.rpc_user, &self.rpc_password) {
             (Some(c), _, _) => NodeAuth::Cookie(c.clone()),
             (None, Some(u), Some(p)) => NodeAuth::UserPass(u.clone(), Zeroizing::new(p.clone())),

@@ -3,37 +3,39 @@
 //! directory and our own SOFTHSM2_CONF, never a system token).
 //!
 //! The vault is the policy key AND 2 of 3 officers, OR after 5 blocks 2 of 3 recovery keys. A
-//! spend request under the example policy (medium tier: 2 of 3 duty officers) gets two
-//! approvals; the policy signer refuses before the quorum and signs after it; one officer signs
-//! through Bitcoin Core's `descriptorprocesspsbt`, the other with `treasury officer sign`; every
-//! partial signature is verified on arrival; our code finalizes; `testmempoolaccept` accepts;
-//! it is broadcast, mined and confirmed; the ledger holds every step and verifies.
+//! spend request of the service under the example policy (medium tier: 2 of 3 duty officers)
+//! gets two approvals; the policy signer refuses before the quorum and signs after it
+//! (`treasury spend sign-policy`); one officer signs through Bitcoin Core's
+//! `descriptorprocesspsbt`, the other with `treasury officer sign`; `treasury spend submit-psbt`
+//! verifies every partial signature on arrival and refuses a foreign or bad one; `treasury spend
+//! broadcast` finalizes, has the node test it (`testmempoolaccept`) and broadcasts; `treasury
+//! spend follow` records the confirmation and releases the coins; the ledger holds every step
+//! and verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::time::Duration;
 
 use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
 use bdk_wallet::bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bdk_wallet::bitcoin::{Address, Amount, FeeRate, Network, Psbt};
 use custody::ledger::Kind;
-use custody::request::{Event, NewRequest, SpendRequest as Request, State};
+use custody::request::State;
 use custody::vault::descriptor::with_checksum;
-use custody::vault::spend::{self, FeeCaps, Payment, SpendRequest};
-use custody::vault::{combine, Keychain, Template, TemplateKey, VaultConfig};
-use hsm::policy_signer::{PolicySignerError, SpendAuthorization};
-use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer, PolicySigner};
+use custody::vault::spend::{FeeCaps, Payment};
+use custody::vault::{combine, Template, TemplateKey, VaultConfig};
+use hsm::policy_signer::PolicySignerError;
+use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 use policies::approval::sign;
-use policies::evaluate::Context;
-use policies::Policy;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
+use treasury::signing::SigningError;
+use treasury::spend::{At, CreateSpend, SpendService};
 use treasury::store::LedgerStore;
-use treasury::vaults::{broadcast, NodeAuth, NodeConfig, VaultService};
+use treasury::vaults::{NodeAuth, NodeConfig, VaultService};
 
 const NET: Network = Network::Regtest;
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -107,28 +109,6 @@ fn rpc(node: &RegtestNode, method: &str, params: &[Value]) -> Value {
         .unwrap_or_else(|e| panic!("{method}: {e}"))
 }
 
-fn cli(args: &[&str], db: &str, passphrase: Option<&str>) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_treasury"));
-    cmd.args(args)
-        .env("TREASURY_DB", db)
-        .env_remove("TREASURY_KEYSTORE_PASSPHRASE");
-    if let Some(p) = passphrase {
-        cmd.env("TREASURY_KEYSTORE_PASSPHRASE", p);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-async fn record(ledger: &LedgerStore, transitions: &[custody::request::Transition]) {
-    for t in transitions {
-        ledger.append(t.ledger_draft().unwrap()).await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     let Some(node) = node_or_skip("approved_request_to_confirmed_transaction") else {
@@ -140,11 +120,33 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     };
     // Before the first C_Initialize of this process (the only test of this binary).
     std::env::set_var("SOFTHSM2_CONF", &conf);
-    let hsm_cfg = Pkcs11Config::new(MODULE, "reserve", "policy", Pkcs11Pin::new(PIN));
+    let hsm_cfg = Pkcs11Config::new(MODULE, "reserve", "policy-key", Pkcs11Pin::new(PIN));
     let hsm_key = Pkcs11Signer::generate(hsm_cfg).unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let cli = |args: &[&str], passphrase: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_treasury"));
+        cmd.args(args)
+            .env("TREASURY_DB", &db)
+            .env("TREASURY_RPC_URL", node.rpc_url())
+            .env("TREASURY_RPC_COOKIE", node.cookie_file())
+            .env("SOFTHSM2_CONF", &conf)
+            .env("TREASURY_HSM_MODULE", MODULE)
+            .env("TREASURY_HSM_TOKEN", "reserve")
+            .env("TREASURY_HSM_PIN", PIN)
+            .env_remove("TREASURY_NOW_MS")
+            .env_remove("TREASURY_KEYSTORE_PASSPHRASE");
+        if let Some(p) = passphrase {
+            cmd.env("TREASURY_KEYSTORE_PASSPHRASE", p);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
 
     // Officer 2's key lives in an encrypted keystore made by `treasury officer keygen`.
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
     let ks = dir.path().join("o2.json");
     let ks_s = ks.to_str().unwrap();
     let args = [
@@ -156,7 +158,7 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
         "o2",
         "--insecure-fast-kdf",
     ];
-    let (ok, o2_public, err) = cli(&args, &db, Some("officer two"));
+    let (ok, o2_public, err) = cli(&args, Some("officer two"));
     assert!(ok, "{err}");
     let (o1, o3) = (officer(11), officer(13));
     let template = Template::PolicyWithRecovery {
@@ -175,13 +177,16 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     };
     let d = template.build(NET).unwrap();
 
-    // The vault, funded by mining to its first address.
+    // The vault, funded by mining to its first address, and the example policy.
     let ledger = LedgerStore::open(&db).await.unwrap();
-    let svc = VaultService::new(ledger.clone());
-    svc.create(VaultConfig::new("reserve", d.clone(), 0).unwrap(), "create")
+    let svc = SpendService::new(VaultService::new(ledger.clone()));
+    let now = treasury::vaults::now_ms();
+    svc.vaults
+        .create(VaultConfig::new("reserve", d.clone(), 0).unwrap(), "create")
         .await
         .unwrap();
-    let addr = svc.next_address("reserve").await.unwrap().address;
+    svc.governance.init(EXAMPLE, "admins", now).await.unwrap();
+    let addr = svc.vaults.next_address("reserve").await.unwrap().address;
     let addr = Address::from_str(&addr.to_string())
         .unwrap()
         .assume_checked();
@@ -191,163 +196,80 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
         url: node.rpc_url(),
         auth: NodeAuth::Cookie(node.cookie_file()),
     };
-    svc.sync("reserve", &node_cfg).await.unwrap();
-    let before = svc.vaults.load("reserve").await.unwrap().balance();
+    svc.vaults.sync("reserve", &node_cfg).await.unwrap();
+    let before = svc.vaults.vaults.load("reserve").await.unwrap().balance();
     assert_eq!(before.confirmed, Amount::from_sat(50_0000_0000));
 
     // A 2 BTC payment: the example policy's medium tier (2 of 3 duty officers).
     let dest = node.new_address();
-    let req = SpendRequest {
+    let create = CreateSpend {
+        id: Some("req-1".into()),
+        vault: "reserve".into(),
+        initiator: "alice".into(),
         payments: vec![Payment {
             address: Address::from_str(&dest.to_string()).unwrap(),
             amount: Amount::from_sat(2_0000_0000),
         }],
-        fee_rate: Some(FeeRate::from_sat_per_vb_u32(3)),
-        ..Default::default()
+        fee_rate: FeeRate::from_sat_per_vb_u32(3),
+        memo: None,
+        confirmations_required: 1,
     };
     let mut rng = StdRng::seed_from_u64(6);
-    let built = svc
-        .build_psbt(
-            "reserve",
-            "req-1",
-            &req,
-            FeeRate::from_sat_per_vb_u32(3),
-            &FeeCaps::default(),
-            Duration::from_secs(3600),
-            &mut rng,
-        )
+    let stored = svc
+        .create(&create, &FeeCaps::default(), At::ms(now), &mut rng)
         .await
-        .unwrap()
-        .built;
+        .unwrap();
+    assert_eq!(stored.request.state, State::PendingApproval);
+    let unsigned = stored.request.psbt.clone();
 
-    let policy = Policy::from_toml(EXAMPLE).unwrap();
-    let vault = svc.vaults.load("reserve").await.unwrap();
-    let change_scripts: Vec<_> = built
-        .psbt
-        .unsigned_tx
-        .output
-        .iter()
-        .filter(|o| {
-            Address::from_script(&o.script_pubkey, NET)
-                .ok()
-                .and_then(|a| vault.verify_address(&a.to_string()).ok())
-                .is_some_and(|own| own.keychain == Keychain::Internal)
-        })
-        .map(|o| o.script_pubkey.clone())
-        .collect();
-    assert_eq!(change_scripts.len(), 1);
-    let change_outputs: Vec<usize> = built
-        .psbt
-        .unsigned_tx
-        .output
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| change_scripts.contains(&o.script_pubkey))
-        .map(|(i, _)| i)
-        .collect();
-    let now = treasury::vaults::now_ms();
-    let tip = vault.tip_height();
-    let (expires_ms, expires_height) = policies::ApprovalSubject::max_expiry(&policy, now, tip);
-    let mut request = Request::new(NewRequest {
-        id: "req-1".into(),
-        vault: "reserve".into(),
-        initiator: "alice".into(),
-        created_ms: now,
-        created_height: tip,
-        psbt: built.psbt.clone(),
-        network: NET,
-        change_scripts,
-        fee_rate: built.fee_rate,
-        requested_fee_rate: Some(FeeRate::from_sat_per_vb_u32(3)),
-        policy: policy.hash(),
-        expires_at_ms: expires_ms,
-        expires_at_height: expires_height,
-        confirmations_required: 1,
-        replaces: None,
-    })
+    // One approval (bob): the policy signer refuses and says what is missing.
+    let subject = stored.request.subject.clone();
+    svc.approve(
+        "req-1",
+        sign(&subject, "bob", &approval_secret("bob")),
+        At::ms(now + 1),
+    )
+    .await
     .unwrap();
-    let ctx = |now_ms: i64, tip_height: u32| Context {
-        now_ms,
-        tip_height,
-        frozen: false,
-    };
-    let t = request
-        .apply(&policy, Event::Submit, &ctx(now, tip), &[])
-        .unwrap();
-    record(&ledger, &t).await;
-    assert_eq!(request.state, State::PendingApproval);
-
-    // The policy signer, holding the HSM key, cosigns only this vault.
-    let mut signer = PolicySigner::new(hsm_key, policy.clone(), NET).unwrap();
-    signer
-        .add_vault("reserve", &d.external_string(), &d.internal_string())
-        .unwrap();
-    let authorization = |r: &Request| SpendAuthorization {
-        request_id: r.id.clone(),
-        vault: r.vault.clone(),
-        initiator: r.initiator.clone(),
-        created_ms: r.created_ms,
-        created_height: r.created_height,
-        requested_fee_rate: r.requested_fee_rate,
-        subject: r.subject.clone(),
-        change_outputs: change_outputs.clone(),
-        approvals: r.approvals.clone(),
-        history: Vec::new(),
-    };
-
-    // One approval (bob): pending; the policy signer refuses and says what is missing.
-    let a_bob = sign(&request.subject, "bob", &approval_secret("bob"));
-    let t = request
-        .apply(&policy, Event::AddApproval(a_bob), &ctx(now + 1, tip), &[])
-        .unwrap();
-    record(&ledger, &t).await;
-    assert_eq!(request.state, State::PendingApproval);
-    let mut psbt = built.psbt.clone();
-    let err = signer
-        .sign(&mut psbt, &authorization(&request), now + 2, tip)
+    let mut signer = svc.policy_signer(hsm_key, NET, now + 2).await.unwrap();
+    let err = svc
+        .policy_sign("req-1", &mut signer, At::ms(now + 2))
+        .await
         .unwrap_err();
     assert!(
-        matches!(err, PolicySignerError::MissingApprovals { .. }),
+        matches!(
+            err,
+            SigningError::Refused(PolicySignerError::MissingApprovals { .. })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("duty-officers"), "{err}");
-    assert!(psbt.inputs.iter().all(|i| i.partial_sigs.is_empty()));
+    assert_eq!(svc.signed_psbt("req-1").await.unwrap().signatures, 0);
 
-    // The second approval (carol): ready to sign; the policy key signs.
-    let a_carol = sign(&request.subject, "carol", &approval_secret("carol"));
-    let t = request
-        .apply(
-            &policy,
-            Event::AddApproval(a_carol),
-            &ctx(now + 3, tip),
-            &[],
-        )
-        .unwrap();
-    record(&ledger, &t).await;
-    assert_eq!(request.state, State::ReadyToSign);
-    signer.observe(&authorization(&request), now + 3);
-    let sig = signer
-        .sign(&mut psbt, &authorization(&request), now + 4, tip)
-        .unwrap();
-    assert_eq!(sig.txid, request.txid);
-    assert_eq!(sig.tier.as_deref(), Some("medium"));
-    assert_eq!(sig.inputs, vec![0]);
-    let body = json!({
-        "request": sig.request_id, "vault": sig.vault, "txid": sig.txid.to_string(),
-        "key": sig.key, "inputs": sig.inputs, "policy": sig.policy.to_string(),
-        "tier": sig.tier, "counted": sig.counted,
-    });
-    ledger
-        .append(
-            custody::vault::ledger_record(Kind::Signature, "policy-signer", &body, sig.at_ms)
-                .unwrap(),
+    // The second approval (carol): ready to sign; the policy key signs through the CLI.
+    let s = svc
+        .approve(
+            "req-1",
+            sign(&subject, "carol", &approval_secret("carol")),
+            At::ms(now + 3),
         )
         .await
         .unwrap();
-    // The policy key's signature verifies on arrival.
-    assert_eq!(combine::verify_partial_signatures(&psbt).unwrap(), 1);
+    assert_eq!(s.request.state, State::ReadyToSign);
+    drop(signer);
+    let (ok, signed_b64, err) = cli(&["spend", "sign-policy", "--id", "req-1"], None);
+    assert!(ok, "{err}");
+    assert!(err.contains("tier medium"), "{err}");
+    assert!(!err.contains(PIN) && !signed_b64.contains(PIN));
+    let policy_signed = Psbt::from_str(&signed_b64).unwrap();
+    assert_eq!(
+        combine::verify_partial_signatures(&policy_signed).unwrap(),
+        1
+    );
+    assert_eq!(svc.signed_psbt("req-1").await.unwrap().signatures, 1);
 
-    // Officer 1 signs through Core; officer 2 with `treasury officer sign`.
+    // Officer 1 signs through Core; officer 2 with `treasury officer sign` (both on the
+    // unsigned PSBT, as on their own devices).
     let private: Vec<String> = [d.external_string(), d.internal_string()]
         .iter()
         .map(|s| {
@@ -363,74 +285,110 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
         &node,
         "descriptorprocesspsbt",
         &[
-            json!(built.psbt.to_string()),
+            json!(unsigned.to_string()),
             json!(private),
             json!("ALL"),
             json!(true),
             json!(false),
         ],
     );
-    let by_core = Psbt::from_str(out["psbt"].as_str().unwrap()).unwrap();
+    let core_file = dir.path().join("o1.psbt");
+    std::fs::write(&core_file, out["psbt"].as_str().unwrap()).unwrap();
     let base = dir.path().join("base.psbt");
-    std::fs::write(&base, built.psbt.to_string()).unwrap();
+    std::fs::write(&base, unsigned.to_string()).unwrap();
     let args = ["officer", "sign", "--key", ks_s, base.to_str().unwrap()];
-    let (ok, by_cli, err) = cli(&args, &db, Some("officer two"));
+    let (ok, by_cli, err) = cli(&args, Some("officer two"));
     assert!(ok, "{err}");
-    let by_cli = Psbt::from_str(&by_cli).unwrap();
+    let cli_file = dir.path().join("o2.psbt");
+    std::fs::write(&cli_file, &by_cli).unwrap();
 
-    // Not enough yet: the policy key and one officer do not finalize.
-    let mut partial = psbt.clone();
-    combine::combine(&mut partial, by_core.clone()).unwrap();
-    assert!(spend::finalize(partial.clone()).is_err());
-    // A signature from a PSBT of another transaction is refused on arrival.
-    let mut foreign = by_cli.clone();
-    foreign.unsigned_tx.lock_time =
-        bdk_wallet::bitcoin::absolute::LockTime::from_height(1).unwrap();
-    assert!(combine::combine(&mut partial.clone(), foreign).is_err());
-    combine::combine(&mut partial, by_cli).unwrap();
-    let tx = spend::finalize(partial).unwrap();
-    assert_eq!(tx.compute_txid(), request.txid);
-    let t = request
-        .apply(
-            &policy,
-            Event::Finalized { tx: tx.clone() },
-            &ctx(now + 5, tip),
-            &[],
-        )
-        .unwrap();
-    record(&ledger, &t).await;
-
-    // testmempoolaccept, broadcast, mine, confirm.
-    let txid = broadcast(&node_cfg, NET, &tx).unwrap();
-    assert_eq!(txid, request.txid);
-    let t = request
-        .apply(&policy, Event::Broadcast, &ctx(now + 6, tip), &[])
-        .unwrap();
-    record(&ledger, &t).await;
-    node.mine_blocks(1, &node.new_address()).unwrap();
-    svc.sync("reserve", &node_cfg).await.unwrap();
-    let vault = svc.vaults.load("reserve").await.unwrap();
-    let confs = vault
-        .tx_height(txid)
-        .flatten()
-        .map(|h| vault.tip_height() - h + 1)
-        .unwrap();
-    let t = request
-        .apply(
-            &policy,
-            Event::Confirmations(confs),
-            &ctx(now + 7, vault.tip_height()),
-            &[],
-        )
-        .unwrap();
-    record(&ledger, &t).await;
-    assert_eq!(request.state, State::Confirmed);
-    let after = vault.balance();
-    assert_eq!(
-        after.confirmed,
-        before.confirmed - Amount::from_sat(2_0000_0000) - built.fee
+    // A PSBT of another transaction, and a signature that does not verify: refused on arrival,
+    // naming the input, and nothing is stored.
+    let mut other = Psbt::from_str(&by_cli).unwrap();
+    other.unsigned_tx.lock_time = bdk_wallet::bitcoin::absolute::LockTime::from_height(1).unwrap();
+    let err = svc
+        .submit_psbt("req-1", other, "mallory", At::ms(now + 4))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SigningError::OtherTransaction { .. }),
+        "{err}"
     );
-    svc.vaults.release("req-1").await.unwrap();
+    let mut bad = Psbt::from_str(&by_cli).unwrap();
+    let sig = bad.inputs[0].partial_sigs.values_mut().next().unwrap();
+    let mut der = sig.signature.serialize_compact();
+    der[10] ^= 1;
+    sig.signature = bdk_wallet::bitcoin::secp256k1::ecdsa::Signature::from_compact(&der).unwrap();
+    let err = svc
+        .submit_psbt("req-1", bad, "mallory", At::ms(now + 4))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("input 0"), "{err}");
+    assert_eq!(svc.signed_psbt("req-1").await.unwrap().signatures, 1);
+
+    // Not complete with one officer: the broadcast refuses and nothing moves.
+    let (ok, _, err) = cli(
+        &[
+            "spend",
+            "submit-psbt",
+            "--id",
+            "req-1",
+            "--by",
+            "o1",
+            core_file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["spend", "broadcast", "--id", "req-1"], None);
+    assert!(!ok && err.contains("finalize"), "{err}");
+    let (ok, _, err) = cli(
+        &[
+            "spend",
+            "submit-psbt",
+            "--id",
+            "req-1",
+            "--by",
+            "o2",
+            cli_file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(svc.signed_psbt("req-1").await.unwrap().signatures, 3);
+
+    // Finalize, testmempoolaccept, broadcast; mine; follow to confirmed.
+    let (ok, txid, err) = cli(&["spend", "broadcast", "--id", "req-1"], None);
+    assert!(ok, "{err}");
+    assert_eq!(txid, stored.request.txid.to_string());
+    let mempool = rpc(&node, "getrawmempool", &[]);
+    assert!(
+        mempool
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == &json!(txid)),
+        "{mempool}"
+    );
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    let (ok, out, err) = cli(&["spend", "follow", "--id", "req-1"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("confirmed"), "{out}");
+    let s = svc.load("req-1").await.unwrap();
+    assert_eq!(s.request.state, State::Confirmed);
+    let vault = svc.vaults.vaults.load("reserve").await.unwrap();
+    let fee = stored.request.subject.fee;
+    assert_eq!(
+        vault.balance().confirmed,
+        before.confirmed - Amount::from_sat(2_0000_0000) - fee
+    );
+    assert!(svc
+        .vaults
+        .vaults
+        .reserved("reserve", now)
+        .await
+        .unwrap()
+        .is_empty());
 
     // The ledger holds every step, in order, and verifies.
     let entries = ledger.entries().await.unwrap();
@@ -446,8 +404,24 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     ] {
         assert!(kinds.contains(&k), "no {k:?} entry in {kinds:?}");
     }
-    let sig_pos = kinds.iter().position(|k| *k == Kind::Signature).unwrap();
+    // One signature entry per signer that added signatures (besides the request's own
+    // transitions, which are signature entries too once it is ready to sign and finalized).
+    for actor in ["policy-signer", "o1", "o2"] {
+        let n = entries
+            .iter()
+            .filter(|e| e.kind() == Kind::Signature && e.actor().as_str() == actor)
+            .count();
+        assert_eq!(n, 1, "{actor}: {kinds:?}");
+    }
+    let policy_sig = entries
+        .iter()
+        .find(|e| e.kind() == Kind::Signature && e.actor().as_str() == "policy-signer")
+        .unwrap();
+    let body: Value = serde_json::from_slice(policy_sig.payload().as_bytes()).unwrap();
+    assert_eq!(body["txid"], json!(txid));
+    assert_eq!(body["tier"], json!("medium"));
+    let last_sig = kinds.iter().rposition(|k| *k == Kind::Signature).unwrap();
     let bc_pos = kinds.iter().rposition(|k| *k == Kind::Broadcast).unwrap();
-    assert!(sig_pos < bc_pos);
+    assert!(last_sig < bc_pos);
     ledger.verify(None).await.unwrap();
 }
