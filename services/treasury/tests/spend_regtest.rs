@@ -478,6 +478,55 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
     assert_eq!(view.evaluation.counted, vec!["alice".to_string()]);
     let s = w.approve(&r4, "bob", T0 + 2000).await.unwrap();
     assert_eq!(s.request.state, State::ReadyToSign);
+    // A fee bump before signing is a new request over the same coin: new approvals needed,
+    // the old one is replaced, old approvals do not carry over.
+    let old_subject = s.request.subject.clone();
+    let bob_r4 = w.approval(&r4, "bob").await;
+    let low = treasury::spend::Bump {
+        old_id: r4.clone(),
+        new_id: Some(format!("{p}-r4b")),
+        fee_rate: FeeRate::from_sat_per_vb_u32(5),
+        initiator: "dave".into(),
+    };
+    assert!(matches!(
+        w.svc
+            .bump(&low, &FeeCaps::default(), At::ms(T0 + 2500), &mut w.rng)
+            .await,
+        Err(SpendServiceError::Invalid {
+            what: "fee rate",
+            ..
+        })
+    ));
+    assert_eq!(w.state(&r4).await, State::ReadyToSign);
+    let bump = treasury::spend::Bump {
+        fee_rate: FeeRate::from_sat_per_vb_u32(12),
+        ..low
+    };
+    let r4b = format!("{p}-r4b");
+    let nb = w
+        .svc
+        .bump(&bump, &FeeCaps::default(), At::ms(T0 + 3000), &mut w.rng)
+        .await
+        .unwrap();
+    assert_eq!(nb.request.id, r4b);
+    assert_eq!(nb.request.state, State::PendingApproval);
+    assert_eq!(nb.request.replaces.as_deref(), Some(r4.as_str()));
+    assert!(nb.request.subject.fee > old_subject.fee);
+    assert_eq!(nb.request.subject.inputs[0].0, old_subject.inputs[0].0);
+    assert_eq!(nb.request.amount, Amount::from_sat(30_000_000));
+    assert_eq!(w.state(&r4).await, State::Replaced { by: r4b.clone() });
+    assert!(matches!(
+        refused(w.svc.approve(&r4b, bob_r4, At::ms(T0 + 3500)).await),
+        RequestError::ApprovalRefused(ApprovalError::Replay { .. })
+    ));
+    w.approve(&r4b, "alice", T0 + 4000).await.unwrap();
+    let s = w.approve(&r4b, "bob", T0 + 4500).await.unwrap();
+    assert_eq!(s.request.state, State::ReadyToSign);
+    assert_eq!(
+        w.reserved(&medium).await,
+        1,
+        "the coin passed to the replacement"
+    );
 
     // --- Large: 3 of 5 officers and the CFO group, allowlisted only, 24 h after the quorum.
     let large = format!("{p}-large");
