@@ -1243,6 +1243,9 @@ pub struct RequestFile {
     pub expires_at_height: Option<u32>,
     /// Confirmations required.
     pub confirmations_required: u32,
+    /// The request this one replaces (a fee bump).
+    #[serde(default)]
+    pub replaces: Option<String>,
     /// The policy's hash.
     pub policy_hash: String,
     /// The policy document (TOML).
@@ -1285,6 +1288,7 @@ impl RequestFile {
             expires_at_ms: r.subject.expires_at_ms,
             expires_at_height: r.subject.expires_at_height,
             confirmations_required: r.confirmations_required,
+            replaces: r.replaces.clone(),
             policy_hash: r.policy_hash.to_string(),
             policy_document: v.policy_document.clone(),
             txid: r.txid.to_string(),
@@ -1364,7 +1368,7 @@ impl RequestFile {
             expires_at_ms: self.expires_at_ms,
             expires_at_height: self.expires_at_height,
             confirmations_required: self.confirmations_required,
-            replaces: None,
+            replaces: self.replaces.clone(),
         })
         .map_err(|e| bad(format!("psbt: {e}")))?;
         if request.txid.to_string() != self.txid {

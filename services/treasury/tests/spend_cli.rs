@@ -295,6 +295,36 @@ fn cli_flow(node: &regtest::RegtestNode, dir: &tempfile::TempDir, db: &str) {
         T0 + 3000,
     );
     assert!(review.contains("Approvals counted: alice."), "{review}");
+    // A fee bump: a new request over the same coin, needing new approvals.
+    let out = ok(
+        &[
+            "spend",
+            "bump",
+            "--id",
+            "c1",
+            "--fee-rate",
+            "9",
+            "--initiator",
+            "dave",
+            "--new-id",
+            "c1b",
+        ],
+        T0 + 3500,
+    );
+    assert!(
+        out.contains("request c1b") && out.contains("state pending_approval"),
+        "{out}"
+    );
+    let out = ok(&["spend", "show", "--id", "c1"], T0 + 3500);
+    assert!(out.contains("state replaced by c1b"), "{out}");
+    let bumped = write(
+        "c1b.json",
+        &ok(&["spend", "show", "--id", "c1b", "--json"], T0 + 3500),
+    );
+    let review = ok(&["officer", "review", &bumped], T0 + 3500);
+    assert!(review.contains("It replaces request c1"), "{review}");
+    let (okk, _, err) = run(&["spend", "approve", "--id", "c1b", &a_file], T0 + 3600);
+    assert!(!okk && err.contains("replayed"), "{err}");
 
     // Freeze by one admin; lift by two.
     let order = ok(
