@@ -1075,6 +1075,35 @@ impl SpendService {
         self.with_retry(id, Event::Reevaluate, at, true).await
     }
 
+    /// Evaluates every open request again (a periodic tick: delays end, approvals and subjects
+    /// expire, inputs are spent elsewhere). Returns the requests whose state changed, with
+    /// their new state.
+    ///
+    /// # Errors
+    /// As [`SpendService::reevaluate`], for the first request that fails.
+    pub async fn reevaluate_open(&self, at: At) -> Result<Vec<(String, State)>> {
+        self.sync_policy(at.now_ms).await?;
+        let q = "SELECT id, state FROM spend_requests WHERE state IN \
+                 ('pending_approval', 'approved', 'waiting_for_delay', 'ready_to_sign') \
+                 ORDER BY created_ms, id";
+        let rows: Vec<(String, String)> = on_db!(self.db(), p => {
+            sqlx::query(q)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<std::result::Result<_, sqlx::Error>>()?
+        });
+        let mut changed = Vec::new();
+        for (id, before) in rows {
+            let s = self.with_retry(&id, Event::Reevaluate, at, true).await?;
+            if s.request.state.name() != before {
+                changed.push((id, s.request.state));
+            }
+        }
+        Ok(changed)
+    }
+
     /// Cancels the request and releases its coins.
     ///
     /// # Errors

@@ -88,11 +88,15 @@ pub enum SpendCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Evaluate again (time passed, the tip moved, a freeze was lifted).
+    /// Evaluate again (time passed, the tip moved, a freeze was set): one request, or every
+    /// open one with --all (prints the requests whose state changed).
     Reevaluate {
         /// Request id.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every open request.
         #[arg(long)]
-        id: String,
+        all: bool,
     },
     /// Cancel a request and release its coins.
     Cancel {
@@ -304,11 +308,18 @@ async fn spend_db(
             let v = svc.show(&id, at).await.map_err(e)?;
             Ok(describe(&v))
         }
-        SpendCommand::Reevaluate { id } => {
+        SpendCommand::Reevaluate { id: Some(id), .. } => {
             svc.reevaluate(&id, at).await.map_err(e)?;
             let v = svc.show(&id, at).await.map_err(e)?;
             Ok(describe(&v))
         }
+        SpendCommand::Reevaluate { id: None, .. } => Ok(svc
+            .reevaluate_open(at)
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|(id, state)| format!("{id} {state}\n"))
+            .collect()),
         SpendCommand::Cancel { id, by } => {
             let s = svc.cancel(&id, &by, at).await.map_err(e)?;
             Ok(format!("request {} {}\n", s.request.id, s.request.state))

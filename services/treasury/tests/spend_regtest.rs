@@ -594,12 +594,18 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
         .await
         .unwrap();
     assert_eq!(s.request.state, State::WaitingForDelay);
-    let s = w
+    // The periodic tick moves exactly the requests whose time has come.
+    let changed = w
         .svc
-        .reevaluate(&r6, At::ms(quorum + 24 * HOUR))
+        .reevaluate_open(At::ms(quorum + 24 * HOUR))
         .await
         .unwrap();
-    assert_eq!(s.request.state, State::ReadyToSign);
+    assert!(
+        changed.contains(&(r6.clone(), State::ReadyToSign)),
+        "{changed:?}"
+    );
+    assert!(changed.iter().all(|(id, _)| *id != r1), "{changed:?}");
+    assert_eq!(w.state(&r6).await, State::ReadyToSign);
 
     // An auditor re-runs the large request's decision from the ledger alone: the policy
     // document, the subject and every approval with its receive time are in the entries.
