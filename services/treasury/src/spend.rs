@@ -937,7 +937,7 @@ impl SpendService {
                 SqlValue::Int(stored.revision),
             ],
         )
-        .expect(1, "the request was changed by another writer; try again")];
+        .exactly(1, "the request was changed by another writer; try again")];
         if let Some(r) = &received {
             writes.push(Write::new(
                 "INSERT INTO spend_approvals (request_id, approver, decision, approval, \
