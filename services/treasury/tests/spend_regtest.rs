@@ -867,6 +867,33 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
         VersionStatus::Vetoed
     );
 
+    // Expiry by height: 288 blocks after creation a request's approvals lapse, even though
+    // its time has not come; the next evaluation expires it and frees its coin.
+    let r13 = format!("{p}-r13");
+    w.sync(&small).await; // the tip at creation is the vault's last sync
+    let s = w
+        .create(&r13, &small, "bob", &outside, 500_000, t2 + 4000)
+        .await
+        .unwrap();
+    assert_eq!(s.request.state, State::PendingApproval);
+    let created = s.request.created_height;
+    assert_eq!(s.request.subject.expires_at_height, Some(created + 288));
+    w.node.mine_blocks(287, &w.node.new_address()).unwrap();
+    w.sync(&small).await;
+    let s = w.svc.reevaluate(&r13, At::ms(t2 + 4500)).await.unwrap();
+    assert_eq!(s.request.state, State::PendingApproval, "one block to go");
+    w.node.mine_blocks(1, &w.node.new_address()).unwrap();
+    w.sync(&small).await;
+    let held = w.reserved(&small).await;
+    let s = w.svc.reevaluate(&r13, At::ms(t2 + 5000)).await.unwrap();
+    assert_eq!(
+        s.request.state,
+        State::Expired,
+        "{:?}",
+        s.request.transitions.last()
+    );
+    assert_eq!(w.reserved(&small).await, held - 1);
+
     // The ledger holds every step and verifies.
     let ledger = &w.svc.vaults.ledger;
     let report = ledger.verify(None).await.unwrap();
