@@ -588,7 +588,7 @@ impl Governance {
                             SqlValue::Int(now_ms),
                         ],
                     )
-                    .expect(1, "the proposal changed meanwhile"),
+                    .exactly(1, "the proposal changed meanwhile"),
                 );
                 if act.activates_at_ms <= now_ms {
                     let (w, d) = activation(&active, &prop, act.activates_at_ms, now_ms)?;
@@ -656,7 +656,7 @@ impl Governance {
                  WHERE hash = $1 AND status IN ('proposed', 'accepted')",
                 vec![SqlValue::Text(prop.hash.to_string()), SqlValue::Int(now_ms)],
             )
-            .expect(1, "the proposal changed meanwhile"),
+            .exactly(1, "the proposal changed meanwhile"),
         ];
         self.ledger.append_with_writes(vec![draft], &writes).await?;
         Ok(())
@@ -776,7 +776,7 @@ impl Governance {
                     SqlValue::Int(to_i64(state.seq)),
                 ],
             )
-            .expect(1, "another freeze order was applied meanwhile"),
+            .exactly(1, "another freeze order was applied meanwhile"),
             Write::new(
                 "INSERT INTO freeze_orders (seq, action, order_json, signatures, applied_ms) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -816,13 +816,13 @@ fn activation(
                 SqlValue::Int(now_ms),
             ],
         )
-        .expect(1, "the active policy changed meanwhile"),
+        .exactly(1, "the active policy changed meanwhile"),
         Write::new(
             "UPDATE policy_versions SET status = 'active', activated_ms = $2, updated_ms = $2 \
              WHERE hash = $1 AND status = 'accepted'",
             vec![SqlValue::Text(next.hash.to_string()), SqlValue::Int(now_ms)],
         )
-        .expect(1, "the proposal changed meanwhile"),
+        .exactly(1, "the proposal changed meanwhile"),
     ];
     Ok((writes, draft))
 }

@@ -57,7 +57,8 @@ enum Command {
         #[command(subcommand)]
         command: PsbtCommand,
     },
-    /// Spend requests: create (build, reserve, bind to the policy), show, approve, cancel.
+    /// Spend requests: create (build, reserve, bind to the policy), show, approve, reevaluate,
+    /// cancel, bump, list.
     Spend {
         #[command(flatten)]
         opts: VaultOpts,

@@ -264,6 +264,11 @@ pub fn review(f: &RequestFile, now_ms: i64) -> Result<String, String> {
         "Spend request {} from vault {}, asked for by {} (state: {}).\n",
         request.id, request.vault, request.initiator, f.state
     );
+    if let Some(old) = &request.replaces {
+        out.push_str(&format!(
+            "It replaces request {old} (a fee bump): approvals of that request do not count.\n"
+        ));
+    }
     out.push_str(&format!(
         "It pays {} sat ({} BTC) in total:\n",
         request.amount.to_sat(),

@@ -153,6 +153,19 @@ pub struct CreateSpend {
     pub confirmations_required: u32,
 }
 
+/// A fee bump of a request not yet signed ([`SpendService::bump`]).
+#[derive(Debug, Clone)]
+pub struct Bump {
+    /// The request to replace.
+    pub old_id: String,
+    /// The new request's id (`None` for a random one).
+    pub new_id: Option<String>,
+    /// The new fee rate (above the old one).
+    pub fee_rate: FeeRate,
+    /// Who asks for the bump (their approval of the new request never counts).
+    pub initiator: String,
+}
+
 /// The immutable part of a stored request (besides the PSBT).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Spec {
@@ -262,6 +275,7 @@ fn transition_draft(
                     json!(req.requested_fee_rate.map(FeeRate::to_sat_per_kwu)),
                 );
                 obj.insert("created_ms".into(), json!(req.created_ms));
+                obj.insert("replaces".into(), json!(req.replaces));
                 obj.insert("created_height".into(), json!(req.created_height));
             }
             Cause::Approval { .. } => {
@@ -560,6 +574,109 @@ impl SpendService {
         at: At,
         rng: &mut (impl rand_core::RngCore + Send),
     ) -> Result<StoredRequest> {
+        self.create_inner(c, caps, at, rng, None).await
+    }
+
+    /// A fee bump before signing: a new request paying the same outputs from the same coins
+    /// (and more coins if the higher fee needs them) at a higher fee rate. It needs a full set
+    /// of new approvals (its subject differs); the old request becomes `replaced` and its
+    /// coins pass to the new one.
+    ///
+    /// # Errors
+    /// [`SpendServiceError::Invalid`] when the old request is past approval (finalized,
+    /// broadcast or terminal), the rate is not higher, or an output cannot be paid again;
+    /// as [`SpendService::create`]. When building fails the old request keeps its coins.
+    pub async fn bump(
+        &self,
+        b: &Bump,
+        caps: &FeeCaps,
+        at: At,
+        rng: &mut (impl rand_core::RngCore + Send),
+    ) -> Result<StoredRequest> {
+        let (old_id, fee_rate) = (b.old_id.as_str(), b.fee_rate);
+        let old = self.load(old_id).await?;
+        let r = &old.request;
+        if !matches!(
+            r.state,
+            State::Created
+                | State::PendingApproval
+                | State::Approved
+                | State::WaitingForDelay
+                | State::ReadyToSign
+        ) {
+            return Err(SpendServiceError::Invalid {
+                what: "request",
+                reason: format!(
+                    "{old_id} is {}: only a request not yet signed is bumped here",
+                    r.state
+                ),
+            });
+        }
+        let old_rate = r.requested_fee_rate.unwrap_or(r.fee_rate);
+        if fee_rate <= old_rate {
+            return Err(SpendServiceError::Invalid {
+                what: "fee rate",
+                reason: format!(
+                    "{} sat/vB is not above the request's {} sat/vB",
+                    fee_rate.to_sat_per_vb_floor(),
+                    old_rate.to_sat_per_vb_floor()
+                ),
+            });
+        }
+        let mut payments = Vec::new();
+        let mut memo = None;
+        for (i, o) in r.psbt.unsigned_tx.output.iter().enumerate() {
+            if old.change_outputs.iter().any(|&c| c as usize == i) {
+                continue;
+            }
+            if o.script_pubkey.is_op_return() {
+                let data = o
+                    .script_pubkey
+                    .instructions()
+                    .filter_map(|ins| match ins {
+                        Ok(bdk_wallet::bitcoin::script::Instruction::PushBytes(b)) => {
+                            Some(b.as_bytes().to_vec())
+                        }
+                        _ => None,
+                    })
+                    .next()
+                    .unwrap_or_default();
+                memo = Some(data);
+                continue;
+            }
+            let address = bdk_wallet::bitcoin::Address::from_script(&o.script_pubkey, old.network)
+                .map_err(|e| SpendServiceError::Invalid {
+                    what: "output",
+                    reason: format!("output {i} cannot be paid again: {e}"),
+                })?;
+            payments.push(Payment {
+                address: address.into_unchecked(),
+                amount: o.value,
+            });
+        }
+        let c = CreateSpend {
+            id: b.new_id.clone(),
+            vault: r.vault.clone(),
+            initiator: b.initiator.clone(),
+            payments,
+            fee_rate,
+            memo,
+            confirmations_required: r.confirmations_required,
+        };
+        let new = self.create_inner(&c, caps, at, rng, Some(&old)).await?;
+        self.with_retry(old_id, Event::ReplacedBy(new.request.id.clone()), at, false)
+            .await?;
+        Ok(new)
+    }
+
+    async fn create_inner(
+        &self,
+        c: &CreateSpend,
+        caps: &FeeCaps,
+        at: At,
+        rng: &mut (impl rand_core::RngCore + Send),
+        replaces: Option<&StoredRequest>,
+    ) -> Result<StoredRequest> {
         let id = match &c.id {
             Some(id) => id.clone(),
             None => {
@@ -603,23 +720,53 @@ impl SpendService {
             payments: c.payments.clone(),
             fee_rate: Some(c.fee_rate),
             memo: c.memo.clone(),
+            include: replaces
+                .map(|o| o.request.subject.inputs.iter().map(|(op, _)| *op).collect())
+                .unwrap_or_default(),
             ..BuildRequest::default()
         };
-        let built = self
+        let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+        if let Some(old) = replaces {
+            // The replacement spends the same coins: they pass from the old request.
+            self.vaults.vaults.release(&old.request.id).await?;
+        }
+        let built = match self
             .vaults
-            .build_psbt_at(
-                &c.vault,
-                &id,
-                &req,
-                c.fee_rate,
-                caps,
-                Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0)),
-                rng,
-                at.now_ms,
-            )
-            .await?;
+            .build_psbt_at(&c.vault, &id, &req, c.fee_rate, caps, ttl, rng, at.now_ms)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                if let Some(old) = replaces {
+                    let r = &old.request;
+                    let ops: Vec<_> = r.subject.inputs.iter().map(|(op, _)| *op).collect();
+                    // Best effort: give the coins back to the old request.
+                    let _ = self
+                        .vaults
+                        .vaults
+                        .reserve(
+                            &r.vault,
+                            &r.id,
+                            r.txid,
+                            &ops,
+                            at.now_ms,
+                            at.now_ms.saturating_add(ttl_ms),
+                        )
+                        .await;
+                }
+                return Err(e.into());
+            }
+        };
         let result = self
-            .submit_built(c, &id, built.built, &active, tip, at)
+            .submit_built(
+                c,
+                &id,
+                built.built,
+                &active,
+                tip,
+                at,
+                replaces.map(|o| o.request.id.as_str()),
+            )
             .await;
         if result.is_err() {
             // Best effort: the reservation would expire anyway.
@@ -628,6 +775,7 @@ impl SpendService {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn submit_built(
         &self,
         c: &CreateSpend,
@@ -636,6 +784,7 @@ impl SpendService {
         active: &crate::governance::PolicyVersion,
         tip: u32,
         at: At,
+        replaces: Option<&str>,
     ) -> Result<StoredRequest> {
         let (psbt, fee_rate) = (built.psbt, built.fee_rate);
         let vault = self.vaults.vaults.load(&c.vault).await?;
@@ -663,9 +812,15 @@ impl SpendService {
             expires_at_ms,
             expires_at_height,
             confirmations_required: c.confirmations_required,
-            replaces: None,
+            replaces: replaces.map(str::to_owned),
         })?;
-        let history = self.velocity_history(&c.vault).await?;
+        // The request being replaced does not count against its own replacement.
+        let history: Vec<PastSpend> = self
+            .velocity_history(&c.vault)
+            .await?
+            .into_iter()
+            .filter(|h| Some(h.request_id.as_str()) != replaces)
+            .collect();
         let ctx = Context {
             now_ms: at.now_ms,
             tip_height: tip,
@@ -683,7 +838,7 @@ impl SpendService {
             expires_at_ms,
             expires_at_height,
             confirmations_required: c.confirmations_required,
-            replaces: None,
+            replaces: replaces.map(str::to_owned),
         };
         let mut writes = vec![Write::new(
             "INSERT INTO spend_requests (id, vault, initiator, state, policy_hash, txid, \
@@ -782,7 +937,7 @@ impl SpendService {
                 SqlValue::Int(stored.revision),
             ],
         )
-        .expect(1, "the request was changed by another writer; try again")];
+        .exactly(1, "the request was changed by another writer; try again")];
         if let Some(r) = &received {
             writes.push(Write::new(
                 "INSERT INTO spend_approvals (request_id, approver, decision, approval, \
@@ -918,6 +1073,35 @@ impl SpendService {
     pub async fn reevaluate(&self, id: &str, at: At) -> Result<StoredRequest> {
         self.sync_policy(at.now_ms).await?;
         self.with_retry(id, Event::Reevaluate, at, true).await
+    }
+
+    /// Evaluates every open request again (a periodic tick: delays end, approvals and subjects
+    /// expire, inputs are spent elsewhere). Returns the requests whose state changed, with
+    /// their new state.
+    ///
+    /// # Errors
+    /// As [`SpendService::reevaluate`], for the first request that fails.
+    pub async fn reevaluate_open(&self, at: At) -> Result<Vec<(String, State)>> {
+        self.sync_policy(at.now_ms).await?;
+        let q = "SELECT id, state FROM spend_requests WHERE state IN \
+                 ('pending_approval', 'approved', 'waiting_for_delay', 'ready_to_sign') \
+                 ORDER BY created_ms, id";
+        let rows: Vec<(String, String)> = on_db!(self.db(), p => {
+            sqlx::query(q)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<std::result::Result<_, sqlx::Error>>()?
+        });
+        let mut changed = Vec::new();
+        for (id, before) in rows {
+            let s = self.with_retry(&id, Event::Reevaluate, at, true).await?;
+            if s.request.state.name() != before {
+                changed.push((id, s.request.state));
+            }
+        }
+        Ok(changed)
     }
 
     /// Cancels the request and releases its coins.
@@ -1088,6 +1272,9 @@ pub struct RequestFile {
     pub expires_at_height: Option<u32>,
     /// Confirmations required.
     pub confirmations_required: u32,
+    /// The request this one replaces (a fee bump).
+    #[serde(default)]
+    pub replaces: Option<String>,
     /// The policy's hash.
     pub policy_hash: String,
     /// The policy document (TOML).
@@ -1130,6 +1317,7 @@ impl RequestFile {
             expires_at_ms: r.subject.expires_at_ms,
             expires_at_height: r.subject.expires_at_height,
             confirmations_required: r.confirmations_required,
+            replaces: r.replaces.clone(),
             policy_hash: r.policy_hash.to_string(),
             policy_document: v.policy_document.clone(),
             txid: r.txid.to_string(),
@@ -1209,7 +1397,7 @@ impl RequestFile {
             expires_at_ms: self.expires_at_ms,
             expires_at_height: self.expires_at_height,
             confirmations_required: self.confirmations_required,
-            replaces: None,
+            replaces: self.replaces.clone(),
         })
         .map_err(|e| bad(format!("psbt: {e}")))?;
         if request.txid.to_string() != self.txid {

@@ -17,7 +17,9 @@ use policies::freeze::{AdminSignature, FreezeAction};
 
 use crate::governance::OrderFile;
 use crate::ledger_cli::runtime;
-use crate::spend::{utc, verdict_text, At, CreateSpend, RequestFile, SpendService, SpendView};
+use crate::spend::{
+    utc, verdict_text, At, Bump, CreateSpend, RequestFile, SpendService, SpendView,
+};
 use crate::store::LedgerStore;
 use crate::vault_cli::VaultOpts;
 use crate::vaults::VaultService;
@@ -90,11 +92,15 @@ pub enum SpendCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Evaluate again (time passed, the tip moved, a freeze was lifted).
+    /// Evaluate again (time passed, the tip moved, a freeze was set): one request, or every
+    /// open one with --all (prints the requests whose state changed).
     Reevaluate {
         /// Request id.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every open request.
         #[arg(long)]
-        id: String,
+        all: bool,
     },
     /// Cancel a request and release its coins.
     Cancel {
@@ -104,6 +110,22 @@ pub enum SpendCommand {
         /// Who cancels.
         #[arg(long)]
         by: String,
+    },
+    /// Replace a request not yet signed by one at a higher fee rate (same outputs, same
+    /// coins); the new request needs new approvals.
+    Bump {
+        /// The request to replace.
+        #[arg(long)]
+        id: String,
+        /// The new fee rate in sat/vB.
+        #[arg(long)]
+        fee_rate: u32,
+        /// Who asks for the bump.
+        #[arg(long)]
+        initiator: String,
+        /// The new request's id (default: random).
+        #[arg(long)]
+        new_id: Option<String>,
     },
     /// List requests.
     List {
@@ -342,14 +364,38 @@ async fn spend_db(
             let v = svc.show(&id, at).await.map_err(e)?;
             Ok(describe(&v))
         }
-        SpendCommand::Reevaluate { id } => {
+        SpendCommand::Reevaluate { id: Some(id), .. } => {
             svc.reevaluate(&id, at).await.map_err(e)?;
             let v = svc.show(&id, at).await.map_err(e)?;
             Ok(describe(&v))
         }
+        SpendCommand::Reevaluate { id: None, .. } => Ok(svc
+            .reevaluate_open(at)
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|(id, state)| format!("{id} {state}\n"))
+            .collect()),
         SpendCommand::Cancel { id, by } => {
             let s = svc.cancel(&id, &by, at).await.map_err(e)?;
             Ok(format!("request {} {}\n", s.request.id, s.request.state))
+        }
+        SpendCommand::Bump {
+            id,
+            fee_rate,
+            initiator,
+            new_id,
+        } => {
+            let b = Bump {
+                old_id: id,
+                new_id,
+                fee_rate: FeeRate::from_sat_per_vb_u32(fee_rate),
+                initiator,
+            };
+            let mut rng = rand::rngs::OsRng;
+            let stored = svc.bump(&b, &opts.caps(), at, &mut rng).await.map_err(e)?;
+            let v = svc.show(&stored.request.id, at).await.map_err(e)?;
+            Ok(describe(&v))
         }
         SpendCommand::List { vault } => {
             let rows = svc.list(vault.as_deref()).await.map_err(e)?;

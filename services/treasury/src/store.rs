@@ -94,7 +94,7 @@ impl Write {
     }
 
     /// The same statement, required to change exactly `n` rows.
-    pub fn expect(mut self, n: u64, what: &str) -> Self {
+    pub fn exactly(mut self, n: u64, what: &str) -> Self {
         self.expect_rows = Some(n);
         self.what = what.to_owned();
         self

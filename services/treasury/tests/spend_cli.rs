@@ -33,16 +33,49 @@ fn example_key(person: &str) -> String {
 }
 
 #[test]
-fn spend_request_through_the_cli() {
-    let Some(node) = node_or_skip("spend_request_through_the_cli") else {
+fn spend_request_through_the_cli_on_sqlite() {
+    let Some(node) = node_or_skip("spend_request_through_the_cli_on_sqlite") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    cli_flow(&node, &dir, &db);
+    assert!(Path::new(&dir.path().join("cli.db")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_request_through_the_cli_on_postgres() {
+    let Ok(url) = std::env::var("TREASURY_TEST_POSTGRES_URL") else {
+        regtest::skip_or_fail(
+            "postgres",
+            "spend_request_through_the_cli_on_postgres",
+            &"TREASURY_TEST_POSTGRES_URL is not set",
+        );
+        return;
+    };
+    let Some(node) = node_or_skip("spend_request_through_the_cli_on_postgres") else {
+        return;
+    };
+    // A fresh schema (created by opening it once), named in the URL for the binary.
+    let schema = format!("spendcli_{}_{}", std::process::id(), rand::random::<u32>());
+    treasury::store::LedgerStore::open_in_schema(&url, Some(&schema))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().unwrap();
+    tokio::task::spawn_blocking(move || cli_flow(&node, &dir, &db))
+        .await
+        .unwrap();
+}
+
+fn cli_flow(node: &regtest::RegtestNode, dir: &tempfile::TempDir, db: &str) {
     let run = |args: &[&str], now: i64| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_treasury"))
             .args(args)
-            .env("TREASURY_DB", &db)
+            .env("TREASURY_DB", db)
             .env("TREASURY_RPC_URL", node.rpc_url())
             .env("TREASURY_RPC_COOKIE", node.cookie_file())
             .env("TREASURY_KEYSTORE_PASSPHRASE", "correct horse battery")
@@ -262,6 +295,36 @@ fn spend_request_through_the_cli() {
         T0 + 3000,
     );
     assert!(review.contains("Approvals counted: alice."), "{review}");
+    // A fee bump: a new request over the same coin, needing new approvals.
+    let out = ok(
+        &[
+            "spend",
+            "bump",
+            "--id",
+            "c1",
+            "--fee-rate",
+            "9",
+            "--initiator",
+            "dave",
+            "--new-id",
+            "c1b",
+        ],
+        T0 + 3500,
+    );
+    assert!(
+        out.contains("request c1b") && out.contains("state pending_approval"),
+        "{out}"
+    );
+    let out = ok(&["spend", "show", "--id", "c1"], T0 + 3500);
+    assert!(out.contains("state replaced by c1b"), "{out}");
+    let bumped = write(
+        "c1b.json",
+        &ok(&["spend", "show", "--id", "c1b", "--json"], T0 + 3500),
+    );
+    let review = ok(&["officer", "review", &bumped], T0 + 3500);
+    assert!(review.contains("It replaces request c1"), "{review}");
+    let (okk, _, err) = run(&["spend", "approve", "--id", "c1b", &a_file], T0 + 3600);
+    assert!(!okk && err.contains("replayed"), "{err}");
 
     // Freeze by one admin; lift by two.
     let order = ok(
@@ -431,5 +494,4 @@ fn spend_request_through_the_cli() {
     assert!(out.starts_with("active "), "{out}");
     let out = ok(&["ledger", "verify"], T0 + 9000);
     assert!(out.starts_with("ok:"), "{out}");
-    assert!(Path::new(&path("cli.db")).exists());
 }

@@ -478,6 +478,55 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
     assert_eq!(view.evaluation.counted, vec!["alice".to_string()]);
     let s = w.approve(&r4, "bob", T0 + 2000).await.unwrap();
     assert_eq!(s.request.state, State::ReadyToSign);
+    // A fee bump before signing is a new request over the same coin: new approvals needed,
+    // the old one is replaced, old approvals do not carry over.
+    let old_subject = s.request.subject.clone();
+    let bob_r4 = w.approval(&r4, "bob").await;
+    let low = treasury::spend::Bump {
+        old_id: r4.clone(),
+        new_id: Some(format!("{p}-r4b")),
+        fee_rate: FeeRate::from_sat_per_vb_u32(5),
+        initiator: "dave".into(),
+    };
+    assert!(matches!(
+        w.svc
+            .bump(&low, &FeeCaps::default(), At::ms(T0 + 2500), &mut w.rng)
+            .await,
+        Err(SpendServiceError::Invalid {
+            what: "fee rate",
+            ..
+        })
+    ));
+    assert_eq!(w.state(&r4).await, State::ReadyToSign);
+    let bump = treasury::spend::Bump {
+        fee_rate: FeeRate::from_sat_per_vb_u32(12),
+        ..low
+    };
+    let r4b = format!("{p}-r4b");
+    let nb = w
+        .svc
+        .bump(&bump, &FeeCaps::default(), At::ms(T0 + 3000), &mut w.rng)
+        .await
+        .unwrap();
+    assert_eq!(nb.request.id, r4b);
+    assert_eq!(nb.request.state, State::PendingApproval);
+    assert_eq!(nb.request.replaces.as_deref(), Some(r4.as_str()));
+    assert!(nb.request.subject.fee > old_subject.fee);
+    assert_eq!(nb.request.subject.inputs[0].0, old_subject.inputs[0].0);
+    assert_eq!(nb.request.amount, Amount::from_sat(30_000_000));
+    assert_eq!(w.state(&r4).await, State::Replaced { by: r4b.clone() });
+    assert!(matches!(
+        refused(w.svc.approve(&r4b, bob_r4, At::ms(T0 + 3500)).await),
+        RequestError::ApprovalRefused(ApprovalError::Replay { .. })
+    ));
+    w.approve(&r4b, "alice", T0 + 4000).await.unwrap();
+    let s = w.approve(&r4b, "bob", T0 + 4500).await.unwrap();
+    assert_eq!(s.request.state, State::ReadyToSign);
+    assert_eq!(
+        w.reserved(&medium).await,
+        1,
+        "the coin passed to the replacement"
+    );
 
     // --- Large: 3 of 5 officers and the CFO group, allowlisted only, 24 h after the quorum.
     let large = format!("{p}-large");
@@ -545,12 +594,18 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
         .await
         .unwrap();
     assert_eq!(s.request.state, State::WaitingForDelay);
-    let s = w
+    // The periodic tick moves exactly the requests whose time has come.
+    let changed = w
         .svc
-        .reevaluate(&r6, At::ms(quorum + 24 * HOUR))
+        .reevaluate_open(At::ms(quorum + 24 * HOUR))
         .await
         .unwrap();
-    assert_eq!(s.request.state, State::ReadyToSign);
+    assert!(
+        changed.contains(&(r6.clone(), State::ReadyToSign)),
+        "{changed:?}"
+    );
+    assert!(changed.iter().all(|(id, _)| *id != r1), "{changed:?}");
+    assert_eq!(w.state(&r6).await, State::ReadyToSign);
 
     // An auditor re-runs the large request's decision from the ledger alone: the policy
     // document, the subject and every approval with its receive time are in the entries.
@@ -811,6 +866,33 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
         g.version(&v4.hash).await.unwrap().status,
         VersionStatus::Vetoed
     );
+
+    // Expiry by height: 288 blocks after creation a request's approvals lapse, even though
+    // its time has not come; the next evaluation expires it and frees its coin.
+    let r13 = format!("{p}-r13");
+    w.sync(&small).await; // the tip at creation is the vault's last sync
+    let s = w
+        .create(&r13, &small, "bob", &outside, 500_000, t2 + 4000)
+        .await
+        .unwrap();
+    assert_eq!(s.request.state, State::PendingApproval);
+    let created = s.request.created_height;
+    assert_eq!(s.request.subject.expires_at_height, Some(created + 288));
+    w.node.mine_blocks(287, &w.node.new_address()).unwrap();
+    w.sync(&small).await;
+    let s = w.svc.reevaluate(&r13, At::ms(t2 + 4500)).await.unwrap();
+    assert_eq!(s.request.state, State::PendingApproval, "one block to go");
+    w.node.mine_blocks(1, &w.node.new_address()).unwrap();
+    w.sync(&small).await;
+    let held = w.reserved(&small).await;
+    let s = w.svc.reevaluate(&r13, At::ms(t2 + 5000)).await.unwrap();
+    assert_eq!(
+        s.request.state,
+        State::Expired,
+        "{:?}",
+        s.request.transitions.last()
+    );
+    assert_eq!(w.reserved(&small).await, held - 1);
 
     // The ledger holds every step and verifies.
     let ledger = &w.svc.vaults.ledger;
