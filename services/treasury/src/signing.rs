@@ -174,7 +174,7 @@ impl SpendService {
                 SqlValue::Int(i64::try_from(before).unwrap_or(i64::MAX)),
             ],
         )
-        .expect(
+        .exactly(
             1,
             "the request's psbt was changed by another writer; try again",
         );
@@ -413,7 +413,7 @@ impl SpendService {
                 SqlValue::Int(i64::try_from(current.signatures).unwrap_or(i64::MAX)),
             ],
         )
-        .expect(
+        .exactly(
             1,
             "the request's psbt was changed by another writer; try again",
         );
