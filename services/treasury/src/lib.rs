@@ -2,6 +2,7 @@
 //! runs. I/O lives here; the domain logic is in `custody` (pure).
 #![forbid(unsafe_code)]
 
+pub mod hsm_checkpoint;
 pub mod hsm_cli;
 pub mod ledger_cli;
 pub mod officer_cli;
