@@ -35,7 +35,7 @@ pub const SIGNATURE_TYPE: &[u8] = b"\xffstrategic-reserve/bip340-secp256k1/v1";
 /// 64-byte compact low-S signature over the same 32-byte message as BIP-340): `0xff` followed
 /// by this project's identifier.
 pub const ECDSA_SIGNATURE_TYPE: &[u8] = b"\xffstrategic-reserve/ecdsa-secp256k1/v1";
-/// The tag of the 32-byte message that the BIP-340 signature signs.
+/// The tag of the 32-byte message that a checkpoint signature (BIP-340 or ECDSA) signs.
 pub const CHECKPOINT_SIGNING_TAG: &str = "strategic-reserve/ledger/checkpoint/v1";
 /// The longest origin, in bytes.
 pub const MAX_ORIGIN_LEN: usize = 255;
