@@ -281,6 +281,7 @@ fn hsm_checkpoint_key_signs_checkpoints_that_verify_and_audit() {
     // A wrong key is refused: a BIP-340 key file key, and another token key (ECDSA).
     let (ok, schnorr_key, err) = run(&["ledger", "keygen", "--out", &path("other.key")], None);
     assert!(ok, "{err}");
+    std::fs::write(path("pin"), "1234\n").unwrap();
     let (ok, other, err) = run(
         &[
             "hsm",
@@ -289,8 +290,10 @@ fn hsm_checkpoint_key_signs_checkpoints_that_verify_and_audit() {
             "policy-2",
             "--checkpoint-label",
             "checkpoint-2",
+            "--pin-file",
+            &path("pin"),
         ],
-        Some("1234"),
+        None,
     );
     assert!(ok, "{err}");
     let other: Value = serde_json::from_str(&other).unwrap();
@@ -311,7 +314,6 @@ fn hsm_checkpoint_key_signs_checkpoints_that_verify_and_audit() {
     assert!(!ok && err.contains("does not verify"), "{err}");
 
     // The same key from a PIN file; errors: both key sources, no key, wrong PIN, taken labels.
-    std::fs::write(path("pin"), "1234\n").unwrap();
     let (ok, note2, err) = run(
         &[
             "ledger",
