@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use custody::ledger::{
     audit_consistency, audit_inclusion, audit_ledger, consistency_proof, inclusion_proof,
-    leaf_hashes, parse_json_lines, to_json_line, Actor, ConsistencyProofJson, EntryDraft,
-    EntryJson, InclusionProofJson, KeyFileSigner, VerifierKey,
+    leaf_hashes, parse_json_lines, to_json_line, Actor, AnyCheckpointSigner, ConsistencyProofJson,
+    EntryDraft, EntryJson, InclusionProofJson, KeyFileSigner, VerifierKey,
 };
 
+use crate::hsm_checkpoint::HsmCheckpointSigner;
+use crate::hsm_cli::HsmKeyOpts;
 use crate::store::LedgerStore;
 
 /// The default database when neither `--db` nor `TREASURY_DB` is given.
@@ -50,10 +52,14 @@ pub enum LedgerCommand {
         key_file: Option<PathBuf>,
     },
     /// Sign a checkpoint of the whole log, store it as an entry and print the signed note.
+    /// The key is a key file (BIP-340) or a key in a PKCS#11 token (`--hsm-key-label`, ECDSA).
     Checkpoint {
         /// The ledger key file (64 hex digits).
         #[arg(long, env = "TREASURY_LEDGER_KEY_FILE")]
-        key_file: PathBuf,
+        key_file: Option<PathBuf>,
+        /// The token key to sign with instead.
+        #[command(flatten)]
+        hsm: HsmKeyOpts,
         /// The actor recorded on the checkpoint entry.
         #[arg(long, default_value = "ledger")]
         actor: String,
@@ -84,11 +90,14 @@ pub enum LedgerCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Print the verifier key of a key file, for auditors.
+    /// Print the verifier key of a key file or of a token key, for auditors.
     PublicKey {
         /// The ledger key file.
         #[arg(long, env = "TREASURY_LEDGER_KEY_FILE")]
-        key_file: PathBuf,
+        key_file: Option<PathBuf>,
+        /// Or the token key.
+        #[command(flatten)]
+        hsm: HsmKeyOpts,
     },
 }
 
@@ -148,6 +157,42 @@ fn load_signer(path: &Path) -> Result<KeyFileSigner, String> {
     KeyFileSigner::from_key_file(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The key a checkpoint is signed with.
+enum LedgerSigner {
+    /// A BIP-340 key file.
+    File(KeyFileSigner),
+    /// An ECDSA key in a PKCS#11 token.
+    Hsm(HsmCheckpointSigner),
+}
+
+impl LedgerSigner {
+    /// Exactly one of the key file and the token key.
+    fn open(key_file: Option<&Path>, hsm: &HsmKeyOpts) -> Result<Self, String> {
+        match (key_file, &hsm.hsm_key_label) {
+            (Some(_), Some(_)) => Err(
+                "give either a key file (--key-file, TREASURY_LEDGER_KEY_FILE) or --hsm-key-label, not both"
+                    .into(),
+            ),
+            (Some(f), None) => Ok(LedgerSigner::File(load_signer(f)?)),
+            (None, Some(_)) => hsm
+                .open()?
+                .map(LedgerSigner::Hsm)
+                .ok_or_else(|| "internal: no token key".to_string()),
+            (None, None) => Err(
+                "no ledger key: give --key-file (or TREASURY_LEDGER_KEY_FILE) or --hsm-key-label"
+                    .into(),
+            ),
+        }
+    }
+
+    fn as_signer(&self) -> &dyn AnyCheckpointSigner {
+        match self {
+            LedgerSigner::File(s) => s,
+            LedgerSigner::Hsm(s) => s,
+        }
+    }
+}
+
 fn parse_key(s: &str) -> Result<VerifierKey, String> {
     VerifierKey::parse(s).map_err(|e| e.to_string())
 }
@@ -173,10 +218,10 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
 pub fn run_ledger(opts: &LedgerOpts, cmd: LedgerCommand) -> Result<String, String> {
     match cmd {
         LedgerCommand::Keygen { out } => return keygen(&opts.origin, &out),
-        LedgerCommand::PublicKey { key_file } => {
-            let signer = load_signer(&key_file)?;
-            let vk =
-                VerifierKey::of_signer(opts.origin.clone(), &signer).map_err(|e| e.to_string())?;
+        LedgerCommand::PublicKey { key_file, hsm } => {
+            let signer = LedgerSigner::open(key_file.as_deref(), &hsm)?;
+            let vk = VerifierKey::of_signer(opts.origin.clone(), signer.as_signer())
+                .map_err(|e| e.to_string())?;
             return Ok(format!("{vk}\n"));
         }
         _ => {}
@@ -225,11 +270,15 @@ async fn run_ledger_db(
             }
             Ok(format!("{report}\n"))
         }
-        LedgerCommand::Checkpoint { key_file, actor } => {
-            let signer = load_signer(&key_file)?;
+        LedgerCommand::Checkpoint {
+            key_file,
+            hsm,
+            actor,
+        } => {
             let actor = Actor::new(actor).map_err(|e| e.to_string())?;
+            let signer = LedgerSigner::open(key_file.as_deref(), &hsm)?;
             let (note, _) = store
-                .checkpoint(&opts.origin, &actor, now_ms(), &signer)
+                .checkpoint(&opts.origin, &actor, now_ms(), signer.as_signer())
                 .await
                 .map_err(err)?;
             Ok(note)

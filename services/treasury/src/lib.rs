@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod governance;
+pub mod hsm_checkpoint;
 pub mod hsm_cli;
 pub mod ledger_cli;
 pub mod officer_cli;

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use custody::ledger::{
-    Actor, ChainError, ChainFault, ChainVerifier, Checkpoint, CheckpointError, CheckpointSigner,
+    Actor, AnyCheckpointSigner, ChainError, ChainFault, ChainVerifier, Checkpoint, CheckpointError,
     Entry, EntryDraft, EntryError, Kind, LedgerHead, Payload, PayloadType, VerifierKey,
 };
 use hashcore::Digest;
@@ -393,7 +393,7 @@ impl LedgerStore {
         origin: &str,
         actor: &Actor,
         time_ms: i64,
-        signer: &dyn CheckpointSigner,
+        signer: &dyn AnyCheckpointSigner,
     ) -> Result<(String, Entry), StoreError> {
         let mut note = String::new();
         let entries = self

@@ -1,5 +1,6 @@
 //! Signed checkpoints in the C2SP signed-note format (c2sp.org/signed-note,
-//! c2sp.org/tlog-checkpoint), signed with BIP-340 Schnorr over secp256k1.
+//! c2sp.org/tlog-checkpoint), signed with BIP-340 Schnorr over secp256k1 (key files) or with
+//! ECDSA over secp256k1 (keys held in a PKCS#11 token, which has no Schnorr mechanism).
 //!
 //! ```text
 //! reserve.example/ledger            <- origin
@@ -7,17 +8,21 @@
 //! 3q2+7w...=                        <- base64 RFC 9162 root
 //! time 1764057600000                <- extension line: unix milliseconds
 //!
-//! — reserve.example/ledger AAAAAO...   <- base64(key id (4) || BIP-340 signature (64))
+//! — reserve.example/ledger AAAAAO...   <- base64(key id (4) || signature (64))
 //! ```
 //!
 //! The key name must equal the origin. The signed message is
 //! `TaggedHash("strategic-reserve/ledger/checkpoint/v1", note text)`, where the note text is
-//! the four lines above including the final newline. Key id and signature type: see
-//! [`SIGNATURE_TYPE`] and docs/adr/0002-ledger-encoding-and-checkpoint-signatures.md.
+//! the four lines above including the final newline. Key ids and signature types: see
+//! [`SIGNATURE_TYPE`], [`ECDSA_SIGNATURE_TYPE`] and
+//! docs/adr/0002-ledger-encoding-and-checkpoint-signatures.md. The signature is 64 bytes for
+//! both types: BIP-340 `(R.x, s)`, or compact ECDSA `r || s` with low S.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use bitcoin::secp256k1::{schnorr, All, Keypair, Message, Secp256k1, XOnlyPublicKey};
+use bitcoin::secp256k1::{
+    ecdsa, schnorr, All, Keypair, Message, PublicKey, Secp256k1, XOnlyPublicKey,
+};
 use hashcore::{Digest, Sha256, TaggedHash};
 use std::sync::OnceLock;
 use thiserror::Error;
@@ -26,7 +31,11 @@ use zeroize::Zeroizing;
 /// The signature type identifier of the key id: `0xff` (the signed-note byte for types without
 /// an assigned byte) followed by this project's identifier.
 pub const SIGNATURE_TYPE: &[u8] = b"\xffstrategic-reserve/bip340-secp256k1/v1";
-/// The tag of the 32-byte message that the BIP-340 signature signs.
+/// The signature type identifier of ECDSA checkpoint keys (33-byte compressed secp256k1 key,
+/// 64-byte compact low-S signature over the same 32-byte message as BIP-340): `0xff` followed
+/// by this project's identifier.
+pub const ECDSA_SIGNATURE_TYPE: &[u8] = b"\xffstrategic-reserve/ecdsa-secp256k1/v1";
+/// The tag of the 32-byte message that a checkpoint signature (BIP-340 or ECDSA) signs.
 pub const CHECKPOINT_SIGNING_TAG: &str = "strategic-reserve/ledger/checkpoint/v1";
 /// The longest origin, in bytes.
 pub const MAX_ORIGIN_LEN: usize = 255;
@@ -117,8 +126,9 @@ pub enum CheckpointError {
 #[error("checkpoint signer failed: {0}")]
 pub struct SignerError(pub String);
 
-/// What signs checkpoints: a BIP-340 key. The key file signer is [`KeyFileSigner`]; an HSM
-/// signer implements this trait at the edge.
+/// What signs checkpoints with a BIP-340 key. The key file signer is [`KeyFileSigner`].
+/// Every `CheckpointSigner` is an [`AnyCheckpointSigner`]; an ECDSA signer (an HSM key)
+/// implements [`AnyCheckpointSigner`] directly, at the edge.
 pub trait CheckpointSigner {
     /// The x-only public key.
     fn public_key(&self) -> XOnlyPublicKey;
@@ -128,6 +138,130 @@ pub trait CheckpointSigner {
     /// # Errors
     /// [`SignerError`] when the key cannot sign.
     fn sign(&self, msg: &[u8; 32]) -> Result<schnorr::Signature, SignerError>;
+}
+
+/// The kind of a checkpoint key, and so its signature type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignatureKind {
+    /// BIP-340 Schnorr, type [`SIGNATURE_TYPE`].
+    Bip340,
+    /// ECDSA with low S, type [`ECDSA_SIGNATURE_TYPE`].
+    Ecdsa,
+}
+
+impl SignatureKind {
+    /// The signature type identifier (the key id's type field).
+    pub fn type_id(self) -> &'static [u8] {
+        match self {
+            SignatureKind::Bip340 => SIGNATURE_TYPE,
+            SignatureKind::Ecdsa => ECDSA_SIGNATURE_TYPE,
+        }
+    }
+}
+
+/// The public key of a checkpoint signer, of either signature type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKey {
+    /// A BIP-340 x-only key.
+    Bip340(XOnlyPublicKey),
+    /// An ECDSA key (serialized compressed, 33 bytes).
+    Ecdsa(PublicKey),
+}
+
+impl CheckpointKey {
+    /// The signature kind.
+    pub fn kind(&self) -> SignatureKind {
+        match self {
+            CheckpointKey::Bip340(_) => SignatureKind::Bip340,
+            CheckpointKey::Ecdsa(_) => SignatureKind::Ecdsa,
+        }
+    }
+
+    /// The key bytes as hashed into the key id: 32 (x-only) or 33 (compressed) bytes.
+    pub fn key_bytes(&self) -> Vec<u8> {
+        match self {
+            CheckpointKey::Bip340(k) => k.serialize().to_vec(),
+            CheckpointKey::Ecdsa(k) => k.serialize().to_vec(),
+        }
+    }
+
+    /// The signed-note key id: `SHA-256(name || 0x0A || type || key bytes)[:4]`.
+    pub fn key_id(&self, name: &str) -> [u8; 4] {
+        let d = Sha256::new()
+            .chain(name.as_bytes())
+            .chain(b"\n")
+            .chain(self.kind().type_id())
+            .chain(&self.key_bytes())
+            .finalize();
+        [d[0], d[1], d[2], d[3]]
+    }
+
+    /// Whether `sig` (the signature bytes after the key id) is a valid signature of `msg` by
+    /// this key: 64 bytes, and for ECDSA compact `r || s` with low S.
+    pub fn verifies(&self, msg: &[u8; 32], sig: &[u8]) -> bool {
+        let msg = Message::from_digest(*msg);
+        match self {
+            CheckpointKey::Bip340(key) => schnorr::Signature::from_slice(sig)
+                .ok()
+                .is_some_and(|s| secp().verify_schnorr(&s, &msg, key).is_ok()),
+            CheckpointKey::Ecdsa(key) => {
+                let Ok(compact) = <[u8; 64]>::try_from(sig) else {
+                    return false;
+                };
+                let Ok(s) = ecdsa::Signature::from_compact(&compact) else {
+                    return false;
+                };
+                let mut low = s;
+                low.normalize_s();
+                // High S is refused explicitly (libsecp256k1 refuses it too): one signature
+                // per message and key, as for transactions (BIP-146).
+                low == s && secp().verify_ecdsa(&msg, &s, key).is_ok()
+            }
+        }
+    }
+}
+
+/// A checkpoint signature of either type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointSignature {
+    /// A BIP-340 signature.
+    Bip340(schnorr::Signature),
+    /// An ECDSA signature (written compact, 64 bytes; must be low S).
+    Ecdsa(ecdsa::Signature),
+}
+
+impl CheckpointSignature {
+    /// The 64 signature bytes written after the key id.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        match self {
+            CheckpointSignature::Bip340(s) => s.serialize(),
+            CheckpointSignature::Ecdsa(s) => s.serialize_compact(),
+        }
+    }
+}
+
+/// What signs checkpoints, with either signature type. Implemented for every
+/// [`CheckpointSigner`] (BIP-340); an ECDSA signer such as a PKCS#11 key implements it
+/// directly.
+pub trait AnyCheckpointSigner {
+    /// The public key (its kind selects the signature type).
+    fn checkpoint_key(&self) -> CheckpointKey;
+
+    /// Signs a 32-byte message with the key's signature type.
+    ///
+    /// # Errors
+    /// [`SignerError`] when the key cannot sign.
+    fn sign_checkpoint(&self, msg: &[u8; 32]) -> Result<CheckpointSignature, SignerError>;
+}
+
+impl<T: CheckpointSigner + ?Sized> AnyCheckpointSigner for T {
+    fn checkpoint_key(&self) -> CheckpointKey {
+        CheckpointKey::Bip340(self.public_key())
+    }
+
+    fn sign_checkpoint(&self, msg: &[u8; 32]) -> Result<CheckpointSignature, SignerError> {
+        self.sign(msg).map(CheckpointSignature::Bip340)
+    }
 }
 
 /// A BIP-340 signing key held in memory, read from a key file.
@@ -234,15 +368,16 @@ pub fn validate_origin(origin: &str) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-/// The signed-note key id: `SHA-256(name || 0x0A || SIGNATURE_TYPE || x-only key)[:4]`.
+/// The signed-note key id of a BIP-340 key:
+/// `SHA-256(name || 0x0A || SIGNATURE_TYPE || x-only key)[:4]`.
 pub fn key_id(name: &str, key: &XOnlyPublicKey) -> [u8; 4] {
-    let d = Sha256::new()
-        .chain(name.as_bytes())
-        .chain(b"\n")
-        .chain(SIGNATURE_TYPE)
-        .chain(&key.serialize())
-        .finalize();
-    [d[0], d[1], d[2], d[3]]
+    CheckpointKey::Bip340(*key).key_id(name)
+}
+
+/// The signed-note key id of an ECDSA key:
+/// `SHA-256(name || 0x0A || ECDSA_SIGNATURE_TYPE || 33-byte compressed key)[:4]`.
+pub fn ecdsa_key_id(name: &str, key: &PublicKey) -> [u8; 4] {
+    CheckpointKey::Ecdsa(*key).key_id(name)
 }
 
 /// A tree head: the log's origin, its size, its RFC 9162 root and the time it was taken.
@@ -351,17 +486,25 @@ impl Checkpoint {
     /// # Errors
     /// [`CheckpointError::Signer`] when the signer fails or returns a signature that does not
     /// verify under its own public key.
-    pub fn sign(&self, signer: &dyn CheckpointSigner) -> Result<String, CheckpointError> {
+    pub fn sign(&self, signer: &dyn AnyCheckpointSigner) -> Result<String, CheckpointError> {
         let body = self.body();
         let msg = signing_hasher().hash(body.as_bytes());
-        let key = signer.public_key();
-        let sig = signer.sign(&msg)?;
-        secp()
-            .verify_schnorr(&sig, &Message::from_digest(msg), &key)
-            .map_err(|_| SignerError("signer returned a signature that does not verify".into()))?;
+        let key = signer.checkpoint_key();
+        let sig = signer.sign_checkpoint(&msg)?;
+        let bytes = sig.to_bytes();
+        let same_kind = matches!(
+            (key, sig),
+            (CheckpointKey::Bip340(_), CheckpointSignature::Bip340(_))
+                | (CheckpointKey::Ecdsa(_), CheckpointSignature::Ecdsa(_))
+        );
+        if !same_kind || !key.verifies(&msg, &bytes) {
+            return Err(
+                SignerError("signer returned a signature that does not verify".into()).into(),
+            );
+        }
         let mut blob = Vec::with_capacity(68);
-        blob.extend_from_slice(&key_id(&self.origin, &key));
-        blob.extend_from_slice(sig.as_ref());
+        blob.extend_from_slice(&key.key_id(&self.origin));
+        blob.extend_from_slice(&bytes);
         Ok(format!(
             "{body}\n\u{2014} {} {}\n",
             self.origin,
@@ -378,15 +521,16 @@ fn parse_decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// The public key an auditor trusts for a log: its name (= origin) and x-only key.
+/// The public key an auditor trusts for a log: its name (= origin) and its key, BIP-340 or
+/// ECDSA.
 ///
-/// Text form (as Go's note verifier keys): `<name>+<key id, 8 hex>+<base64(SIGNATURE_TYPE ||
-/// 32-byte x-only key)>`. A bare 64-hex x-only key with a separate name is also accepted by
-/// [`VerifierKey::new`].
+/// Text form (as Go's note verifier keys): `<name>+<key id, 8 hex>+<base64(type || key)>`,
+/// with `SIGNATURE_TYPE || 32-byte x-only key` or `ECDSA_SIGNATURE_TYPE || 33-byte
+/// compressed key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifierKey {
     name: String,
-    key: XOnlyPublicKey,
+    key: CheckpointKey,
 }
 
 impl VerifierKey {
@@ -395,6 +539,14 @@ impl VerifierKey {
     /// # Errors
     /// [`CheckpointError::InvalidOrigin`] when the name is not allowed.
     pub fn new(name: impl Into<String>, key: XOnlyPublicKey) -> Result<Self, CheckpointError> {
+        Self::with_key(name, CheckpointKey::Bip340(key))
+    }
+
+    /// A verifier key of either type.
+    ///
+    /// # Errors
+    /// [`CheckpointError::InvalidOrigin`] when the name is not allowed.
+    pub fn with_key(name: impl Into<String>, key: CheckpointKey) -> Result<Self, CheckpointError> {
         let name = name.into();
         validate_origin(&name)?;
         Ok(VerifierKey { name, key })
@@ -406,9 +558,9 @@ impl VerifierKey {
     /// [`CheckpointError::InvalidOrigin`].
     pub fn of_signer(
         origin: impl Into<String>,
-        signer: &dyn CheckpointSigner,
+        signer: &dyn AnyCheckpointSigner,
     ) -> Result<Self, CheckpointError> {
-        Self::new(origin, signer.public_key())
+        Self::with_key(origin, signer.checkpoint_key())
     }
 
     /// Parses the text form.
@@ -425,12 +577,22 @@ impl VerifierKey {
             return Err(bad("expected <name>+<key id>+<base64 key>"));
         };
         let blob = B64.decode(blob).map_err(|_| bad("key is not base64"))?;
-        let Some(raw) = blob.strip_prefix(SIGNATURE_TYPE) else {
-            return Err(bad("not a strategic-reserve bip340 key"));
+        let key = if let Some(raw) = blob.strip_prefix(SIGNATURE_TYPE) {
+            CheckpointKey::Bip340(
+                XOnlyPublicKey::from_slice(raw).map_err(|_| bad("not a secp256k1 x-only key"))?,
+            )
+        } else if let Some(raw) = blob.strip_prefix(ECDSA_SIGNATURE_TYPE) {
+            if raw.len() != 33 {
+                return Err(bad("not a compressed secp256k1 key"));
+            }
+            CheckpointKey::Ecdsa(
+                PublicKey::from_slice(raw).map_err(|_| bad("not a compressed secp256k1 key"))?,
+            )
+        } else {
+            return Err(bad("not a strategic-reserve bip340 or ecdsa key"));
         };
-        let key = XOnlyPublicKey::from_slice(raw).map_err(|_| bad("not a secp256k1 x-only key"))?;
-        let vk = VerifierKey::new(name, key).map_err(|e| bad(&e.to_string()))?;
-        if id.len() != 8 || hex::encode(key_id(name, &key)) != id {
+        let vk = VerifierKey::with_key(name, key).map_err(|e| bad(&e.to_string()))?;
+        if id.len() != 8 || hex::encode(key.key_id(name)) != id {
             return Err(bad("key id does not match name and key"));
         }
         Ok(vk)
@@ -441,14 +603,19 @@ impl VerifierKey {
         &self.name
     }
 
-    /// The x-only public key.
-    pub fn key(&self) -> &XOnlyPublicKey {
+    /// The public key.
+    pub fn key(&self) -> &CheckpointKey {
         &self.key
+    }
+
+    /// The signature kind the key verifies.
+    pub fn kind(&self) -> SignatureKind {
+        self.key.kind()
     }
 
     /// The key id.
     pub fn key_id(&self) -> [u8; 4] {
-        key_id(&self.name, &self.key)
+        self.key.key_id(&self.name)
     }
 
     /// Verifies a signed checkpoint note and returns the checkpoint.
@@ -469,17 +636,14 @@ impl VerifierKey {
             });
         }
         let id = self.key_id();
-        let msg = Message::from_digest(signing_hasher().hash(parsed.text.as_bytes()));
+        let msg = signing_hasher().hash(parsed.text.as_bytes());
         let mut verified = false;
         for sig in parsed
             .signatures
             .iter()
             .filter(|s| s.name == self.name && s.key_id == id)
         {
-            let ok = schnorr::Signature::from_slice(&sig.signature)
-                .ok()
-                .is_some_and(|s| secp().verify_schnorr(&s, &msg, &self.key).is_ok());
-            if !ok {
+            if !self.key.verifies(&msg, &sig.signature) {
                 return Err(CheckpointError::BadSignature(self.name.clone()));
             }
             verified = true;
@@ -497,8 +661,8 @@ impl VerifierKey {
 
 impl core::fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let mut blob = SIGNATURE_TYPE.to_vec();
-        blob.extend_from_slice(&self.key.serialize());
+        let mut blob = self.key.kind().type_id().to_vec();
+        blob.extend_from_slice(&self.key.key_bytes());
         write!(
             f,
             "{}+{}+{}",

@@ -17,7 +17,8 @@ pub use audit::{
 };
 pub use chain::{verify_chain, ChainError, ChainFault, ChainVerifier, LedgerHead, VerifiedLog};
 pub use checkpoint::{
-    key_id, validate_origin, Checkpoint, CheckpointError, CheckpointSigner, KeyFileSigner,
+    ecdsa_key_id, key_id, validate_origin, AnyCheckpointSigner, Checkpoint, CheckpointError,
+    CheckpointKey, CheckpointSignature, CheckpointSigner, KeyFileSigner, SignatureKind,
     SignerError, VerifierKey,
 };
 pub use codec::DecodeError;
