@@ -1,6 +1,7 @@
 //! `cargo run --release -p hashcore --example compare`: hashcore against the `sha2` crate
 //! (single stream) on the reserve's workloads, one process, rounds alternated (ours, anchor,
-//! ours, anchor, ...), reporting the median of the paired ratios.
+//! ours, anchor, ...), reporting the median of the paired ratios. An optional argument keeps
+//! only the workloads whose name contains it (`... --example compare -- "2^24"`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -50,6 +51,12 @@ fn compare<R: PartialEq + std::fmt::Debug>(
     mut ours: impl FnMut() -> R,
     mut anchor: impl FnMut() -> R,
 ) {
+    // `compare WORD`: only the workloads whose name contains WORD.
+    if let Some(filter) = std::env::args().nth(1) {
+        if !name.contains(filter.as_str()) {
+            return;
+        }
+    }
     let (_, a) = time(&mut ours);
     let (_, b) = time(&mut anchor);
     assert_eq!(a, b, "{name}: hashcore and sha2 disagree");

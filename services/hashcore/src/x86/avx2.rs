@@ -2,7 +2,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{batch_drivers, lane_kernels};
+use super::{batch_drivers, lane_compress, lane_kernels, lane_round, lane_rounds8};
 use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, PAD64_WK};
 use crate::Digest;
 
@@ -111,6 +111,18 @@ fn store_words(v: V) -> [u32; N] {
     // SAFETY: `out` is 32 writable bytes, the size of one unaligned 256-bit store.
     unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast::<V>(), v) };
     out
+}
+
+/// Writes lane `l`'s state as the digest `out[l]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_digests(st: &[V; 8], out: &mut [Digest; N]) {
+    for (j, v) in st.iter().enumerate() {
+        let words = store_words(*v);
+        for (o, w) in out.iter_mut().zip(words) {
+            o[4 * j..4 * j + 4].copy_from_slice(&w.to_be_bytes());
+        }
+    }
 }
 
 lane_kernels!("avx2");

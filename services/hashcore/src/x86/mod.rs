@@ -123,10 +123,62 @@ macro_rules! batch_drivers {
     };
 }
 
+/// One SHA-256 round on lane vectors: `$d += T1`, `$h = T1 + T2`. The caller rotates the
+/// names instead of moving eight registers per round.
+macro_rules! lane_round {
+    ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $wk:expr) => {
+        // `h + W + K` does not depend on the previous round; `Ch` and `Sigma1` of `e` do.
+        let t1 = add(add(add($h, $wk), ch($e, $f, $g)), big_s1($e));
+        $d = add($d, t1);
+        $h = add(t1, add(big_s0($a), maj($a, $b, $c)));
+    };
+}
+
+/// Eight rounds `$t .. $t + 8`; `$wk($w, t)` gives `W[t] + K[t]` (scheduling as needed).
+/// After eight rounds the names are back in their places.
+macro_rules! lane_rounds8 {
+    ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident,
+     $wk:ident, $w:ident, $t:expr) => {
+        lane_round!($a, $b, $c, $d, $e, $f, $g, $h, $wk(&mut $w, $t));
+        lane_round!($h, $a, $b, $c, $d, $e, $f, $g, $wk(&mut $w, $t + 1));
+        lane_round!($g, $h, $a, $b, $c, $d, $e, $f, $wk(&mut $w, $t + 2));
+        lane_round!($f, $g, $h, $a, $b, $c, $d, $e, $wk(&mut $w, $t + 3));
+        lane_round!($e, $f, $g, $h, $a, $b, $c, $d, $wk(&mut $w, $t + 4));
+        lane_round!($d, $e, $f, $g, $h, $a, $b, $c, $wk(&mut $w, $t + 5));
+        lane_round!($c, $d, $e, $f, $g, $h, $a, $b, $wk(&mut $w, $t + 6));
+        lane_round!($b, $c, $d, $e, $f, $g, $h, $a, $wk(&mut $w, $t + 7));
+    };
+}
+
+/// All 64 rounds on `$st` (a `[V; 8]`), then the feed-forward addition.
+macro_rules! lane_compress {
+    ($st:ident, $wk:ident, $w:ident) => {{
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *$st;
+        lane_rounds8!(a, b, c, d, e, f, g, h, $wk, $w, 0);
+        lane_rounds8!(a, b, c, d, e, f, g, h, $wk, $w, 8);
+        lane_rounds8!(a, b, c, d, e, f, g, h, $wk, $w, 16);
+        lane_rounds8!(a, b, c, d, e, f, g, h, $wk, $w, 24);
+        lane_rounds8!(a, b, c, d, e, f, g, h, $wk, $w, 32);
+        lane_rounds8!(a, b, c, d, e, f, g, h, $wk, $w, 40);
+        lane_rounds8!(a, b, c, d, e, f, g, h, $wk, $w, 48);
+        lane_rounds8!(a, b, c, d, e, f, g, h, $wk, $w, 56);
+        let v = [a, b, c, d, e, f, g, h];
+        for (s, x) in $st.iter_mut().zip(v) {
+            *s = add(*s, x);
+        }
+    }};
+}
+
 /// The multi-lane SHA-256 kernels (one message per 32-bit lane), over the vector type `V`,
 /// the lane count `N` and these functions of the module the macro is expanded in: `add`,
 /// `set1`, `big_s0`, `big_s1`, `small_s0`, `small_s1`, `ch`, `maj`, `load_words` (the 16
-/// big-endian words of `N` blocks, lane `l` = block `l`) and `store_words`.
+/// big-endian words of `N` contiguous blocks, lane `l` = block `l`), `load_rows` (the same
+/// from `N` separate blocks) and `store_digests` (lane `l`'s state as digest `l`).
+///
+/// The 64 rounds are written out (macros above), so the eight state words and the sixteen
+/// schedule words stay in registers, and blocks with constant words (padding, the second hash
+/// of SHA256D64, the last block of a fixed-length message) have their constant schedule
+/// folded away at compile time.
 macro_rules! lane_kernels {
     ($feat:literal) => {
         /// The initial state in every lane.
@@ -145,37 +197,31 @@ macro_rules! lane_kernels {
             ]
         }
 
+        /// `W[t] + K[t]`, computing `W[t]` in place in the 16-word window for `t >= 16`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn sched_wk(w: &mut [V; 16], t: usize) -> V {
+            if t >= 16 {
+                w[t % 16] = add(
+                    add(small_s1(w[(t - 2) % 16]), w[(t - 7) % 16]),
+                    add(small_s0(w[(t - 15) % 16]), w[t % 16]),
+                );
+            }
+            add(w[t % 16], set1(K[t]))
+        }
+
+        /// `W[t] + K[t]` of a constant block, precomputed.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn const_wk(wk: &mut &[u32; 64], t: usize) -> V {
+            set1(wk[t])
+        }
+
         /// Compresses one block per lane, given its 16 message words.
         #[inline]
         #[target_feature(enable = $feat)]
         fn compress_w(st: &mut [V; 8], mut w: [V; 16]) {
-            let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *st;
-            for t in 0..64 {
-                let wt = if t < 16 {
-                    w[t]
-                } else {
-                    let x = add(
-                        add(small_s1(w[(t - 2) % 16]), w[(t - 7) % 16]),
-                        add(small_s0(w[(t - 15) % 16]), w[t % 16]),
-                    );
-                    w[t % 16] = x;
-                    x
-                };
-                let t1 = add(add(add(h, big_s1(e)), add(ch(e, f, g), set1(K[t]))), wt);
-                let t2 = add(big_s0(a), maj(a, b, c));
-                h = g;
-                g = f;
-                f = e;
-                e = add(d, t1);
-                d = c;
-                c = b;
-                b = a;
-                a = add(t1, t2);
-            }
-            let v = [a, b, c, d, e, f, g, h];
-            for (s, x) in st.iter_mut().zip(v) {
-                *s = add(*s, x);
-            }
+            lane_compress!(st, sched_wk, w);
         }
 
         /// Compresses one constant block (the same in every lane), given its precomputed
@@ -183,35 +229,8 @@ macro_rules! lane_kernels {
         #[inline]
         #[target_feature(enable = $feat)]
         fn compress_wk(st: &mut [V; 8], wk: &[u32; 64]) {
-            let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *st;
-            for &k in wk.iter() {
-                let t1 = add(add(h, big_s1(e)), add(ch(e, f, g), set1(k)));
-                let t2 = add(big_s0(a), maj(a, b, c));
-                h = g;
-                g = f;
-                f = e;
-                e = add(d, t1);
-                d = c;
-                c = b;
-                b = a;
-                a = add(t1, t2);
-            }
-            let v = [a, b, c, d, e, f, g, h];
-            for (s, x) in st.iter_mut().zip(v) {
-                *s = add(*s, x);
-            }
-        }
-
-        /// Writes lane `l`'s state as the digest `out[l]`.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn store_digests(st: &[V; 8], out: &mut [Digest; N]) {
-            for (j, v) in st.iter().enumerate() {
-                let words = store_words(*v);
-                for (o, w) in out.iter_mut().zip(words) {
-                    o[4 * j..4 * j + 4].copy_from_slice(&w.to_be_bytes());
-                }
-            }
+            let mut wk = wk;
+            lane_compress!(st, const_wk, wk);
         }
 
         /// SHA-256 of `N` 64-byte messages: one scheduled block, then the constant padding
@@ -273,4 +292,4 @@ macro_rules! lane_kernels {
     };
 }
 
-pub(crate) use {batch_drivers, lane_kernels};
+pub(crate) use {batch_drivers, lane_compress, lane_kernels, lane_round, lane_rounds8};
