@@ -252,6 +252,30 @@ impl Engine {
         if PORTABLE.hash64(&msgs, &mut want).is_err() || level[..msgs.len()] != want[..] {
             return false;
         }
+        // RFC 9162 node hashes (37 pairs, straight and in place) against the portable
+        // `hash_fixed` of the 65-byte messages.
+        let node_msgs: Vec<u8> = msgs
+            .iter()
+            .flat_map(|m| core::iter::once(portable::NODE_PREFIX).chain(m.iter().copied()))
+            .collect();
+        if PORTABLE.hash_fixed(&node_msgs, 65, &mut want).is_err()
+            || self.hash_nodes(&msgs, &mut got).is_err()
+            || got != want
+        {
+            return false;
+        }
+        let mut level: Vec<Digest> = msgs
+            .iter()
+            .flat_map(|m| {
+                [
+                    m[..32].try_into().unwrap_or([0; 32]),
+                    m[32..].try_into().unwrap_or([0; 32]),
+                ]
+            })
+            .collect();
+        if self.node_level_in_place(&mut level).is_err() || level[..msgs.len()] != want[..] {
+            return false;
+        }
         // Multi-block single stream: 3 blocks from a non-initial state.
         let flat: Vec<u8> = msgs.iter().flatten().copied().collect();
         let (blocks, _) = flat.as_chunks::<64>();
@@ -289,6 +313,24 @@ impl Engine {
             return;
         }
         portable::compress(state, blocks)
+    }
+
+    /// SHA-256 of one message on the single-stream path (SHA-NI when the CPU has it): for
+    /// lone messages, where a lane kernel would hash a whole group of lanes.
+    pub(crate) fn digest_one(&self, msg: &[u8]) -> Digest {
+        let nblocks = portable::block_count(msg.len());
+        // Every block wholly inside the message is compressed in place; a padded message
+        // always has at least one more block after them.
+        let whole = msg.len() / 64;
+        let (blocks, _) = msg[..whole * 64].as_chunks::<64>();
+        let mut state = IV;
+        self.compress(&mut state, blocks);
+        let mut blk = [0u8; 64];
+        for b in whole..nblocks {
+            portable::fill_block(msg, b, nblocks, &mut blk);
+            self.compress(&mut state, core::slice::from_ref(&blk));
+        }
+        state_to_digest(&state)
     }
 
     /// SHA-256 of each 64-byte message: `out[i] = SHA-256(inputs[i])`.
@@ -415,6 +457,71 @@ impl Engine {
         Ok(half)
     }
 
+    /// RFC 9162 interior node hashes: `out[i] = SHA-256(0x01 || pairs[i])`, each 64-byte pair
+    /// being `left || right`. The kernels read the pairs in place (no 65-byte copies).
+    ///
+    /// # Errors
+    /// [`BatchError::OutputLength`] when `out.len() != pairs.len()`.
+    pub fn hash_nodes(&self, pairs: &[[u8; 64]], out: &mut [Digest]) -> Result<(), BatchError> {
+        check_len(pairs.len(), out.len())?;
+        match self.backend {
+            // Soundness of the arms below: an `Engine` with this backend is only built by
+            // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
+            // compiled for; lengths were checked above.
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => unsafe { x86::shani::hash_nodes(pairs, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => unsafe { x86::avx2::hash_nodes(pairs, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => unsafe { x86::avx512::hash_nodes(pairs, out) },
+            _ => {
+                for (pair, o) in pairs.iter().zip(out.iter_mut()) {
+                    *o = node_portable(pair);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One RFC 9162 level in place: the first `nodes.len() / 2` entries become
+    /// `SHA-256(0x01 || nodes[2i] || nodes[2i+1])`; returns that count. The rest is left
+    /// unspecified.
+    ///
+    /// # Errors
+    /// [`BatchError::OddLevel`] when `nodes.len()` is odd.
+    pub fn node_level_in_place(&self, nodes: &mut [Digest]) -> Result<usize, BatchError> {
+        if !nodes.len().is_multiple_of(2) {
+            return Err(BatchError::OddLevel(nodes.len()));
+        }
+        let half = nodes.len() / 2;
+        match self.backend {
+            // Soundness of the arms below: an `Engine` with this backend is only built by
+            // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
+            // compiled for; the length is even (checked above).
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => unsafe { x86::shani::node_level(nodes) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => unsafe { x86::avx2::node_level(nodes) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => unsafe { x86::avx512::node_level(nodes) },
+            _ => {
+                for i in 0..half {
+                    let mut pair = [0u8; 64];
+                    pair[..32].copy_from_slice(&nodes[2 * i]);
+                    pair[32..].copy_from_slice(&nodes[2 * i + 1]);
+                    nodes[i] = node_portable(&pair);
+                }
+            }
+        }
+        Ok(half)
+    }
+
     /// SHA-256 of many messages of the same length `message_len`, laid end to end in
     /// `messages`: `out[i] = SHA-256(messages[i*len .. (i+1)*len])`. Used for RFC 9162 node
     /// hashes (65 bytes) and sum-tree nodes, whose lengths are fixed.
@@ -492,6 +599,21 @@ fn hash32_portable(msg: &[u8; 32]) -> Digest {
     block[62] = 0x01;
     let mut state = IV;
     portable::compress_one(&mut state, &block);
+    state_to_digest(&state)
+}
+
+/// `SHA-256(0x01 || pair)`, the RFC 9162 node hash, on the portable code.
+fn node_portable(pair: &[u8; 64]) -> Digest {
+    let mut block = [0u8; 64];
+    block[0] = portable::NODE_PREFIX;
+    block[1..].copy_from_slice(&pair[..63]);
+    let mut state = IV;
+    portable::compress_one(&mut state, &block);
+    let mut last = [0u8; 64];
+    last[0] = pair[63];
+    last[1] = 0x80;
+    last[62..].copy_from_slice(&(65u16 * 8).to_be_bytes());
+    portable::compress_one(&mut state, &last);
     state_to_digest(&state)
 }
 

@@ -3,7 +3,7 @@
 use core::arch::x86_64::*;
 
 use super::{batch_drivers, lane_compress, lane_kernels, lane_round, lane_rounds8};
-use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, PAD64_WK};
+use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
 use crate::Digest;
 
 /// Lanes per vector.
@@ -62,6 +62,14 @@ fn small_s1(w: V) -> V {
         ror::<19, 13>(w),
         _mm256_srli_epi32::<10>(w),
     )
+}
+
+/// `(cur >> 8) | (prev << 24)`: the big-endian word of a message that starts one byte
+/// before `cur`'s bytes, `prev`'s last byte first.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn splice8(prev: V, cur: V) -> V {
+    _mm256_or_si256(_mm256_srli_epi32::<8>(cur), _mm256_slli_epi32::<24>(prev))
 }
 
 /// `(e & f) ^ (!e & g)`.

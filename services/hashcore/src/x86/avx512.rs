@@ -8,7 +8,7 @@
 use core::arch::x86_64::*;
 
 use super::{batch_drivers, lane_compress, lane_kernels, lane_round, lane_rounds8};
-use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, PAD64_WK};
+use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
 use crate::Digest;
 
 /// Lanes per vector.
@@ -73,6 +73,14 @@ fn small_s1(w: V) -> V {
         _mm512_ror_epi32::<19>(w),
         _mm512_srli_epi32::<10>(w),
     )
+}
+
+/// `(cur >> 8) | (prev << 24)`: the big-endian word of a message that starts one byte
+/// before `cur`'s bytes, `prev`'s last byte first.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn splice8(prev: V, cur: V) -> V {
+    _mm512_or_si512(_mm512_srli_epi32::<8>(cur), _mm512_slli_epi32::<24>(prev))
 }
 
 /// `e ? f : g` bitwise (truth table 0xCA for inputs e, f, g).

@@ -13,7 +13,7 @@ pub(crate) mod avx512;
 pub(crate) mod shani;
 
 /// The batch drivers (whole groups of `$n` messages, then a padded tail group) over the group
-/// kernels `g64`, `g64d` and `gfixed` of the module the macro is expanded in.
+/// kernels `g64`, `g64d`, `gnode` and `gfixed` of the module the macro is expanded in.
 macro_rules! batch_drivers {
     ($feat:literal, $n:expr) => {
         // `hash64` and `hash64d` below repeat one driver body on purpose: folding it into a
@@ -94,6 +94,58 @@ macro_rules! batch_drivers {
             }
         }
 
+        /// RFC 9162 node hash `SHA-256(0x01 || pair)` of each 64-byte pair. Requires
+        /// `out.len() == pairs.len()`.
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn hash_nodes(pairs: &[[u8; 64]], out: &mut [Digest]) {
+            let mut ic = pairs.chunks_exact($n);
+            let mut oc = out.chunks_exact_mut($n);
+            for (i, o) in (&mut ic).zip(&mut oc) {
+                if let (Ok(i), Ok(o)) = (
+                    <&[[u8; 64]; $n]>::try_from(i),
+                    <&mut [Digest; $n]>::try_from(o),
+                ) {
+                    gnode(i, o);
+                }
+            }
+            let (ir, or) = (ic.remainder(), oc.into_remainder());
+            if !ir.is_empty() && ir.len() == or.len() {
+                let mut bi = [[0u8; 64]; $n];
+                bi[..ir.len()].copy_from_slice(ir);
+                let mut bo = [[0u8; 32]; $n];
+                gnode(&bi, &mut bo);
+                or.copy_from_slice(&bo[..ir.len()]);
+            }
+        }
+
+        /// One RFC 9162 level in place (`nodes.len()` even): the first half becomes the node
+        /// hashes `SHA-256(0x01 || left || right)` of the pairs.
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn node_level(nodes: &mut [Digest]) {
+            let half = nodes.len() / 2;
+            let mut i = 0;
+            while i < half {
+                let k = (half - i).min($n);
+                // The group's pairs are copied out before its digests overwrite
+                // `nodes[i..i + k]` (which lies at or below them).
+                let mut bi = [[0u8; 64]; $n];
+                for (j, b) in bi.iter_mut().enumerate().take(k) {
+                    b[..32].copy_from_slice(&nodes[2 * (i + j)]);
+                    b[32..].copy_from_slice(&nodes[2 * (i + j) + 1]);
+                }
+                let mut bo = [[0u8; 32]; $n];
+                gnode(&bi, &mut bo);
+                nodes[i..i + k].copy_from_slice(&bo[..k]);
+                i += k;
+            }
+        }
+
         /// SHA-256 of `out.len()` messages of `len` bytes laid end to end in `messages`
         /// (`messages.len() == len * out.len()`).
         ///
@@ -128,9 +180,12 @@ macro_rules! batch_drivers {
 macro_rules! lane_round {
     ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $wk:expr) => {
         // `h + W + K` does not depend on the previous round; `Ch` and `Sigma1` of `e` do.
-        let t1 = add(add(add($h, $wk), ch($e, $f, $g)), big_s1($e));
+        // Sigma (a rotate and a ternary op) is the longest path from `e` and from `a`, so it
+        // is added last in both.
+        let hk = add($h, $wk);
+        let t1 = add(add(hk, ch($e, $f, $g)), big_s1($e));
         $d = add($d, t1);
-        $h = add(t1, add(big_s0($a), maj($a, $b, $c)));
+        $h = add(add(t1, maj($a, $b, $c)), big_s0($a));
     };
 }
 
@@ -171,7 +226,8 @@ macro_rules! lane_compress {
 
 /// The multi-lane SHA-256 kernels (one message per 32-bit lane), over the vector type `V`,
 /// the lane count `N` and these functions of the module the macro is expanded in: `add`,
-/// `set1`, `big_s0`, `big_s1`, `small_s0`, `small_s1`, `ch`, `maj`, `load_words` (the 16
+/// `set1`, `big_s0`, `big_s1`, `small_s0`, `small_s1`, `ch`, `maj`, `splice8` (`(cur >> 8) |
+/// (prev << 24)`, for messages one byte off the word grid), `load_words` (the 16
 /// big-endian words of `N` contiguous blocks, lane `l` = block `l`), `load_rows` (the same
 /// from `N` separate blocks) and `store_digests` (lane `l`'s state as digest `l`).
 ///
@@ -269,8 +325,34 @@ macro_rules! lane_kernels {
                 set1(D64_TAIL[7]),
             ];
             let mut st2 = iv();
-            compress_w(&mut st2, w);
+            // Written out here (not a call) so the constant words 8..16 fold into the schedule.
+            let mut w = w;
+            let s2 = &mut st2;
+            lane_compress!(s2, sched_wk, w);
             store_digests(&st2, out);
+        }
+
+        /// RFC 9162 node hashes `SHA-256(0x01 || pair)` of `N` 64-byte pairs (`left ||
+        /// right`), read straight from the pairs: the 65-byte message's first block is the
+        /// pair's words shifted right by one byte behind the prefix, its second block holds
+        /// the pair's last byte, then constants (so most of its schedule folds away).
+        #[target_feature(enable = $feat)]
+        fn gnode(pairs: &[[u8; 64]; N], out: &mut [Digest; N]) {
+            let p = load_words(pairs);
+            let mut w = [set1(0); 16];
+            w[0] = splice8(set1(u32::from(NODE_PREFIX)), p[0]);
+            for t in 1..16 {
+                w[t] = splice8(p[t - 1], p[t]);
+            }
+            let mut st = iv();
+            compress_w(&mut st, w);
+            // Second block: the last byte of the pair, 0x80, zeros, the bit length 520.
+            let mut w = [set1(0); 16];
+            w[0] = splice8(p[15], set1(0x8000_0000));
+            w[15] = set1(65 * 8);
+            let s = &mut st;
+            lane_compress!(s, sched_wk, w);
+            store_digests(&st, out);
         }
 
         /// SHA-256 of `N` messages of the same length `len` (`lanes[l].len() == len`).
