@@ -199,6 +199,31 @@ fn batches_of_every_size() {
     }
 }
 
+#[test]
+fn hash_fixed_every_length() {
+    // Every message length 1..=1000 in a batch of 33 (two full 16-lane groups and a tail of
+    // one; four 8-lane groups and a tail; eight 4-way groups and a tail), and in a batch of 5
+    // (a tail group only), against `sha2`.
+    let data = bytes(1000 * 33, 5);
+    for e in engines() {
+        for len in 1..=1000 {
+            for count in [5usize, 33] {
+                let buf = &data[..len * count];
+                let mut out = vec![[0u8; 32]; count];
+                e.hash_fixed(buf, len, &mut out).unwrap();
+                for (i, o) in out.iter().enumerate() {
+                    assert_eq!(
+                        *o,
+                        reference(&buf[i * len..(i + 1) * len]),
+                        "{} hash_fixed len={len} count={count} i={i}",
+                        e.backend()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// `SHA-256(0x01 || pair)` by `sha2`.
 fn node_reference(pair: &[u8]) -> Digest {
     let mut msg = vec![0x01];

@@ -2,7 +2,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{batch_drivers, lane_compress, lane_kernels, lane_round, lane_rounds8};
+use super::{batch_drivers, lane_compress, lane_kernels, lane_round, lane_rounds8, tail_words};
 use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
 use crate::Digest;
 
@@ -109,6 +109,15 @@ fn load_words(blocks: &[[u8; 64]; N]) -> [V; 16] {
         );
     }
     w
+}
+
+/// The 16 big-endian message words of `N` blocks, lane `l` from `rows[l]` (copied side by side,
+/// then gathered).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_rows(rows: &[&[u8; 64]; N]) -> [V; 16] {
+    let blocks: [[u8; 64]; N] = core::array::from_fn(|l| *rows[l]);
+    load_words(&blocks)
 }
 
 /// The `N` lanes of `v`.

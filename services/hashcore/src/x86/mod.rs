@@ -12,6 +12,33 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod shani;
 
+/// The words of the last block of a `len`-byte message (its padding inside that block) that do
+/// not depend on the message: `Some(word)` for each word at or past the 0x80 byte. Needs
+/// `len % 64 <= 55` (the length fits behind the data in the same block).
+pub(crate) const fn tail_words(len: usize) -> [Option<u32>; 16] {
+    let r = len % 64;
+    let bits = (len as u64).wrapping_mul(8);
+    let mut out = [None; 16];
+    let mut i = 0;
+    while i < 16 {
+        if 4 * i >= r {
+            let mut word = 0u32;
+            if 4 * i == r {
+                word = 0x8000_0000;
+            }
+            if i == 14 {
+                word |= (bits >> 32) as u32;
+            }
+            if i == 15 {
+                word |= bits as u32;
+            }
+            out[i] = Some(word);
+        }
+        i += 1;
+    }
+    out
+}
+
 /// The batch drivers (whole groups of `$n` messages, then a padded tail group) over the group
 /// kernels `g64`, `g64d`, `gnode` and `gfixed` of the module the macro is expanded in.
 macro_rules! batch_drivers {
@@ -355,18 +382,65 @@ macro_rules! lane_kernels {
             store_digests(&st, out);
         }
 
-        /// SHA-256 of `N` messages of the same length `len` (`lanes[l].len() == len`).
+        /// SHA-256 of `N` messages of the same length `len` (`lanes[l].len() == len`): the
+        /// lengths of the reserve's fixed-size nodes get a kernel of their own.
         #[target_feature(enable = $feat)]
         fn gfixed(lanes: &[&[u8]; N], len: usize, out: &mut [Digest; N]) {
+            match len {
+                // RFC 9162 nodes (0x01 || left || right) and sum-tree nodes (81 bytes).
+                65 => gfixed_tail1::<65>(lanes, out),
+                81 => gfixed_tail1::<81>(lanes, out),
+                _ => gfixed_any(lanes, len, out),
+            }
+        }
+
+        /// As `gfixed` for any length: blocks wholly inside the messages are read in place,
+        /// the padded ones built.
+        #[target_feature(enable = $feat)]
+        fn gfixed_any(lanes: &[&[u8]; N], len: usize, out: &mut [Digest; N]) {
             let nblocks = block_count(len);
+            let whole = (len / 64).min(nblocks - 1);
             let mut st = iv();
+            for b in 0..whole {
+                let rows: [&[u8; 64]; N] =
+                    core::array::from_fn(|l| &lanes[l].as_chunks::<64>().0[b]);
+                compress_w(&mut st, load_rows(&rows));
+            }
             let mut blk = [[0u8; 64]; N];
-            for b in 0..nblocks {
+            for b in whole..nblocks {
                 for (bl, m) in blk.iter_mut().zip(lanes.iter()) {
                     fill_block(m, b, nblocks, bl);
                 }
                 compress_w(&mut st, load_words(&blk));
             }
+            store_digests(&st, out);
+        }
+
+        /// As `gfixed` for a length `LEN` whose padding fits in the block after its whole
+        /// blocks (`64 <= LEN`, `LEN % 64 <= 55`): the words of that last block past the data
+        /// are constants, so their part of the schedule folds away at compile time.
+        #[target_feature(enable = $feat)]
+        fn gfixed_tail1<const LEN: usize>(lanes: &[&[u8]; N], out: &mut [Digest; N]) {
+            let whole = LEN / 64;
+            let mut st = iv();
+            for b in 0..whole {
+                let rows: [&[u8; 64]; N] =
+                    core::array::from_fn(|l| &lanes[l].as_chunks::<64>().0[b]);
+                compress_w(&mut st, load_rows(&rows));
+            }
+            let mut blk = [[0u8; 64]; N];
+            for (bl, m) in blk.iter_mut().zip(lanes.iter()) {
+                fill_block(m, whole, whole + 1, bl);
+            }
+            let mut w = load_words(&blk);
+            let tail = const { tail_words(LEN) };
+            for (wi, c) in w.iter_mut().zip(tail) {
+                if let Some(c) = c {
+                    *wi = set1(c);
+                }
+            }
+            let s = &mut st;
+            lane_compress!(s, sched_wk, w);
             store_digests(&st, out);
         }
 
