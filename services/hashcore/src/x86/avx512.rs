@@ -22,6 +22,26 @@ fn add(a: V, b: V) -> V {
     _mm512_add_epi32(a, b)
 }
 
+/// `a + b` per lane, as an instruction the compiler cannot reassociate with other adds (so
+/// the round keeps its short dependency chain).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn add_fixed(a: V, b: V) -> V {
+    let r: V;
+    // SAFETY: one `vpaddd` on registers: no memory, no stack, no flags; the CPU has the
+    // instruction (this function's target features).
+    unsafe {
+        core::arch::asm!(
+            "vpaddd {r}, {a}, {b}",
+            r = lateout(zmm_reg) r,
+            a = in(zmm_reg) a,
+            b = in(zmm_reg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    r
+}
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn set1(x: u32) -> V {
