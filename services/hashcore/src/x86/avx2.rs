@@ -39,6 +39,12 @@ fn add_fixed(a: V, b: V) -> V {
 
 #[inline]
 #[target_feature(enable = "avx2")]
+fn sub(a: V, b: V) -> V {
+    _mm256_sub_epi32(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
 fn set1(x: u32) -> V {
     _mm256_set1_epi32(x as i32)
 }

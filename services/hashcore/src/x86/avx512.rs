@@ -44,6 +44,12 @@ fn add_fixed(a: V, b: V) -> V {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
+fn sub(a: V, b: V) -> V {
+    _mm512_sub_epi32(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
 fn set1(x: u32) -> V {
     _mm512_set1_epi32(x as i32)
 }

@@ -214,8 +214,10 @@ macro_rules! lane_round {
         let hk = add($h, $wk);
         let ch = ch($e, $f, $g);
         let s1 = big_s1($e);
-        let t1 = add_fixed(add(hk, ch), s1);
-        $d = add_fixed(add(add_fixed($d, hk), ch), s1);
+        let e = add_fixed(add(add_fixed($d, hk), ch), s1);
+        // T1 = e - d: one op instead of two more sums.
+        let t1 = sub(e, $d);
+        $d = e;
         $h = add_fixed(add(t1, maj($a, $b, $c)), big_s0($a));
     };
 }
