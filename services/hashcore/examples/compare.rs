@@ -72,6 +72,9 @@ fn compare<R: PartialEq + std::fmt::Debug>(
         ratios.push(t_anchor.as_secs_f64() / t_ours.as_secs_f64());
         ours_s.push(t_ours.as_secs_f64());
         anchor_best = anchor_best.min(t_anchor.as_secs_f64());
+        if std::env::var_os("COMPARE_ROUNDS").is_some() {
+            eprintln!("  round: ours {:?} anchor {:?}", t_ours, t_anchor);
+        }
     }
     let t = median(&mut ours_s);
     let best = ours_s.iter().copied().fold(f64::INFINITY, f64::min);

@@ -107,6 +107,18 @@ macro_rules! batch_drivers {
         pub(crate) unsafe fn merkle_level(nodes: &mut [Digest]) {
             let half = nodes.len() / 2;
             let mut i = 0;
+            // Whole groups read their pairs in place (the pairs of group `i` are
+            // `nodes[2i .. 2i + 2n]`, at or above the digests' slots `nodes[i .. i + n]`,
+            // which are written after the kernel returned).
+            while i + $n <= half {
+                let mut bo = [[0u8; 32]; $n];
+                let (pairs, _) = nodes[2 * i..2 * (i + $n)].as_flattened().as_chunks::<64>();
+                if let Ok(pairs) = <&[[u8; 64]; $n]>::try_from(pairs) {
+                    g64(pairs, &mut bo);
+                }
+                nodes[i..i + $n].copy_from_slice(&bo);
+                i += $n;
+            }
             while i < half {
                 let k = (half - i).min($n);
                 let mut bi = [[0u8; 64]; $n];
@@ -157,6 +169,18 @@ macro_rules! batch_drivers {
         pub(crate) unsafe fn node_level(nodes: &mut [Digest]) {
             let half = nodes.len() / 2;
             let mut i = 0;
+            // Whole groups read their pairs in place (the pairs of group `i` are
+            // `nodes[2i .. 2i + 2n]`, at or above the digests' slots `nodes[i .. i + n]`,
+            // which are written after the kernel returned).
+            while i + $n <= half {
+                let mut bo = [[0u8; 32]; $n];
+                let (pairs, _) = nodes[2 * i..2 * (i + $n)].as_flattened().as_chunks::<64>();
+                if let Ok(pairs) = <&[[u8; 64]; $n]>::try_from(pairs) {
+                    gnode(pairs, &mut bo);
+                }
+                nodes[i..i + $n].copy_from_slice(&bo);
+                i += $n;
+            }
             while i < half {
                 let k = (half - i).min($n);
                 // The group's pairs are copied out before its digests overwrite
