@@ -459,11 +459,28 @@ macro_rules! lane_kernels {
                     core::array::from_fn(|l| &lanes[l].as_chunks::<64>().0[b]);
                 compress_w(&mut st, load_rows(&rows));
             }
-            let mut blk = [[0u8; 64]; N];
-            for (bl, m) in blk.iter_mut().zip(lanes.iter()) {
-                fill_block(m, whole, whole + 1, bl);
-            }
-            let mut w = load_words(&blk);
+            let r = LEN % 64;
+            let mut w = if r % 4 == 1 {
+                // The last 64 bytes of each message (in bounds, `LEN >= 64`) hold its `r` tail
+                // bytes at their end, from byte 3 of word `15 - q` on: the tail block's words
+                // are those words spliced one byte over, then the 0x80 byte.
+                let q = r / 4;
+                let rows: [&[u8; 64]; N] =
+                    core::array::from_fn(|l| &lanes[l][LEN - 64..].as_chunks::<64>().0[0]);
+                let p = load_rows(&rows);
+                let mut w = [set1(0); 16];
+                for j in 0..q {
+                    w[j] = splice8(p[15 - q + j], p[16 - q + j]);
+                }
+                w[q] = splice8(p[15], set1(0x8000_0000));
+                w
+            } else {
+                let mut blk = [[0u8; 64]; N];
+                for (bl, m) in blk.iter_mut().zip(lanes.iter()) {
+                    fill_block(m, whole, whole + 1, bl);
+                }
+                load_words(&blk)
+            };
             let tail = const { tail_words(LEN) };
             for (wi, c) in w.iter_mut().zip(tail) {
                 if let Some(c) = c {
