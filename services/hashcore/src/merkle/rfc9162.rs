@@ -5,6 +5,8 @@
 //! Building level by level and carrying an odd last node up unchanged gives exactly that tree,
 //! and lets each level be one batched call of 65-byte messages.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::{consistency_path_len, path_len};
 use crate::{sha256, Digest, Engine};
 
@@ -192,10 +194,11 @@ pub fn root(engine: &Engine, leaf_hashes: &[Digest]) -> Digest {
     root(engine, &roots)
 }
 
-/// As [`root`], on up to `threads` threads: the leaves are cut into aligned power-of-two
-/// subtrees, handed out to the threads in contiguous runs, and the subtrees' roots are then
-/// combined. Equal to [`root`] for every input; small inputs (or `threads <= 1`) stay on the
-/// calling thread.
+/// As [`root`], on up to `threads` threads (the calling thread is one of them): the leaves
+/// are cut into aligned power-of-two subtrees, which the threads take one at a time from a
+/// shared counter (so a thread slowed by other work on its core takes fewer), and the
+/// subtrees' roots are then combined. Equal to [`root`] for every input; small inputs (or
+/// `threads <= 1`) stay on the calling thread.
 pub fn root_parallel(engine: &Engine, leaf_hashes: &[Digest], threads: usize) -> Digest {
     let n = leaf_hashes.len();
     if threads <= 1 || n < 2 * CHUNK_PAIRS {
@@ -203,32 +206,46 @@ pub fn root_parallel(engine: &Engine, leaf_hashes: &[Digest], threads: usize) ->
     }
     // Chunks of a power-of-two size k, starting at multiples of k, are perfect subtrees of the
     // left-balanced tree (the last one is the tree of its own leaves); the tree above them is
-    // the tree over their roots, in order. Four chunks per thread (at least CHUNK_PAIRS leaves
-    // each) even out the work when n / threads is not a power of two.
-    let k = (n / threads.saturating_mul(4))
+    // the tree over their roots, in order. About sixteen chunks per thread (at least
+    // CHUNK_PAIRS leaves each) keep the threads busy to the end.
+    let k = (n / threads.saturating_mul(16))
         .max(CHUNK_PAIRS)
         .next_power_of_two();
     let chunks: Vec<&[Digest]> = leaf_hashes.chunks(k).collect();
-    let per_thread = chunks.len().div_ceil(threads);
-    let run_roots = |run: &[&[Digest]]| run.iter().map(|c| root(engine, c)).collect::<Vec<_>>();
-    let roots: Vec<Digest> = std::thread::scope(|s| {
-        let workers: Vec<_> = chunks
-            .chunks(per_thread)
-            .map(|run| {
-                let worker = std::thread::Builder::new().spawn_scoped(s, move || run_roots(run));
-                (worker, run)
-            })
+    let next = AtomicUsize::new(0);
+    // Takes chunks until none is left; returns (index, root) of those it did.
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(chunk) = chunks.get(i) else {
+                return done;
+            };
+            done.push((i, root(engine, chunk)));
+        }
+    };
+    let mut roots: Vec<Option<Digest>> = vec![None; chunks.len()];
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (1..threads.min(chunks.len()))
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
             .collect();
-        workers
-            .into_iter()
-            .flat_map(|(worker, run)| match worker {
-                // A worker cannot panic (pure hashing) but a thread may fail to start; either
-                // way the run is done here instead.
-                Ok(handle) => handle.join().unwrap_or_else(|_| run_roots(run)),
-                Err(_) => run_roots(run),
-            })
-            .collect()
+        for (i, r) in work() {
+            roots[i] = Some(r);
+        }
+        for w in workers {
+            // A worker cannot panic (pure hashing); if one did, its chunks are redone below.
+            if let Ok(done) = w.join() {
+                for (i, r) in done {
+                    roots[i] = Some(r);
+                }
+            }
+        }
     });
+    let roots: Vec<Digest> = roots
+        .into_iter()
+        .zip(&chunks)
+        .map(|(r, c)| r.unwrap_or_else(|| root(engine, c)))
+        .collect();
     root(engine, &roots)
 }
 
