@@ -7,7 +7,10 @@
 
 use core::arch::x86_64::*;
 
-use super::{batch_drivers, lane_compress, lane_kernels, lane_round, lane_rounds8, tail_words};
+use super::{
+    batch_drivers, lane_compress, lane_compress2, lane_kernels, lane_round, lane_rounds8,
+    lane_rounds8x2, tail_words,
+};
 use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
 use crate::Digest;
 

@@ -42,7 +42,7 @@ pub(crate) const fn tail_words(len: usize) -> [Option<u32>; 16] {
 /// The batch drivers (whole groups of `$n` messages, then a padded tail group) over the group
 /// kernels `g64`, `g64d`, `gnode` and `gfixed` of the module the macro is expanded in.
 macro_rules! batch_drivers {
-    ($feat:literal, $n:expr) => {
+    ($feat:literal, $n:expr $(, $pairs:ident)?) => {
         // `hash64` and `hash64d` below repeat one driver body on purpose: folding it into a
         // shared inner macro measured 56 -> 38 M compressions/s for `hash64` on SHA-NI (same
         // machine, back to back, 2026-11-25), a code-generation difference, so keep two copies.
@@ -52,6 +52,21 @@ macro_rules! batch_drivers {
         /// The CPU must have the features this backend is compiled for.
         #[target_feature(enable = $feat)]
         pub(crate) unsafe fn hash64(inputs: &[[u8; 64]], out: &mut [Digest]) {
+            // With `pairs`: whole pairs of groups first, on the two-group kernel.
+            $(
+                let _ = stringify!($pairs);
+                let mut ic = inputs.chunks_exact(2 * $n);
+                let mut oc = out.chunks_exact_mut(2 * $n);
+                for (i, o) in (&mut ic).zip(&mut oc) {
+                    if let (Ok(i), Ok(o)) = (
+                        <&[[u8; 64]; 2 * $n]>::try_from(i),
+                        <&mut [Digest; 2 * $n]>::try_from(o),
+                    ) {
+                        g64x2(i, o);
+                    }
+                }
+                let (inputs, out) = (ic.remainder(), oc.into_remainder());
+            )?
             let mut ic = inputs.chunks_exact($n);
             let mut oc = out.chunks_exact_mut($n);
             for (i, o) in (&mut ic).zip(&mut oc) {
@@ -107,6 +122,19 @@ macro_rules! batch_drivers {
         pub(crate) unsafe fn merkle_level(nodes: &mut [Digest]) {
             let half = nodes.len() / 2;
             let mut i = 0;
+            // With `pairs`: whole pairs of groups first, read in place as below.
+            $(
+                let _ = stringify!($pairs);
+                while i + 2 * $n <= half {
+                    let mut bo = [[0u8; 32]; 2 * $n];
+                    let (p, _) = nodes[2 * i..2 * (i + 2 * $n)].as_flattened().as_chunks::<64>();
+                    if let Ok(p) = <&[[u8; 64]; 2 * $n]>::try_from(p) {
+                        g64x2(p, &mut bo);
+                    }
+                    nodes[i..i + 2 * $n].copy_from_slice(&bo);
+                    i += 2 * $n;
+                }
+            )?
             // Whole groups read their pairs in place (the pairs of group `i` are
             // `nodes[2i .. 2i + 2n]`, at or above the digests' slots `nodes[i .. i + n]`,
             // which are written after the kernel returned).
@@ -281,6 +309,125 @@ macro_rules! lane_compress {
     }};
 }
 
+/// Eight rounds of two independent groups, one round of each in turn.
+macro_rules! lane_rounds8x2 {
+    ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident,
+     $a1:ident, $b1:ident, $c1:ident, $d1:ident, $e1:ident, $f1:ident, $g1:ident, $h1:ident,
+     $wk:ident, $w:ident, $w1:ident, $t:expr) => {
+        lane_round!($a, $b, $c, $d, $e, $f, $g, $h, $wk(&mut $w, $t));
+        lane_round!($a1, $b1, $c1, $d1, $e1, $f1, $g1, $h1, $wk(&mut $w1, $t));
+        lane_round!($h, $a, $b, $c, $d, $e, $f, $g, $wk(&mut $w, $t + 1));
+        lane_round!(
+            $h1,
+            $a1,
+            $b1,
+            $c1,
+            $d1,
+            $e1,
+            $f1,
+            $g1,
+            $wk(&mut $w1, $t + 1)
+        );
+        lane_round!($g, $h, $a, $b, $c, $d, $e, $f, $wk(&mut $w, $t + 2));
+        lane_round!(
+            $g1,
+            $h1,
+            $a1,
+            $b1,
+            $c1,
+            $d1,
+            $e1,
+            $f1,
+            $wk(&mut $w1, $t + 2)
+        );
+        lane_round!($f, $g, $h, $a, $b, $c, $d, $e, $wk(&mut $w, $t + 3));
+        lane_round!(
+            $f1,
+            $g1,
+            $h1,
+            $a1,
+            $b1,
+            $c1,
+            $d1,
+            $e1,
+            $wk(&mut $w1, $t + 3)
+        );
+        lane_round!($e, $f, $g, $h, $a, $b, $c, $d, $wk(&mut $w, $t + 4));
+        lane_round!(
+            $e1,
+            $f1,
+            $g1,
+            $h1,
+            $a1,
+            $b1,
+            $c1,
+            $d1,
+            $wk(&mut $w1, $t + 4)
+        );
+        lane_round!($d, $e, $f, $g, $h, $a, $b, $c, $wk(&mut $w, $t + 5));
+        lane_round!(
+            $d1,
+            $e1,
+            $f1,
+            $g1,
+            $h1,
+            $a1,
+            $b1,
+            $c1,
+            $wk(&mut $w1, $t + 5)
+        );
+        lane_round!($c, $d, $e, $f, $g, $h, $a, $b, $wk(&mut $w, $t + 6));
+        lane_round!(
+            $c1,
+            $d1,
+            $e1,
+            $f1,
+            $g1,
+            $h1,
+            $a1,
+            $b1,
+            $wk(&mut $w1, $t + 6)
+        );
+        lane_round!($b, $c, $d, $e, $f, $g, $h, $a, $wk(&mut $w, $t + 7));
+        lane_round!(
+            $b1,
+            $c1,
+            $d1,
+            $e1,
+            $f1,
+            $g1,
+            $h1,
+            $a1,
+            $wk(&mut $w1, $t + 7)
+        );
+    };
+}
+
+/// As [`lane_compress`] on two independent groups `$st0`, `$st1`, one round of each in turn
+/// (for blocks with little schedule state, so both groups stay in registers).
+macro_rules! lane_compress2 {
+    ($st0:ident, $w0:ident, $st1:ident, $w1:ident, $wk:ident) => {{
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *$st0;
+        let [mut a1, mut b1, mut c1, mut d1, mut e1, mut f1, mut g1, mut h1] = *$st1;
+        lane_rounds8x2!(a, b, c, d, e, f, g, h, a1, b1, c1, d1, e1, f1, g1, h1, $wk, $w0, $w1, 0);
+        lane_rounds8x2!(a, b, c, d, e, f, g, h, a1, b1, c1, d1, e1, f1, g1, h1, $wk, $w0, $w1, 8);
+        lane_rounds8x2!(a, b, c, d, e, f, g, h, a1, b1, c1, d1, e1, f1, g1, h1, $wk, $w0, $w1, 16);
+        lane_rounds8x2!(a, b, c, d, e, f, g, h, a1, b1, c1, d1, e1, f1, g1, h1, $wk, $w0, $w1, 24);
+        lane_rounds8x2!(a, b, c, d, e, f, g, h, a1, b1, c1, d1, e1, f1, g1, h1, $wk, $w0, $w1, 32);
+        lane_rounds8x2!(a, b, c, d, e, f, g, h, a1, b1, c1, d1, e1, f1, g1, h1, $wk, $w0, $w1, 40);
+        lane_rounds8x2!(a, b, c, d, e, f, g, h, a1, b1, c1, d1, e1, f1, g1, h1, $wk, $w0, $w1, 48);
+        lane_rounds8x2!(a, b, c, d, e, f, g, h, a1, b1, c1, d1, e1, f1, g1, h1, $wk, $w0, $w1, 56);
+        let v = [a, b, c, d, e, f, g, h];
+        for (s, x) in $st0.iter_mut().zip(v) {
+            *s = add(*s, x);
+        }
+        let v = [a1, b1, c1, d1, e1, f1, g1, h1];
+        for (s, x) in $st1.iter_mut().zip(v) {
+            *s = add(*s, x);
+        }
+    }};
+}
+
 /// The multi-lane SHA-256 kernels (one message per 32-bit lane), over the vector type `V`,
 /// the lane count `N` and these functions of the module the macro is expanded in: `add`,
 /// `add_fixed` (an add the compiler cannot reassociate),
@@ -357,6 +504,51 @@ macro_rules! lane_kernels {
             store_digests(&st, out);
         }
 
+        /// Splits `2 * N` items into two groups of `N`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn halves<T>(x: &[T; 2 * N]) -> (&[T; N], &[T; N]) {
+            let (a, b) = x.split_at(N);
+            match (<&[T; N]>::try_from(a), <&[T; N]>::try_from(b)) {
+                (Ok(a), Ok(b)) => (a, b),
+                // Unreachable: `split_at(N)` of `2 * N` items. `x` twice keeps it total.
+                _ => {
+                    let (a, _) = x.as_chunks::<N>();
+                    (&a[0], &a[a.len() - 1])
+                }
+            }
+        }
+
+        /// Writes two groups' states as the digests `out[..N]` and `out[N..]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn store_digests2(st0: &[V; 8], st1: &[V; 8], out: &mut [Digest; 2 * N]) {
+            let (o0, o1) = out.split_at_mut(N);
+            if let (Ok(o0), Ok(o1)) = (
+                <&mut [Digest; N]>::try_from(o0),
+                <&mut [Digest; N]>::try_from(o1),
+            ) {
+                store_digests(st0, o0);
+                store_digests(st1, o1);
+            }
+        }
+
+        /// As `g64` on two groups of `N` messages: each group's first block alone (its
+        /// schedule needs all the registers), then both padding blocks (no schedule)
+        /// interleaved round by round, so one group's dependency chain fills the other's
+        /// stalls.
+        #[target_feature(enable = $feat)]
+        fn g64x2(blocks: &[[u8; 64]; 2 * N], out: &mut [Digest; 2 * N]) {
+            let (b0, b1) = halves(blocks);
+            let (mut st0, mut st1) = (iv(), iv());
+            compress_w(&mut st0, load_words(b0));
+            compress_w(&mut st1, load_words(b1));
+            let (mut k0, mut k1) = (&PAD64_WK, &PAD64_WK);
+            let (s0, s1) = (&mut st0, &mut st1);
+            lane_compress2!(s0, k0, s1, k1, const_wk);
+            store_digests2(&st0, &st1, out);
+        }
+
         /// Double SHA-256 of `N` 64-byte messages: the second hash's words 0..8 are the first
         /// digest's state words, 8..16 constants.
         #[target_feature(enable = $feat)]
@@ -364,7 +556,15 @@ macro_rules! lane_kernels {
             let mut st = iv();
             compress_w(&mut st, load_words(blocks));
             compress_wk(&mut st, &PAD64_WK);
-            let w = [
+            let st2 = second_hash(&st);
+            store_digests(&st2, out);
+        }
+
+        /// The state after hashing the 32-byte digests held in `st` (one per lane).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn second_hash(st: &[V; 8]) -> [V; 8] {
+            let mut w = [
                 st[0],
                 st[1],
                 st[2],
@@ -384,10 +584,9 @@ macro_rules! lane_kernels {
             ];
             let mut st2 = iv();
             // Written out here (not a call) so the constant words 8..16 fold into the schedule.
-            let mut w = w;
             let s2 = &mut st2;
             lane_compress!(s2, sched_wk, w);
-            store_digests(&st2, out);
+            st2
         }
 
         /// RFC 9162 node hashes `SHA-256(0x01 || pair)` of `N` 64-byte pairs (`left ||
@@ -396,21 +595,38 @@ macro_rules! lane_kernels {
         /// the pair's last byte, then constants (so most of its schedule folds away).
         #[target_feature(enable = $feat)]
         fn gnode(pairs: &[[u8; 64]; N], out: &mut [Digest; N]) {
+            let mut st = iv();
+            let last = node_first_block(&mut st, pairs);
+            let mut w = node_second_words(last);
+            let s = &mut st;
+            lane_compress!(s, sched_wk, w);
+            store_digests(&st, out);
+        }
+
+        /// Compresses the first block of the 65-byte node messages `0x01 || pair` into `st`;
+        /// returns the pairs' last words (whose last byte goes into the second block).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn node_first_block(st: &mut [V; 8], pairs: &[[u8; 64]; N]) -> V {
             let p = load_words(pairs);
             let mut w = [set1(0); 16];
             w[0] = splice8(set1(u32::from(NODE_PREFIX)), p[0]);
             for t in 1..16 {
                 w[t] = splice8(p[t - 1], p[t]);
             }
-            let mut st = iv();
-            compress_w(&mut st, w);
-            // Second block: the last byte of the pair, 0x80, zeros, the bit length 520.
+            compress_w(st, w);
+            p[15]
+        }
+
+        /// The second block of the node messages: the pair's last byte, 0x80, zeros, the bit
+        /// length 520.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn node_second_words(last: V) -> [V; 16] {
             let mut w = [set1(0); 16];
-            w[0] = splice8(p[15], set1(0x8000_0000));
+            w[0] = splice8(last, set1(0x8000_0000));
             w[15] = set1(65 * 8);
-            let s = &mut st;
-            lane_compress!(s, sched_wk, w);
-            store_digests(&st, out);
+            w
         }
 
         /// SHA-256 of `N` messages of the same length `len` (`lanes[l].len() == len`): the
@@ -492,8 +708,11 @@ macro_rules! lane_kernels {
             store_digests(&st, out);
         }
 
-        batch_drivers!($feat, N);
+        batch_drivers!($feat, N, pairs);
     };
 }
 
-pub(crate) use {batch_drivers, lane_compress, lane_kernels, lane_round, lane_rounds8};
+pub(crate) use {
+    batch_drivers, lane_compress, lane_compress2, lane_kernels, lane_round, lane_rounds8,
+    lane_rounds8x2,
+};
