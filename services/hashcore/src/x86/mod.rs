@@ -40,7 +40,9 @@ pub(crate) const fn tail_words(len: usize) -> [Option<u32>; 16] {
 }
 
 /// The batch drivers (whole groups of `$n` messages, then a padded tail group) over the group
-/// kernels `g64`, `g64d`, `gnode` and `gfixed` of the module the macro is expanded in.
+/// kernels `g64`, `g64d`, `gnode` and `gfixed` of the module the macro is expanded in. With
+/// `pairs` (the lane backends), `hash64` and `merkle_level` first take whole pairs of groups
+/// on `g64x2`, which interleaves the two groups' padding blocks.
 macro_rules! batch_drivers {
     ($feat:literal, $n:expr $(, $pairs:ident)?) => {
         // `hash64` and `hash64d` below repeat one driver body on purpose: folding it into a
