@@ -170,7 +170,7 @@ fn root_by_levels(engine: &Engine, leaves: &[Digest], level: &mut Vec<Digest>) -
 }
 
 /// The RFC 9162 tree head (root) over `leaf_hashes` (already leaf hashes). Large trees are
-/// computed as aligned subtrees of [`SUBTREE_LEAVES`] leaves (perfect subtrees of the
+/// computed as aligned subtrees of 4096 leaves (perfect subtrees of the
 /// left-balanced tree; the last one is the tree of its own leaves), whose levels stay in cache,
 /// then the tree over their roots. Every level is hashed in batched calls straight from the
 /// level below (no 65-byte copies).
