@@ -12,7 +12,8 @@
 //!
 //! - one-shot: [`sha256`], [`sha256d`]; streaming: [`Sha256`]; tagged (BIP-340 style): [`TaggedHash`];
 //! - batched: [`Engine::hash64`], [`Engine::hash64d`], [`Engine::hash_fixed`],
-//!   [`Engine::merkle_level_in_place`];
+//!   [`Engine::merkle_level_in_place`], and the RFC 9162 node hashes straight from 64-byte
+//!   pairs, [`Engine::hash_nodes`] and [`Engine::node_level_in_place`];
 //! - Merkle trees: [`merkle::rfc9162`] (the ledger's log), [`merkle::bitcoin`] (transaction
 //!   trees), [`merkle::sum`] (liabilities).
 

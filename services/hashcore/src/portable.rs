@@ -112,8 +112,10 @@ pub(crate) const PAD64_WK: [u32; 64] =
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const D64_TAIL: [u32; 8] = [0x8000_0000, 0, 0, 0, 0, 0, 0, 256];
 
+/// The RFC 9162 prefix byte of an interior node hash (`SHA-256(0x01 || left || right)`).
+pub(crate) const NODE_PREFIX: u8 = 0x01;
+
 /// Fills `blk` with block `b` (of `nblocks`) of the padded message `msg`.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn fill_block(msg: &[u8], b: usize, nblocks: usize, blk: &mut [u8; 64]) {
     let start = b * 64;
     let len = msg.len();
@@ -137,7 +139,6 @@ pub(crate) fn fill_block(msg: &[u8], b: usize, nblocks: usize, blk: &mut [u8; 64
 }
 
 /// Number of blocks of a padded message of `len` bytes.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn block_count(len: usize) -> usize {
     (len + 9).div_ceil(64)
 }

@@ -85,7 +85,22 @@ fn root_matches_reference_for_every_size_on_every_engine() {
                 engine.backend()
             );
         }
-        for n in [1023, 1024, 1025, 4097, 8191, 8192, 8193, 8192 + 3, 12_289] {
+        // Around the cache-sized subtrees of 4096 leaves: a last subtree of one leaf, of an
+        // odd count, several subtrees.
+        for n in [
+            1023,
+            1024,
+            1025,
+            4095,
+            4096,
+            4097,
+            8191,
+            8192,
+            8193,
+            8192 + 3,
+            12_289,
+            3 * 4096 + 1001,
+        ] {
             let l = leaves(n);
             assert_eq!(rfc9162::root(engine, &l), reference_root(&l), "size {n}");
         }

@@ -200,6 +200,82 @@ fn batches_of_every_size() {
 }
 
 #[test]
+fn hash_fixed_every_length() {
+    // Every message length 1..=1000 in a batch of 33 (two full 16-lane groups and a tail of
+    // one; four 8-lane groups and a tail; eight 4-way groups and a tail), and in a batch of 5
+    // (a tail group only), against `sha2`.
+    let data = bytes(1000 * 33, 5);
+    for e in engines() {
+        for len in 1..=1000 {
+            for count in [5usize, 33] {
+                let buf = &data[..len * count];
+                let mut out = vec![[0u8; 32]; count];
+                e.hash_fixed(buf, len, &mut out).unwrap();
+                for (i, o) in out.iter().enumerate() {
+                    assert_eq!(
+                        *o,
+                        reference(&buf[i * len..(i + 1) * len]),
+                        "{} hash_fixed len={len} count={count} i={i}",
+                        e.backend()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `SHA-256(0x01 || pair)` by `sha2`.
+fn node_reference(pair: &[u8]) -> Digest {
+    let mut msg = vec![0x01];
+    msg.extend_from_slice(pair);
+    reference(&msg)
+}
+
+#[test]
+fn rfc9162_node_batches_of_every_size() {
+    let data = bytes(64 * 100, 4);
+    let (pairs, _) = data.as_chunks::<64>();
+    let want: Vec<Digest> = pairs.iter().map(|p| node_reference(p)).collect();
+    for e in engines() {
+        for n in 0..=100 {
+            let mut out = vec![[0u8; 32]; n];
+            e.hash_nodes(&pairs[..n], &mut out).unwrap();
+            assert_eq!(out, want[..n], "{} hash_nodes n={n}", e.backend());
+            // In place: the level holds the 2n children; the first n become the parents.
+            let mut nodes: Vec<Digest> = pairs[..n]
+                .iter()
+                .flat_map(|m| {
+                    let (l, r) = m.split_at(32);
+                    [l.try_into().unwrap(), r.try_into().unwrap()]
+                })
+                .collect();
+            assert_eq!(e.node_level_in_place(&mut nodes).unwrap(), n);
+            assert_eq!(nodes[..n], want[..n], "{} node level n={n}", e.backend());
+        }
+        // Edge bytes: all zero and all 0xff pairs (the spliced first and last bytes).
+        for fill in [0u8, 0xff] {
+            let pair = [[fill; 64]; 17];
+            let mut out = [[0u8; 32]; 17];
+            e.hash_nodes(&pair, &mut out).unwrap();
+            assert!(out.iter().all(|o| *o == node_reference(&[fill; 64])));
+        }
+        let mut out = [[0u8; 32]; 2];
+        assert_eq!(
+            e.hash_nodes(&pairs[..3], &mut out),
+            Err(BatchError::OutputLength {
+                inputs: 3,
+                outputs: 2
+            })
+        );
+        let mut odd = [[0u8; 32]; 3];
+        assert_eq!(
+            e.node_level_in_place(&mut odd),
+            Err(BatchError::OddLevel(3))
+        );
+    }
+}
+
+#[test]
 fn forced_unsupported_backend_is_an_error() {
     assert!(Engine::forced(Backend::Portable).is_ok());
     for b in Backend::ALL {

@@ -5,6 +5,8 @@
 //! Building level by level and carrying an odd last node up unchanged gives exactly that tree,
 //! and lets each level be one batched call of 65-byte messages.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::{consistency_path_len, path_len};
 use crate::{sha256, Digest, Engine};
 
@@ -20,14 +22,10 @@ pub fn empty_root() -> Digest {
     sha256(b"")
 }
 
+/// One message on the engine's single-stream path (SHA-NI when the CPU has it): a lane
+/// kernel would hash a whole group of lanes for it.
 fn hash_one(engine: &Engine, msg: &[u8]) -> Digest {
-    let mut out = [[0u8; 32]; 1];
-    // One message of msg.len() bytes: the only error cases (ragged buffer, output length)
-    // cannot occur, and an empty message is handled by the streaming hasher.
-    match engine.hash_fixed(msg, msg.len(), &mut out) {
-        Ok(()) if !msg.is_empty() => out[0],
-        _ => sha256(msg),
-    }
+    engine.digest_one(msg)
 }
 
 /// The leaf hash `SHA-256(0x00 || data)`.
@@ -130,92 +128,77 @@ pub fn node_hash(engine: &Engine, left: &Digest, right: &Digest) -> Digest {
     hash_one(engine, &msg)
 }
 
-/// Replaces the first `nodes.len() / 2` entries by the node hashes of the pairs, one batched
-/// call per chunk, and carries an odd last node up; returns the new level's length.
-fn reduce_level(engine: &Engine, nodes: &mut [Digest], scratch: &mut Vec<u8>) -> usize {
-    let pairs = nodes.len() / 2;
-    let mut out = [[0u8; 32]; CHUNK_PAIRS];
-    let mut start = 0;
-    while start < pairs {
-        let count = CHUNK_PAIRS.min(pairs - start);
-        scratch.clear();
-        for i in start..start + count {
-            scratch.push(NODE);
-            scratch.extend_from_slice(&nodes[2 * i]);
-            scratch.extend_from_slice(&nodes[2 * i + 1]);
-        }
-        if engine.hash_fixed(scratch, 65, &mut out[..count]).is_err() {
-            // Unreachable: whole 65-byte messages with one slot each. Stay correct anyway.
-            for (j, o) in out[..count].iter_mut().enumerate() {
-                *o = node_hash(engine, &nodes[2 * (start + j)], &nodes[2 * (start + j) + 1]);
+/// Leaves per cache-sized subtree in [`root`]: the subtree's first level (half its leaves'
+/// size, 64 KiB) stays in the core's L2 cache while the levels above it are reduced.
+const SUBTREE_LEAVES: usize = 1 << 12;
+
+/// The root of the tree over `leaves` (at least two), level by level: the first level above
+/// the leaves is hashed straight from them into `level` (reused between calls), the levels
+/// above that in place; an odd last node is carried up unchanged.
+fn root_by_levels(engine: &Engine, leaves: &[Digest], level: &mut Vec<Digest>) -> Digest {
+    let (pairs, odd) = leaves.as_flattened().as_chunks::<64>();
+    level.clear();
+    level.resize(pairs.len(), [0u8; 32]);
+    if engine.hash_nodes(pairs, level).is_err() {
+        // Unreachable: one slot per pair. Stay correct anyway.
+        for (o, pair) in level.iter_mut().zip(leaves.chunks_exact(2)) {
+            if let [l, r] = pair {
+                *o = node_hash(engine, l, r);
             }
         }
-        // Outputs land at start..start+count, below the inputs still to be read (>= 2*(start+count)).
-        nodes[start..start + count].copy_from_slice(&out[..count]);
-        start += count;
     }
-    if !nodes.len().is_multiple_of(2) {
-        nodes[pairs] = nodes[nodes.len() - 1];
-        pairs + 1
-    } else {
-        pairs
+    if !odd.is_empty() {
+        level.push(leaves[leaves.len() - 1]);
     }
+    let mut len = level.len();
+    while len > 1 {
+        let pairs = len / 2;
+        if engine.node_level_in_place(&mut level[..2 * pairs]).is_err() {
+            // Unreachable: an even length. Stay correct anyway.
+            for i in 0..pairs {
+                level[i] = node_hash(engine, &level[2 * i], &level[2 * i + 1]);
+            }
+        }
+        if len % 2 == 1 {
+            level[pairs] = level[len - 1];
+            len = pairs + 1;
+        } else {
+            len = pairs;
+        }
+    }
+    level.first().copied().unwrap_or_else(empty_root)
 }
 
-/// The level above `nodes`: the node hashes of the pairs (batched calls of 65-byte messages
-/// straight into the new level), then an odd last node carried up.
-fn parent_level(engine: &Engine, nodes: &[Digest], scratch: &mut Vec<u8>) -> Vec<Digest> {
-    let mut next = vec![[0u8; 32]; nodes.len() / 2];
-    // Chunk i of the nodes holds the pairs whose parents are chunk i of the new level (the
-    // last chunk of nodes may end with the odd node, which has no parent slot).
-    for (chunk, out) in nodes
-        .chunks(2 * CHUNK_PAIRS)
-        .zip(next.chunks_mut(CHUNK_PAIRS))
-    {
-        scratch.clear();
-        for pair in chunk.chunks_exact(2) {
-            scratch.push(NODE);
-            for d in pair {
-                scratch.extend_from_slice(d);
-            }
-        }
-        if engine.hash_fixed(scratch, 65, out).is_err() {
-            // Unreachable: whole 65-byte messages with one slot each. Stay correct anyway.
-            for (o, pair) in out.iter_mut().zip(chunk.chunks_exact(2)) {
-                if let [l, r] = pair {
-                    *o = node_hash(engine, l, r);
-                }
-            }
-        }
-    }
-    if let Some(last) = nodes.chunks_exact(2).remainder().first() {
-        next.push(*last);
-    }
-    next
-}
-
-/// The RFC 9162 tree head (root) over `leaf_hashes` (already leaf hashes), one batched call
-/// per level (per few thousand nodes). The leaves are not copied: the first level above them
-/// is written to a buffer of half their size, and the levels above that are reduced in place.
+/// The RFC 9162 tree head (root) over `leaf_hashes` (already leaf hashes). Large trees are
+/// computed as aligned subtrees of 4096 leaves (perfect subtrees of the
+/// left-balanced tree; the last one is the tree of its own leaves), whose levels stay in cache,
+/// then the tree over their roots. Every level is hashed in batched calls straight from the
+/// level below (no 65-byte copies).
 pub fn root(engine: &Engine, leaf_hashes: &[Digest]) -> Digest {
     match leaf_hashes {
         [] => return empty_root(),
         [one] => return *one,
         _ => {}
     }
-    let mut scratch = Vec::with_capacity(CHUNK_PAIRS * 65);
-    let mut level = parent_level(engine, leaf_hashes, &mut scratch);
-    let mut len = level.len();
-    while len > 1 {
-        len = reduce_level(engine, &mut level[..len], &mut scratch);
+    let mut level = Vec::with_capacity(leaf_hashes.len().min(SUBTREE_LEAVES) / 2 + 1);
+    if leaf_hashes.len() <= SUBTREE_LEAVES {
+        return root_by_levels(engine, leaf_hashes, &mut level);
     }
-    level.first().copied().unwrap_or_else(empty_root)
+    let roots: Vec<Digest> = leaf_hashes
+        .chunks(SUBTREE_LEAVES)
+        .map(|c| match c {
+            [one] => *one,
+            _ => root_by_levels(engine, c, &mut level),
+        })
+        .collect();
+    root(engine, &roots)
 }
 
-/// As [`root`], on up to `threads` threads: the leaves are cut into aligned power-of-two
-/// subtrees, handed out to the threads in contiguous runs, and the subtrees' roots are then
-/// combined. Equal to [`root`] for every input; small inputs (or `threads <= 1`) stay on the
-/// calling thread.
+/// As [`root`], on up to `threads` threads (the calling thread is one of them): the leaves
+/// are cut into aligned power-of-two subtrees, which the threads take one at a time from a
+/// shared counter (so a thread slowed by other work on its core takes fewer), and the
+/// subtrees' roots are then combined. Equal to [`root`] for every input; small inputs (or
+/// `threads <= 1`) stay on the calling thread.
 pub fn root_parallel(engine: &Engine, leaf_hashes: &[Digest], threads: usize) -> Digest {
     let n = leaf_hashes.len();
     if threads <= 1 || n < 2 * CHUNK_PAIRS {
@@ -223,32 +206,46 @@ pub fn root_parallel(engine: &Engine, leaf_hashes: &[Digest], threads: usize) ->
     }
     // Chunks of a power-of-two size k, starting at multiples of k, are perfect subtrees of the
     // left-balanced tree (the last one is the tree of its own leaves); the tree above them is
-    // the tree over their roots, in order. Four chunks per thread (at least CHUNK_PAIRS leaves
-    // each) even out the work when n / threads is not a power of two.
-    let k = (n / threads.saturating_mul(4))
+    // the tree over their roots, in order. About sixteen chunks per thread (at least
+    // CHUNK_PAIRS leaves each) keep the threads busy to the end.
+    let k = (n / threads.saturating_mul(16))
         .max(CHUNK_PAIRS)
         .next_power_of_two();
     let chunks: Vec<&[Digest]> = leaf_hashes.chunks(k).collect();
-    let per_thread = chunks.len().div_ceil(threads);
-    let run_roots = |run: &[&[Digest]]| run.iter().map(|c| root(engine, c)).collect::<Vec<_>>();
-    let roots: Vec<Digest> = std::thread::scope(|s| {
-        let workers: Vec<_> = chunks
-            .chunks(per_thread)
-            .map(|run| {
-                let worker = std::thread::Builder::new().spawn_scoped(s, move || run_roots(run));
-                (worker, run)
-            })
+    let next = AtomicUsize::new(0);
+    // Takes chunks until none is left; returns (index, root) of those it did.
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(chunk) = chunks.get(i) else {
+                return done;
+            };
+            done.push((i, root(engine, chunk)));
+        }
+    };
+    let mut roots: Vec<Option<Digest>> = vec![None; chunks.len()];
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (1..threads.min(chunks.len()))
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
             .collect();
-        workers
-            .into_iter()
-            .flat_map(|(worker, run)| match worker {
-                // A worker cannot panic (pure hashing) but a thread may fail to start; either
-                // way the run is done here instead.
-                Ok(handle) => handle.join().unwrap_or_else(|_| run_roots(run)),
-                Err(_) => run_roots(run),
-            })
-            .collect()
+        for (i, r) in work() {
+            roots[i] = Some(r);
+        }
+        for w in workers {
+            // A worker cannot panic (pure hashing); if one did, its chunks are redone below.
+            if let Ok(done) = w.join() {
+                for (i, r) in done {
+                    roots[i] = Some(r);
+                }
+            }
+        }
     });
+    let roots: Vec<Digest> = roots
+        .into_iter()
+        .zip(&chunks)
+        .map(|(r, c)| r.unwrap_or_else(|| root(engine, c)))
+        .collect();
     root(engine, &roots)
 }
 

@@ -2,8 +2,11 @@
 
 use core::arch::x86_64::*;
 
-use super::{batch_drivers, lane_kernels};
-use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, PAD64_WK};
+use super::{
+    batch_drivers, lane_compress, lane_compress2, lane_kernels, lane_round, lane_rounds8,
+    lane_rounds8x2, tail_words,
+};
+use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
 use crate::Digest;
 
 /// Lanes per vector.
@@ -15,6 +18,32 @@ type V = __m256i;
 #[target_feature(enable = "avx2")]
 fn add(a: V, b: V) -> V {
     _mm256_add_epi32(a, b)
+}
+
+/// `a + b` per lane, as an instruction the compiler cannot reassociate with other adds (so
+/// the round keeps its short dependency chain).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn add_fixed(a: V, b: V) -> V {
+    let r: V;
+    // SAFETY: one `vpaddd` on registers: no memory, no stack, no flags; the CPU has the
+    // instruction (this function's target features).
+    unsafe {
+        core::arch::asm!(
+            "vpaddd {r}, {a}, {b}",
+            r = lateout(ymm_reg) r,
+            a = in(ymm_reg) a,
+            b = in(ymm_reg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    r
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sub(a: V, b: V) -> V {
+    _mm256_sub_epi32(a, b)
 }
 
 #[inline]
@@ -64,6 +93,14 @@ fn small_s1(w: V) -> V {
     )
 }
 
+/// `(cur >> 8) | (prev << 24)`: the big-endian word of a message that starts one byte
+/// before `cur`'s bytes, `prev`'s last byte first.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn splice8(prev: V, cur: V) -> V {
+    _mm256_or_si256(_mm256_srli_epi32::<8>(cur), _mm256_slli_epi32::<24>(prev))
+}
+
 /// `(e & f) ^ (!e & g)`.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -103,6 +140,15 @@ fn load_words(blocks: &[[u8; 64]; N]) -> [V; 16] {
     w
 }
 
+/// The 16 big-endian message words of `N` blocks, lane `l` from `rows[l]` (copied side by side,
+/// then gathered).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_rows(rows: &[&[u8; 64]; N]) -> [V; 16] {
+    let blocks: [[u8; 64]; N] = core::array::from_fn(|l| *rows[l]);
+    load_words(&blocks)
+}
+
 /// The `N` lanes of `v`.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -111,6 +157,18 @@ fn store_words(v: V) -> [u32; N] {
     // SAFETY: `out` is 32 writable bytes, the size of one unaligned 256-bit store.
     unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast::<V>(), v) };
     out
+}
+
+/// Writes lane `l`'s state as the digest `out[l]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_digests(st: &[V; 8], out: &mut [Digest; N]) {
+    for (j, v) in st.iter().enumerate() {
+        let words = store_words(*v);
+        for (o, w) in out.iter_mut().zip(words) {
+            o[4 * j..4 * j + 4].copy_from_slice(&w.to_be_bytes());
+        }
+    }
 }
 
 lane_kernels!("avx2");

@@ -5,7 +5,7 @@
 use core::arch::x86_64::*;
 
 use super::batch_drivers;
-use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, PAD64_WK};
+use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
 use crate::Digest;
 
 /// Number of interleaved messages in the batched kernels.
@@ -255,6 +255,41 @@ fn g64d<const W: usize>(blocks: &[[u8; 64]; W], out: &mut [Digest; W]) {
     rounds(&mut st2, w);
     add_st(&mut st2, &init);
     for (s, o) in st2.iter().zip(out.iter_mut()) {
+        store_digest(*s, o);
+    }
+}
+
+/// RFC 9162 node hashes `SHA-256(0x01 || pair)` of `W` 64-byte pairs (interleaved), read
+/// straight from the pairs: the words of the first block are the pair's words shifted right by
+/// one byte behind the prefix; the second block is the pair's last byte and constants.
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+fn gnode<const W: usize>(pairs: &[[u8; 64]; W], out: &mut [Digest; W]) {
+    let init = iv::<W>();
+    let zero = _mm_setzero_si128();
+    let prefix = _mm_set_epi32(i32::from(NODE_PREFIX), 0, 0, 0);
+    let pad = _mm_set_epi32(0, 0, 0, 0x0080_0000);
+    let bits = _mm_set_epi32(65 * 8, 0, 0, 0);
+    let mut w1 = [[zero; 4]; W];
+    let mut w2 = [[zero; 4]; W];
+    for ((a, b), pair) in w1.iter_mut().zip(w2.iter_mut()).zip(pairs) {
+        let p = load_block(pair);
+        let mut prev = prefix;
+        for (ak, pk) in a.iter_mut().zip(p) {
+            // [prev[3], p[0], p[1], p[2]]: each word's predecessor in the message.
+            let before = _mm_alignr_epi8::<12>(pk, prev);
+            *ak = _mm_or_si128(_mm_srli_epi32::<8>(pk), _mm_slli_epi32::<24>(before));
+            prev = pk;
+        }
+        let last = _mm_srli_si128::<12>(_mm_slli_epi32::<24>(p[3]));
+        *b = [_mm_or_si128(last, pad), zero, zero, bits];
+    }
+    let mut st = init;
+    rounds(&mut st, w1);
+    add_st(&mut st, &init);
+    let save = st;
+    rounds(&mut st, w2);
+    add_st(&mut st, &save);
+    for (s, o) in st.iter().zip(out.iter_mut()) {
         store_digest(*s, o);
     }
 }
