@@ -3,17 +3,18 @@
 //! every way a proof can be wrong, each refused with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
-use bdk_wallet::bitcoin::hashes::Hash;
+use bdk_wallet::bitcoin::hashes::{hash160, Hash};
 use bdk_wallet::bitcoin::psbt::{Psbt, PsbtSighashType, SigningKeys};
 use bdk_wallet::bitcoin::secp256k1::Secp256k1;
 use bdk_wallet::bitcoin::transaction::Version;
 use bdk_wallet::bitcoin::{
-    absolute, Amount, BlockHash, EcdsaSighashType, Network, OutPoint, ScriptBuf, Sequence,
-    Transaction, TxIn, TxOut, Txid, Witness,
+    absolute, Amount, BlockHash, EcdsaSighashType, Network, OutPoint, PrivateKey, PublicKey,
+    ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
 };
 use custody::reserves::{
     build_proof, check_proof_shape, commitment_outpoint, commitment_txid, finalize_proof,
@@ -43,6 +44,29 @@ fn wsh_vault() -> Vault {
     };
     let d = t.build(Network::Regtest).unwrap();
     Vault::create(VaultConfig::new("wsh", d, 0).unwrap()).unwrap()
+}
+
+/// The policy (HSM) key: a single static key, as the PKCS#11 token holds it.
+fn hsm_key() -> (PrivateKey, TemplateKey) {
+    let secp = Secp256k1::new();
+    let sk = PrivateKey::from_slice(&[9; 32], Network::Regtest).unwrap();
+    let pk = sk.public_key(&secp);
+    let fp = &hash160::Hash::hash(&pk.to_bytes())[..4];
+    let key = TemplateKey::parse(&format!("[{}]{pk}", hex::encode(fp))).unwrap();
+    (sk, key)
+}
+
+fn recovery_vault() -> Vault {
+    let t = Template::PolicyWithRecovery {
+        policy_key: hsm_key().1,
+        k: 2,
+        officers: vec![account(1).1, account(2).1, account(3).1],
+        r: 2,
+        recovery: vec![account(4).1, account(5).1, account(6).1],
+        older: 144,
+    };
+    let d = t.build(Network::Regtest).unwrap();
+    Vault::create(VaultConfig::new("recovery", d, 0).unwrap()).unwrap()
 }
 
 fn tr_vault() -> Vault {
@@ -274,6 +298,46 @@ fn tr_multi_a_proof_verifies() {
     assert_eq!(
         verify_proof_tx(&p.tx, &p.spent, p.message.as_bytes()),
         Ok(p.total)
+    );
+}
+
+#[test]
+fn recovery_vault_proof_verifies_through_the_primary_path() {
+    let mut v = recovery_vault();
+    fund(
+        &mut v,
+        3,
+        &[
+            (Keychain::External, 0, 40_000),
+            (Keychain::External, 1, 60_000),
+        ],
+    );
+    let msg = message_for(&[&v]);
+    let u = v.utxos();
+    let built = build_proof(&[(&v, &u)], &msg).unwrap();
+    let mut psbt = built.psbt;
+    // The officers alone do not satisfy the primary path: the policy key must sign too.
+    sign(&mut psbt, &[1, 3]);
+    let text = msg.encode();
+    assert!(matches!(
+        finalize_proof(psbt.clone(), text.as_bytes()),
+        Err(ReserveError::Finalize { input: 1, .. })
+    ));
+    let (sk, _) = hsm_key();
+    let secp = Secp256k1::new();
+    let hsm: BTreeMap<PublicKey, PrivateKey> = [(sk.public_key(&secp), sk)].into();
+    let map = psbt.sign(&hsm, &secp).unwrap();
+    assert!(map
+        .values()
+        .any(|k| matches!(k, SigningKeys::Ecdsa(v) if !v.is_empty())));
+    let spent: Vec<TxOut> = psbt.inputs[1..]
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
+    let tx = finalize_proof(psbt, text.as_bytes()).unwrap();
+    assert_eq!(
+        verify_proof_tx(&tx, &spent, text.as_bytes()),
+        Ok(Amount::from_sat(100_000))
     );
 }
 
