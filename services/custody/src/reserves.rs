@@ -632,8 +632,9 @@ fn check_zero_fee(
 /// `message` (outpoint and `PSBT_IN_POR_COMMITMENT` field, empty, spending nothing real), no
 /// other input spends the commitment txid nor repeats an outpoint, exactly one `OP_RETURN`
 /// output whose value is the sum of the real inputs (zero fee), every real input has its
-/// `witness_utxo` (consistent with its full previous transaction when present) and asks for
-/// `SIGHASH_ALL` if it asks anything. Returns the amount the proof would prove.
+/// `witness_utxo` (consistent with its full previous transaction when present), asks for
+/// `SIGHASH_ALL` if it asks anything, and every partial signature it already holds is
+/// `SIGHASH_ALL`. Returns the amount the proof would prove.
 ///
 /// # Errors
 /// The [`ReserveError`] naming the first violation.
@@ -703,9 +704,33 @@ pub fn check_proof_shape(psbt: &Psbt, message: &[u8]) -> Result<Amount, ReserveE
                 });
             }
         }
+        check_signature_types(i, input)?;
         values.push(utxo.value);
     }
     check_zero_fee(values.into_iter(), output)
+}
+
+/// Partial signatures already in the PSBT must be `SIGHASH_ALL` too.
+fn check_signature_types(i: usize, input: &Input) -> Result<(), ReserveError> {
+    let not_all = |found: String| ReserveError::SighashNotAll { input: i, found };
+    for sig in input.partial_sigs.values() {
+        if sig.sighash_type != EcdsaSighashType::All {
+            return Err(not_all(sig.sighash_type.to_string()));
+        }
+    }
+    for sig in input
+        .tap_script_sigs
+        .values()
+        .chain(input.tap_key_sig.as_ref())
+    {
+        if !matches!(
+            sig.sighash_type,
+            TapSighashType::All | TapSighashType::Default
+        ) {
+            return Err(not_all(sig.sighash_type.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Finalizes a signed proof PSBT (every real input through miniscript's finalizer; the
