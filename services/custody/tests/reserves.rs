@@ -683,3 +683,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_proof_without_real_inputs_fails() {
+    let p = tr_proof();
+    let mut tx = p.tx.clone();
+    tx.input.truncate(1);
+    tx.output[0].value = Amount::ZERO;
+    assert_eq!(
+        verify_proof_tx(&tx, &[], p.message.as_bytes()),
+        Err(ReserveError::NoUtxos)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    #[test]
+    fn messages_round_trip(
+        network in prop::sample::select(vec![Network::Bitcoin, Network::Testnet, Network::Signet, Network::Regtest]),
+        height in any::<u32>(),
+        hash in any::<[u8; 32]>(),
+        sums in prop::collection::vec("[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{8}", 1..5),
+        checkpoint in "[ -~]{1,200}",
+    ) {
+        let m = ProofMessage::new(network, height, BlockHash::from_byte_array(hash), sums, &checkpoint).unwrap();
+        prop_assert_eq!(ProofMessage::parse(&m.encode()).unwrap(), m);
+    }
+}
