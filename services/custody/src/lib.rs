@@ -10,4 +10,5 @@
 
 pub mod ledger;
 pub mod request;
+pub mod reserves;
 pub mod vault;

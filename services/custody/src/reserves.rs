@@ -1,0 +1,842 @@
+//! Proof of reserves (BIP-127): the message, the commitment, the proof PSBT, the shape a signer
+//! checks, and the offline verification of a finalized proof transaction.
+//!
+//! Why our own and not bdk-reserves: bdk-reserves verifies without the taproot flag (it accepts a
+//! forged Schnorr signature), hashes the message twice where BIP-127 says once, and has no
+//! `PSBT_IN_POR_COMMITMENT` field, so a signer cannot tell a proof from a spend.
+//!
+//! Why pure: an auditor re-runs [`verify_proof_tx`] from the proof file and the spent outputs
+//! alone. Whether each output existed at block H and was unspent there is a question for the
+//! auditor's node and lives at the edge (treasury); this module answers "do these signatures
+//! prove control of these outputs, bound to this message, in a transaction that can never be
+//! broadcast?".
+//!
+//! The choices BIP-127 leaves open, made here:
+//! - **Version 2, lock time 0, sequence `0xffffffff`** on every input. BIP-127 fixes none of them;
+//!   they are covered by every signature, so a verifier checks them only through the scripts.
+//! - **The single output** is `OP_RETURN <SHA-256("Proof-of-Reserves: " ‖ message)>`: provably
+//!   unspendable, and it names the message. [`check_proof_shape`] and [`verify_proof_tx`] accept
+//!   any `OP_RETURN` output (other BIP-127 tools pick other scripts), never a spendable one.
+//! - **The commitment input's spent output** (needed by every taproot sighash, which commits to
+//!   the amounts and scripts of *all* inputs) is [`commitment_prevout`]: value 0 and the script
+//!   `OP_TRUE`, the convention of bdk-reserves and of the BIP-127 reference tool. The builder puts
+//!   it in input 0's `witness_utxo` so that PSBT signers can compute taproot sighashes, and the
+//!   verifier uses it for input 0. A verifier that used another value would reject every taproot
+//!   proof, never accept a false one: the output does not exist, so nothing else could be signed.
+//! - **SIGHASH_ALL only.** A signature with `ANYONECANPAY`, `NONE` or `SINGLE` could be lifted
+//!   into a real transaction without the commitment input; every signature is checked to be
+//!   `ALL` (or taproot `DEFAULT`, which means the same).
+//! - **Script verification** goes through miniscript's interpreter with all spent outputs (it
+//!   checks ECDSA and Schnorr signatures against their sighashes, taproot control blocks and
+//!   script hashes). `bitcoinconsensus` is not in the lock file, and bitcoin's
+//!   `Transaction::verify` does not check taproot. The interpreter understands miniscript
+//!   scripts only: an input with another script is refused, which is right for our vaults.
+
+use std::collections::BTreeSet;
+
+use bdk_wallet::bitcoin::hashes::Hash;
+use bdk_wallet::bitcoin::opcodes::OP_TRUE;
+use bdk_wallet::bitcoin::psbt::{raw, Input, Psbt, PsbtSighashType};
+use bdk_wallet::bitcoin::script::Builder;
+use bdk_wallet::bitcoin::secp256k1::Secp256k1;
+use bdk_wallet::bitcoin::sighash::Prevouts;
+use bdk_wallet::bitcoin::transaction::Version;
+use bdk_wallet::bitcoin::{
+    absolute, Amount, BlockHash, EcdsaSighashType, Network, OutPoint, ScriptBuf, Sequence,
+    TapSighashType, Transaction, TxIn, TxOut, Txid, Witness, WitnessVersion,
+};
+use bdk_wallet::miniscript::interpreter::{Interpreter, KeySigPair, SatisfiedConstraint};
+use bdk_wallet::miniscript::psbt::PsbtExt;
+
+use crate::vault::{Vault, VaultUtxo};
+
+/// PSBT input key type of `PSBT_IN_POR_COMMITMENT` (BIP-127): its value is the message.
+pub const PSBT_IN_POR_COMMITMENT: u8 = 0x09;
+
+/// What BIP-127 puts before the message when it hashes the commitment.
+pub const COMMITMENT_PREFIX: &str = "Proof-of-Reserves: ";
+
+/// First line of the canonical message text (names the format and its version).
+pub const MESSAGE_HEADER: &str = "strategic-reserve proof of reserves v1";
+
+/// Longest ledger checkpoint text a message carries.
+pub const MAX_CHECKPOINT_LEN: usize = 8192;
+
+/// Why a proof was not built, or a proof or its message was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReserveError {
+    /// The message text is not the canonical encoding, or a field is invalid.
+    #[error("invalid proof message: {0}")]
+    Message(String),
+    /// No UTXO to prove.
+    #[error("a proof needs at least one real input")]
+    NoUtxos,
+    /// A vault whose descriptor checksums the message does not carry.
+    #[error("vault {vault}: descriptor checksum {checksum} is not in the message")]
+    VaultNotInMessage {
+        /// The vault.
+        vault: String,
+        /// The missing checksum.
+        checksum: String,
+    },
+    /// A UTXO the vault cannot describe (unknown transaction, wrong script, wrong value).
+    #[error("utxo {outpoint}: {reason}")]
+    Utxo {
+        /// The outpoint.
+        outpoint: OutPoint,
+        /// Why.
+        reason: String,
+    },
+    /// The same outpoint twice.
+    #[error("outpoint {0} is spent twice")]
+    DuplicateInput(OutPoint),
+    /// Input 0 is not the commitment outpoint of this message (a real outpoint in position 0
+    /// would make the transaction broadcastable, or the commitment is for another message).
+    #[error("input 0 spends {found}, not the commitment outpoint {expected} of this message")]
+    NotACommitment {
+        /// What input 0 spends.
+        found: OutPoint,
+        /// The commitment outpoint of the message.
+        expected: OutPoint,
+    },
+    /// Input 0 carries no `PSBT_IN_POR_COMMITMENT` field.
+    #[error("input 0 carries no psbt_in_por_commitment (0x09) field")]
+    MissingCommitmentField,
+    /// The `PSBT_IN_POR_COMMITMENT` field holds another message, or is repeated.
+    #[error("the psbt_in_por_commitment field of input 0 does not hold this message")]
+    CommitmentFieldMismatch,
+    /// Input 0 has a script, witness or a spent output of its own.
+    #[error(
+        "the commitment input must have an empty scriptSig and witness and spend nothing real: {0}"
+    )]
+    CommitmentNotEmpty(&'static str),
+    /// Another input spends an output of the commitment txid.
+    #[error("input {0} also spends the commitment txid")]
+    CommitmentReused(usize),
+    /// Not exactly one output.
+    #[error("a proof has exactly one output, this one has {0}")]
+    OutputCount(usize),
+    /// The output could be spent.
+    #[error("the proof output is not an op_return output: it could be spent")]
+    SpendableOutput,
+    /// The output does not carry exactly the sum of the real inputs.
+    #[error("the output pays {output} but the real inputs sum to {inputs}: a proof pays no fee")]
+    Fee {
+        /// Sum of the real inputs.
+        inputs: Amount,
+        /// The output's value.
+        output: Amount,
+    },
+    /// Amounts overflow.
+    #[error("amounts overflow")]
+    Overflow,
+    /// A PSBT input lacks data or carries inconsistent data.
+    #[error("psbt input {input}: {reason}")]
+    PsbtInput {
+        /// Input index.
+        input: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A sighash type other than ALL.
+    #[error("input {input}: sighash type {found} is not sighash_all")]
+    SighashNotAll {
+        /// Input index.
+        input: usize,
+        /// What was found.
+        found: String,
+    },
+    /// The number of spent outputs does not match the real inputs.
+    #[error("{found} spent outputs given for {expected} real inputs")]
+    SpentOutputs {
+        /// Real inputs.
+        expected: usize,
+        /// Spent outputs given.
+        found: usize,
+    },
+    /// An input's script does not verify.
+    #[error("input {input}: script verification failed: {reason}")]
+    Script {
+        /// Input index.
+        input: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Finalization failed.
+    #[error("input {input} cannot be finalized: {reason}")]
+    Finalize {
+        /// Input index.
+        input: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+const CHECKSUM_CHARSET: &str = "qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+
+/// The message a proof commits to: network, block H (height and hash), the descriptor
+/// checksums of the proven vaults and the current signed ledger checkpoint.
+///
+/// Canonical text ([`ProofMessage::encode`]), lines joined by `\n`, no trailing newline:
+/// ```text
+/// strategic-reserve proof of reserves v1
+/// network: regtest
+/// height: 840000
+/// block: <block hash, hex as Bitcoin Core prints it>
+/// descriptor: <8-character checksum>      (one line each, ascending, no duplicates)
+/// checkpoint: <signed checkpoint text, printable ASCII>
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofMessage {
+    network: Network,
+    height: u32,
+    block_hash: BlockHash,
+    descriptors: BTreeSet<String>,
+    checkpoint: String,
+}
+
+impl ProofMessage {
+    /// A message from its fields.
+    ///
+    /// # Errors
+    /// [`ReserveError::Message`] when there is no checksum, a checksum is not 8 characters of
+    /// the descriptor checksum alphabet, or the checkpoint is empty, longer than
+    /// [`MAX_CHECKPOINT_LEN`] or not printable ASCII.
+    pub fn new(
+        network: Network,
+        height: u32,
+        block_hash: BlockHash,
+        descriptor_checksums: impl IntoIterator<Item = String>,
+        checkpoint: &str,
+    ) -> Result<Self, ReserveError> {
+        let mut descriptors = BTreeSet::new();
+        for c in descriptor_checksums {
+            check_checksum(&c)?;
+            descriptors.insert(c);
+        }
+        if descriptors.is_empty() {
+            return Err(ReserveError::Message(
+                "at least one descriptor checksum is needed".into(),
+            ));
+        }
+        check_checkpoint(checkpoint)?;
+        Ok(ProofMessage {
+            network,
+            height,
+            block_hash,
+            descriptors,
+            checkpoint: checkpoint.to_string(),
+        })
+    }
+
+    /// The message for `vaults`: the checksums of both descriptors (receive and change) of each.
+    ///
+    /// # Errors
+    /// As [`ProofMessage::new`]; [`ReserveError::Message`] when the vaults are of different
+    /// networks than `network`.
+    pub fn for_vaults(
+        vaults: &[&Vault],
+        network: Network,
+        height: u32,
+        block_hash: BlockHash,
+        checkpoint: &str,
+    ) -> Result<Self, ReserveError> {
+        let mut sums = Vec::new();
+        for v in vaults {
+            if v.network() != network {
+                return Err(ReserveError::Message(format!(
+                    "vault {} is on {}, the message on {network}",
+                    v.name(),
+                    v.network()
+                )));
+            }
+            sums.extend(vault_checksums(v)?);
+        }
+        ProofMessage::new(network, height, block_hash, sums, checkpoint)
+    }
+
+    /// The canonical text.
+    pub fn encode(&self) -> String {
+        let mut lines = vec![
+            MESSAGE_HEADER.to_string(),
+            format!("network: {}", self.network),
+            format!("height: {}", self.height),
+            format!("block: {}", self.block_hash),
+        ];
+        lines.extend(self.descriptors.iter().map(|d| format!("descriptor: {d}")));
+        lines.push(format!("checkpoint: {}", self.checkpoint));
+        lines.join("\n")
+    }
+
+    /// Parses the canonical text; anything else (another order, spacing, case, duplicates) is
+    /// refused, so that one message has one encoding.
+    ///
+    /// # Errors
+    /// [`ReserveError::Message`] naming the first problem.
+    pub fn parse(text: &str) -> Result<Self, ReserveError> {
+        let bad = |what: &str| ReserveError::Message(what.to_string());
+        let mut lines = text.split('\n');
+        if lines.next() != Some(MESSAGE_HEADER) {
+            return Err(bad("the first line is not the message header"));
+        }
+        let mut field = |name: &str| -> Result<String, ReserveError> {
+            let line = lines
+                .next()
+                .ok_or_else(|| bad(&format!("missing {name}")))?;
+            line.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(": "))
+                .map(str::to_string)
+                .ok_or_else(|| bad(&format!("expected {name}")))
+        };
+        let network: Network = field("network")?
+            .parse()
+            .map_err(|_| bad("unknown network"))?;
+        let height_text = field("height")?;
+        let height: u32 = height_text.parse().map_err(|_| bad("invalid height"))?;
+        let block_hash: BlockHash = field("block")?
+            .parse()
+            .map_err(|_| bad("invalid block hash"))?;
+        let rest: Vec<&str> = lines.collect();
+        let (last, sums) = rest.split_last().ok_or_else(|| bad("missing checkpoint"))?;
+        let checkpoint = last
+            .strip_prefix("checkpoint: ")
+            .ok_or_else(|| bad("expected checkpoint"))?;
+        let sums: Vec<String> = sums
+            .iter()
+            .map(|l| {
+                l.strip_prefix("descriptor: ")
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("expected descriptor"))
+            })
+            .collect::<Result<_, _>>()?;
+        let msg = ProofMessage::new(network, height, block_hash, sums, checkpoint)?;
+        if msg.encode() != text {
+            return Err(bad("not the canonical encoding"));
+        }
+        Ok(msg)
+    }
+
+    /// The network.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// Height of block H.
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    /// Hash of block H.
+    pub fn block_hash(&self) -> BlockHash {
+        self.block_hash
+    }
+
+    /// The descriptor checksums, ascending.
+    pub fn descriptor_checksums(&self) -> impl Iterator<Item = &str> {
+        self.descriptors.iter().map(String::as_str)
+    }
+
+    /// The ledger checkpoint text.
+    pub fn checkpoint(&self) -> &str {
+        &self.checkpoint
+    }
+}
+
+fn check_checksum(c: &str) -> Result<(), ReserveError> {
+    if c.len() == 8 && c.chars().all(|ch| CHECKSUM_CHARSET.contains(ch)) {
+        Ok(())
+    } else {
+        Err(ReserveError::Message(format!(
+            "descriptor checksum {c:?} is not 8 characters of the checksum alphabet"
+        )))
+    }
+}
+
+fn check_checkpoint(c: &str) -> Result<(), ReserveError> {
+    if c.is_empty() || c.len() > MAX_CHECKPOINT_LEN {
+        return Err(ReserveError::Message(format!(
+            "the checkpoint must have 1 to {MAX_CHECKPOINT_LEN} characters"
+        )));
+    }
+    if !c.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(ReserveError::Message(
+            "the checkpoint must be printable ascii on one line".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The checksums of a vault's receive and change descriptors (as the wallet prints them).
+///
+/// # Errors
+/// [`ReserveError::Message`] if a descriptor string has no checksum (never for a vault).
+pub fn vault_checksums(vault: &Vault) -> Result<[String; 2], ReserveError> {
+    let d = &vault.config().descriptor;
+    let sum = |s: String| -> Result<String, ReserveError> {
+        let c = s
+            .split_once('#')
+            .map(|(_, c)| c.to_string())
+            .ok_or_else(|| ReserveError::Message(format!("descriptor {s} has no checksum")))?;
+        check_checksum(&c)?;
+        Ok(c)
+    };
+    Ok([sum(d.external_string())?, sum(d.internal_string())?])
+}
+
+/// SHA-256 (single, through `hashcore`) of `"Proof-of-Reserves: " ‖ message`.
+pub fn commitment_hash(message: &[u8]) -> [u8; 32] {
+    hashcore::Sha256::new()
+        .chain(COMMITMENT_PREFIX.as_bytes())
+        .chain(message)
+        .finalize()
+}
+
+/// The commitment input's previous txid: the commitment hash as the txid's bytes (in the
+/// internal byte order, as BIP-127's reference tool does).
+pub fn commitment_txid(message: &[u8]) -> Txid {
+    Txid::from_byte_array(commitment_hash(message))
+}
+
+/// The commitment outpoint: the commitment txid, index 0.
+pub fn commitment_outpoint(message: &[u8]) -> OutPoint {
+    OutPoint {
+        txid: commitment_txid(message),
+        vout: 0,
+    }
+}
+
+/// The spent output assumed for the commitment input in every sighash: value 0, script
+/// `OP_TRUE` (see the module docs for why).
+pub fn commitment_prevout() -> TxOut {
+    TxOut {
+        value: Amount::ZERO,
+        script_pubkey: Builder::new().push_opcode(OP_TRUE).into_script(),
+    }
+}
+
+/// The proof output script: `OP_RETURN <commitment hash>`.
+pub fn proof_output_script(message: &[u8]) -> ScriptBuf {
+    ScriptBuf::new_op_return(commitment_hash(message))
+}
+
+/// A built, unsigned proof.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProofPsbt {
+    /// The PSBT: input 0 the commitment, then every UTXO.
+    pub psbt: Psbt,
+    /// The proven amount (the output's value).
+    pub total: Amount,
+    /// The real inputs, in order.
+    pub inputs: Vec<OutPoint>,
+}
+
+/// Builds the proof PSBT for the UTXOs of one or more vaults.
+///
+/// Input 0 is the commitment input with `PSBT_IN_POR_COMMITMENT` = the message and
+/// [`commitment_prevout`] as its `witness_utxo`; each UTXO follows with its `witness_utxo`, its
+/// full previous transaction for segwit v0, its scripts and key origins (from the vault's
+/// descriptor at the UTXO's keychain and index) and `SIGHASH_ALL`. One output pays the sum of
+/// the UTXOs to [`proof_output_script`].
+///
+/// # Errors
+/// [`ReserveError::NoUtxos`], [`ReserveError::VaultNotInMessage`], [`ReserveError::Utxo`]
+/// for a UTXO the vault does not know or whose script or value does not match,
+/// [`ReserveError::DuplicateInput`], [`ReserveError::Overflow`].
+pub fn build_proof(
+    vaults: &[(&Vault, &[VaultUtxo])],
+    message: &ProofMessage,
+) -> Result<ProofPsbt, ReserveError> {
+    let text = message.encode();
+    let msg = text.as_bytes();
+    let mut inputs: Vec<OutPoint> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (vault, utxos) in vaults {
+        for checksum in vault_checksums(vault)? {
+            if !message.descriptors.contains(&checksum) {
+                return Err(ReserveError::VaultNotInMessage {
+                    vault: vault.name().to_string(),
+                    checksum,
+                });
+            }
+        }
+        for u in utxos.iter() {
+            if !seen.insert(u.outpoint) {
+                return Err(ReserveError::DuplicateInput(u.outpoint));
+            }
+            inputs.push(u.outpoint);
+        }
+    }
+    if inputs.is_empty() {
+        return Err(ReserveError::NoUtxos);
+    }
+    let txin = |previous_output| TxIn {
+        previous_output,
+        script_sig: ScriptBuf::new(),
+        sequence: Sequence::MAX,
+        witness: Witness::new(),
+    };
+    let mut tx = Transaction {
+        version: Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![txin(commitment_outpoint(msg))],
+        output: vec![],
+    };
+    tx.input.extend(inputs.iter().copied().map(txin));
+    tx.output.push(TxOut {
+        value: Amount::ZERO,
+        script_pubkey: proof_output_script(msg),
+    });
+    let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| ReserveError::PsbtInput {
+        input: 0,
+        reason: e.to_string(),
+    })?;
+    let commitment = psbt
+        .inputs
+        .first_mut()
+        .ok_or(ReserveError::MissingCommitmentField)?;
+    commitment.unknown.insert(
+        raw::Key {
+            type_value: PSBT_IN_POR_COMMITMENT,
+            key: vec![],
+        },
+        msg.to_vec(),
+    );
+    commitment.witness_utxo = Some(commitment_prevout());
+
+    let mut total = Amount::ZERO;
+    let mut index = 1usize;
+    for (vault, utxos) in vaults {
+        for u in utxos.iter() {
+            let value = fill_input(&mut psbt, index, vault, u)?;
+            total = total.checked_add(value).ok_or(ReserveError::Overflow)?;
+            index = index.saturating_add(1);
+        }
+    }
+    if let Some(out) = psbt.unsigned_tx.output.first_mut() {
+        out.value = total;
+    }
+    Ok(ProofPsbt {
+        psbt,
+        total,
+        inputs,
+    })
+}
+
+fn fill_input(
+    psbt: &mut Psbt,
+    index: usize,
+    vault: &Vault,
+    u: &VaultUtxo,
+) -> Result<Amount, ReserveError> {
+    let utxo_err = |reason: String| ReserveError::Utxo {
+        outpoint: u.outpoint,
+        reason,
+    };
+    let prev = vault.transaction(u.outpoint.txid).ok_or_else(|| {
+        utxo_err(format!(
+            "vault {} does not know the transaction",
+            vault.name()
+        ))
+    })?;
+    let vout = usize::try_from(u.outpoint.vout).map_err(|_| utxo_err("bad vout".into()))?;
+    let txout = prev
+        .output
+        .get(vout)
+        .cloned()
+        .ok_or_else(|| utxo_err("the transaction has no such output".into()))?;
+    if txout.value != u.value {
+        return Err(utxo_err(format!(
+            "the output holds {}, the utxo list says {}",
+            txout.value, u.value
+        )));
+    }
+    let desc = vault
+        .public_descriptor(u.keychain)
+        .at_derivation_index(u.index)
+        .map_err(|e| utxo_err(e.to_string()))?;
+    let segwit_v0 = desc.desc_type().segwit_version() == Some(WitnessVersion::V0);
+    let input: &mut Input = psbt
+        .inputs
+        .get_mut(index)
+        .ok_or_else(|| utxo_err("input index out of range".into()))?;
+    input.witness_utxo = Some(txout.clone());
+    if segwit_v0 {
+        input.non_witness_utxo = Some((*prev).clone());
+    }
+    input.sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::All));
+    psbt.update_input_with_descriptor(index, &desc)
+        .map_err(|e| {
+            utxo_err(format!(
+                "not a {} output of vault {} at index {}: {e}",
+                u.keychain.as_str(),
+                vault.name(),
+                u.index
+            ))
+        })?;
+    Ok(txout.value)
+}
+
+/// Checks the parts of the shape a transaction alone shows; returns the output's value.
+fn check_tx_shape(tx: &Transaction, message: &[u8]) -> Result<Amount, ReserveError> {
+    let expected = commitment_outpoint(message);
+    let first = tx.input.first().ok_or(ReserveError::NoUtxos)?;
+    if first.previous_output != expected {
+        return Err(ReserveError::NotACommitment {
+            found: first.previous_output,
+            expected,
+        });
+    }
+    if !first.script_sig.is_empty() {
+        return Err(ReserveError::CommitmentNotEmpty("scriptSig is not empty"));
+    }
+    if !first.witness.is_empty() {
+        return Err(ReserveError::CommitmentNotEmpty("witness is not empty"));
+    }
+    if tx.input.len() < 2 {
+        return Err(ReserveError::NoUtxos);
+    }
+    let mut seen = BTreeSet::new();
+    for (i, input) in tx.input.iter().enumerate().skip(1) {
+        if input.previous_output.txid == expected.txid {
+            return Err(ReserveError::CommitmentReused(i));
+        }
+        if !seen.insert(input.previous_output) {
+            return Err(ReserveError::DuplicateInput(input.previous_output));
+        }
+    }
+    let [out] = tx.output.as_slice() else {
+        return Err(ReserveError::OutputCount(tx.output.len()));
+    };
+    if !out.script_pubkey.is_op_return() {
+        return Err(ReserveError::SpendableOutput);
+    }
+    Ok(out.value)
+}
+
+fn check_zero_fee(
+    spent: impl Iterator<Item = Amount>,
+    output: Amount,
+) -> Result<Amount, ReserveError> {
+    let mut inputs = Amount::ZERO;
+    for v in spent {
+        inputs = inputs.checked_add(v).ok_or(ReserveError::Overflow)?;
+    }
+    if inputs != output {
+        return Err(ReserveError::Fee { inputs, output });
+    }
+    Ok(inputs)
+}
+
+/// The shape a signer checks before it signs a proof: input 0 is the commitment of exactly
+/// `message` (outpoint and `PSBT_IN_POR_COMMITMENT` field, empty, spending nothing real), no
+/// other input spends the commitment txid nor repeats an outpoint, exactly one `OP_RETURN`
+/// output whose value is the sum of the real inputs (zero fee), every real input has its
+/// `witness_utxo` (consistent with its full previous transaction when present), asks for
+/// `SIGHASH_ALL` if it asks anything, and every partial signature it already holds is
+/// `SIGHASH_ALL`. Returns the amount the proof would prove.
+///
+/// # Errors
+/// The [`ReserveError`] naming the first violation.
+pub fn check_proof_shape(psbt: &Psbt, message: &[u8]) -> Result<Amount, ReserveError> {
+    let tx = &psbt.unsigned_tx;
+    if psbt.inputs.len() != tx.input.len() {
+        return Err(ReserveError::PsbtInput {
+            input: psbt.inputs.len().min(tx.input.len()),
+            reason: "the psbt's input maps do not match its transaction".into(),
+        });
+    }
+    let first = psbt.inputs.first().ok_or(ReserveError::NoUtxos)?;
+    let mut fields = first
+        .unknown
+        .iter()
+        .filter(|(k, _)| k.type_value == PSBT_IN_POR_COMMITMENT);
+    match (fields.next(), fields.next()) {
+        (None, _) => return Err(ReserveError::MissingCommitmentField),
+        (Some((k, v)), None) if k.key.is_empty() && v.as_slice() == message => {}
+        _ => return Err(ReserveError::CommitmentFieldMismatch),
+    }
+    let output = check_tx_shape(tx, message)?;
+    if first.final_script_sig.is_some() || first.final_script_witness.is_some() {
+        return Err(ReserveError::CommitmentNotEmpty(
+            "it carries a final script",
+        ));
+    }
+    if first.non_witness_utxo.is_some() {
+        return Err(ReserveError::CommitmentNotEmpty(
+            "it carries a previous transaction",
+        ));
+    }
+    if first
+        .witness_utxo
+        .as_ref()
+        .is_some_and(|w| *w != commitment_prevout())
+    {
+        return Err(ReserveError::CommitmentNotEmpty(
+            "its witness_utxo is not the zero-value op_true placeholder",
+        ));
+    }
+    let mut values = Vec::with_capacity(psbt.inputs.len());
+    for (i, (input, txin)) in psbt.inputs.iter().zip(&tx.input).enumerate().skip(1) {
+        let utxo = input.witness_utxo.as_ref().ok_or(ReserveError::PsbtInput {
+            input: i,
+            reason: "missing witness_utxo".into(),
+        })?;
+        if let Some(prev) = &input.non_witness_utxo {
+            let vout = usize::try_from(txin.previous_output.vout).unwrap_or(usize::MAX);
+            if prev.compute_txid() != txin.previous_output.txid
+                || prev.output.get(vout) != Some(utxo)
+            {
+                return Err(ReserveError::PsbtInput {
+                    input: i,
+                    reason: "non_witness_utxo does not match the outpoint or the witness_utxo"
+                        .into(),
+                });
+            }
+        }
+        if let Some(t) = input.sighash_type {
+            if t != PsbtSighashType::from(EcdsaSighashType::All)
+                && t != PsbtSighashType::from(TapSighashType::Default)
+            {
+                return Err(ReserveError::SighashNotAll {
+                    input: i,
+                    found: t.to_string(),
+                });
+            }
+        }
+        check_signature_types(i, input)?;
+        values.push(utxo.value);
+    }
+    check_zero_fee(values.into_iter(), output)
+}
+
+/// Partial signatures already in the PSBT must be `SIGHASH_ALL` too.
+fn check_signature_types(i: usize, input: &Input) -> Result<(), ReserveError> {
+    let not_all = |found: String| ReserveError::SighashNotAll { input: i, found };
+    for sig in input.partial_sigs.values() {
+        if sig.sighash_type != EcdsaSighashType::All {
+            return Err(not_all(sig.sighash_type.to_string()));
+        }
+    }
+    for sig in input
+        .tap_script_sigs
+        .values()
+        .chain(input.tap_key_sig.as_ref())
+    {
+        if !matches!(
+            sig.sighash_type,
+            TapSighashType::All | TapSighashType::Default
+        ) {
+            return Err(not_all(sig.sighash_type.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Finalizes a signed proof PSBT (every real input through miniscript's finalizer; the
+/// commitment input stays empty), extracts the transaction and verifies it with
+/// [`verify_proof_tx`].
+///
+/// # Errors
+/// Any [`ReserveError`] of [`check_proof_shape`], [`ReserveError::Finalize`] naming the input,
+/// or any error of [`verify_proof_tx`].
+pub fn finalize_proof(mut psbt: Psbt, message: &[u8]) -> Result<Transaction, ReserveError> {
+    check_proof_shape(&psbt, message)?;
+    let secp = Secp256k1::verification_only();
+    for i in 1..psbt.inputs.len() {
+        psbt.finalize_inp_mut(&secp, i)
+            .map_err(|e| ReserveError::Finalize {
+                input: i,
+                reason: e.to_string(),
+            })?;
+    }
+    let spent: Vec<TxOut> = psbt
+        .inputs
+        .iter()
+        .skip(1)
+        .filter_map(|i| i.witness_utxo.clone())
+        .collect();
+    let tx = psbt.extract_tx_unchecked_fee_rate();
+    verify_proof_tx(&tx, &spent, message)?;
+    Ok(tx)
+}
+
+/// Verifies a finalized proof transaction offline: the shape (as [`check_proof_shape`], from the
+/// transaction alone), zero fee, and every real input's script with signatures checked against
+/// their sighashes over all spent outputs, taproot included; every signature must be
+/// `SIGHASH_ALL` and each input must carry at least one. `spent_outputs` are the outputs the
+/// real inputs spend, in input order (input 0 spends [`commitment_prevout`]). Returns the proven
+/// amount.
+///
+/// What it does not check: that the spent outputs existed at block H and were unspent there,
+/// which only a node can say.
+///
+/// # Errors
+/// The [`ReserveError`] naming the first violation; [`ReserveError::Script`] for a forged,
+/// truncated or missing witness.
+pub fn verify_proof_tx(
+    tx: &Transaction,
+    spent_outputs: &[TxOut],
+    message: &[u8],
+) -> Result<Amount, ReserveError> {
+    let output = check_tx_shape(tx, message)?;
+    let real = tx.input.len().saturating_sub(1);
+    if spent_outputs.len() != real {
+        return Err(ReserveError::SpentOutputs {
+            expected: real,
+            found: spent_outputs.len(),
+        });
+    }
+    let total = check_zero_fee(spent_outputs.iter().map(|o| o.value), output)?;
+    let mut prevouts = Vec::with_capacity(tx.input.len());
+    prevouts.push(commitment_prevout());
+    prevouts.extend_from_slice(spent_outputs);
+    let all = Prevouts::All(&prevouts);
+    let secp = Secp256k1::verification_only();
+    for (i, (txin, spent)) in tx.input.iter().zip(&prevouts).enumerate().skip(1) {
+        let script_err = |reason: String| ReserveError::Script { input: i, reason };
+        let interpreter = Interpreter::from_txdata(
+            &spent.script_pubkey,
+            &txin.script_sig,
+            &txin.witness,
+            txin.sequence,
+            tx.lock_time,
+        )
+        .map_err(|e| script_err(e.to_string()))?;
+        let mut signatures = 0usize;
+        for step in interpreter.iter(&secp, tx, i, &all) {
+            let constraint = step.map_err(|e| script_err(e.to_string()))?;
+            let key_sig = match &constraint {
+                SatisfiedConstraint::PublicKey { key_sig }
+                | SatisfiedConstraint::PublicKeyHash { key_sig, .. } => key_sig,
+                _ => continue,
+            };
+            match key_sig {
+                KeySigPair::Ecdsa(_, sig) if sig.sighash_type != EcdsaSighashType::All => {
+                    return Err(ReserveError::SighashNotAll {
+                        input: i,
+                        found: sig.sighash_type.to_string(),
+                    })
+                }
+                KeySigPair::Schnorr(_, sig)
+                    if !matches!(
+                        sig.sighash_type,
+                        TapSighashType::All | TapSighashType::Default
+                    ) =>
+                {
+                    return Err(ReserveError::SighashNotAll {
+                        input: i,
+                        found: sig.sighash_type.to_string(),
+                    })
+                }
+                _ => signatures = signatures.saturating_add(1),
+            }
+        }
+        if signatures == 0 {
+            return Err(script_err(
+                "no signature proves control of the output".into(),
+            ));
+        }
+    }
+    Ok(total)
+}
