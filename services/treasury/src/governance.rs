@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
 
-use crate::store::{Db, LedgerStore, SqlValue, StoreError, Write};
+use crate::store::{on_db, LedgerStore, SqlValue, StoreError, Write};
 
 /// The ledger actor of entries the governance records on its own (activations).
 pub const GOVERNANCE_ACTOR: &str = "governance";
@@ -105,15 +105,6 @@ pub enum GovernanceStoreError {
 }
 
 type Result<T> = std::result::Result<T, GovernanceStoreError>;
-
-macro_rules! on_db {
-    ($db:expr, $p:ident => $body:expr) => {
-        match $db {
-            Db::Sqlite($p) => $body,
-            Db::Postgres($p) => $body,
-        }
-    };
-}
 
 /// Where a policy version stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

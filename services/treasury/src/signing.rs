@@ -31,7 +31,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::spend::{At, SpendService, SpendServiceError, StoredRequest};
-use crate::store::{Db, SqlValue, Write};
+use crate::store::{on_db, SqlValue, Write};
 use crate::vaults::NodeConfig;
 
 /// The actor of the policy signer's ledger entries.
@@ -91,15 +91,6 @@ pub enum SigningError {
 }
 
 type Result<T> = std::result::Result<T, SigningError>;
-
-macro_rules! on_db {
-    ($db:expr, $p:ident => $body:expr) => {
-        match $db {
-            Db::Sqlite($p) => $body,
-            Db::Postgres($p) => $body,
-        }
-    };
-}
 
 fn corrupt(e: impl std::fmt::Display) -> SigningError {
     SigningError::Corrupt(e.to_string())

@@ -37,7 +37,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::governance::{Governance, GovernanceStoreError, GOVERNANCE_ACTOR};
-use crate::store::{Db, SqlValue, StoreError, Write};
+use crate::store::{on_db, Db, SqlValue, StoreError, Write};
 use crate::vaults::{OpError, VaultService};
 
 /// The format tag of a [`RequestFile`].
@@ -101,15 +101,6 @@ pub enum SpendServiceError {
 }
 
 type Result<T> = std::result::Result<T, SpendServiceError>;
-
-macro_rules! on_db {
-    ($db:expr, $p:ident => $body:expr) => {
-        match $db {
-            Db::Sqlite($p) => $body,
-            Db::Postgres($p) => $body,
-        }
-    };
-}
 
 fn corrupt(e: impl std::fmt::Display) -> SpendServiceError {
     SpendServiceError::Corrupt(e.to_string())

@@ -101,6 +101,18 @@ impl Write {
     }
 }
 
+/// Runs `$body` with `$p` bound to the pool of whichever database `$db` is (the SQL is written
+/// once, with `$1` placeholders both drivers accept).
+macro_rules! on_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($p) => $body,
+            $crate::store::Db::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_db;
+
 macro_rules! run_writes {
     ($tx:expr, $writes:expr) => {
         for w in $writes {

@@ -23,7 +23,7 @@ use custody::vault::{Vault, VaultConfig, VaultDescriptor, VaultError, VaultEvent
 use sqlx::Row;
 use zeroize::Zeroizing;
 
-use crate::store::{Db, LedgerStore};
+use crate::store::{on_db, Db, LedgerStore};
 
 /// Errors of the vault store and of sync.
 #[derive(Debug, thiserror::Error)]
@@ -53,15 +53,6 @@ pub enum VaultStoreError {
 #[derive(Debug, Clone)]
 pub struct VaultStore {
     db: Db,
-}
-
-macro_rules! on_db {
-    ($db:expr, $p:ident => $body:expr) => {
-        match $db {
-            Db::Sqlite($p) => $body,
-            Db::Postgres($p) => $body,
-        }
-    };
 }
 
 /// A unique or primary-key violation. sqlx maps SQLite's SQLITE_CONSTRAINT_UNIQUE (2067) to
