@@ -175,6 +175,16 @@ fn psbt(f: &Fixture, dest: ScriptBuf, amount: Amount, fee: Amount) -> Psbt {
     psbt
 }
 
+/// Half a bitcoin to a stranger with a 5,000 sat fee: the example policy's small tier.
+fn small(f: &Fixture) -> Psbt {
+    psbt(
+        f,
+        elsewhere(),
+        Amount::from_sat(BTC / 2),
+        Amount::from_sat(5_000),
+    )
+}
+
 fn subject(f: &Fixture, id: &str, psbt: &Psbt) -> ApprovalSubject {
     let tx = &psbt.unsigned_tx;
     let inputs: Vec<(OutPoint, Amount)> = tx
@@ -243,12 +253,7 @@ fn signs_an_approved_small_spend_and_the_transaction_verifies() {
     let Some(mut f) = fixture("policy-small") else {
         return;
     };
-    let p = psbt(
-        &f,
-        elsewhere(),
-        Amount::from_sat(BTC / 2),
-        Amount::from_sat(5_000),
-    );
+    let p = small(&f);
     let mut a = auth(&f, "r-small", &p);
 
     // No approval: refused, naming the group.
@@ -290,12 +295,7 @@ fn refuses_approvals_for_another_transaction_and_expired_ones() {
     let Some(mut f) = fixture("policy-refusals") else {
         return;
     };
-    let p = psbt(
-        &f,
-        elsewhere(),
-        Amount::from_sat(BTC / 2),
-        Amount::from_sat(5_000),
-    );
+    let p = small(&f);
     let mut a = auth(&f, "r-1", &p);
 
     // An approval for another txid (the same request, another transaction).
@@ -347,12 +347,7 @@ fn refuses_a_swapped_output_a_raised_fee_and_false_change() {
     let Some(mut f) = fixture("policy-tamper") else {
         return;
     };
-    let p = psbt(
-        &f,
-        elsewhere(),
-        Amount::from_sat(BTC / 2),
-        Amount::from_sat(5_000),
-    );
+    let p = small(&f);
     let mut a = auth(&f, "r-t", &p);
     approve(&mut a, &["bob", "carol"], NOW);
     f.signer.check(&p, &a, NOW, TIP).unwrap();
@@ -516,12 +511,7 @@ fn a_frozen_reserve_signs_nothing_until_the_admin_quorum_lifts_it() {
     let Some(mut f) = fixture("policy-freeze") else {
         return;
     };
-    let p = psbt(
-        &f,
-        elsewhere(),
-        Amount::from_sat(BTC / 2),
-        Amount::from_sat(5_000),
-    );
+    let p = small(&f);
     let mut a = auth(&f, "r-f", &p);
     approve(&mut a, &["bob"], NOW);
 
@@ -567,12 +557,7 @@ fn policy_changes_tighten_at_once_and_loosen_after_their_delay() {
     let Some(mut f) = fixture("policy-governance") else {
         return;
     };
-    let p = psbt(
-        &f,
-        elsewhere(),
-        Amount::from_sat(BTC / 2),
-        Amount::from_sat(5_000),
-    );
+    let p = small(&f);
     let mut a = auth(&f, "r-g", &p);
     approve(&mut a, &["bob"], NOW);
     f.signer.check(&p, &a, NOW, TIP).unwrap();
@@ -678,12 +663,7 @@ fn refuses_a_vault_without_the_policy_key_and_a_reserve_proof() {
     assert!(matches!(err, PolicySignerError::Descriptor { .. }), "{err}");
 
     // A PSBT carrying a proof-of-reserves commitment is not signed as a spend.
-    let mut p = psbt(
-        &f,
-        elsewhere(),
-        Amount::from_sat(BTC / 2),
-        Amount::from_sat(5_000),
-    );
+    let mut p = small(&f);
     let mut a = auth(&f, "r-por", &p);
     approve(&mut a, &["bob"], NOW);
     p.inputs[0].unknown.insert(
