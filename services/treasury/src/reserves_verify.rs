@@ -244,12 +244,15 @@ fn bad_answer(method: &'static str, what: &str) -> VerifyError {
     }
 }
 
+/// Script -> (index of the declared descriptor, derivation index).
+type DeclaredScripts = HashMap<ScriptBuf, (usize, u32)>;
+
 /// The scripts of the declared descriptors, indexes `0..gap` of ranged ones, with where they
 /// come from; and each descriptor's checksum.
 fn declared_scripts(
     descriptors: &[String],
     gap: u32,
-) -> Result<(HashMap<ScriptBuf, (usize, u32)>, BTreeSet<String>), VerifyError> {
+) -> Result<(DeclaredScripts, BTreeSet<String>), VerifyError> {
     let mut scripts = HashMap::new();
     let mut sums = BTreeSet::new();
     for (i, text) in descriptors.iter().enumerate() {
