@@ -273,6 +273,30 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
         r.local_time
     );
 
+    // Output metadata naming a block that does not hold the transaction.
+    let p = &file.final_proofs()[0];
+    let mut metas = p.output_metadata().to_vec();
+    metas[1].block_hash = block_at(&node, h - 1);
+    let wrong_block = ProofFile::new(
+        NET,
+        file.message(),
+        h_hash,
+        vec![FinalProof::new(p.proof_tx().clone(), metas).unwrap()],
+    )
+    .unwrap();
+    let r = verify(&node, &wrong_block, &declared);
+    assert!(!r.verdict());
+    assert_eq!(
+        utxo_problems(&r),
+        vec![UtxoProblem::NotInBlock(block_at(&node, h - 1))],
+        "{:?}",
+        r.reasons()
+    );
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::ProofUnchecked(0))));
+
     // A changed message: the commitment no longer matches.
     let changed = msg.encode().replace("sig=abcd", "sig=abce");
     let bad = ProofFile::new(NET, &changed, h_hash, file.final_proofs().to_vec()).unwrap();
