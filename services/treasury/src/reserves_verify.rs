@@ -294,6 +294,36 @@ pub fn verify_reserves(
     client: &Client,
     gap: u32,
 ) -> Result<ReserveReport, VerifyError> {
+    verify_reserves_with(
+        file,
+        descriptors,
+        client,
+        gap,
+        SpendSearch::DescriptorActivity,
+    )
+}
+
+/// How the verifier finds where an output spent now was spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendSearch {
+    /// `getdescriptoractivity` over the blocks above H (one call), falling back to
+    /// [`SpendSearch::BlockScan`] when the node does not have that RPC.
+    DescriptorActivity,
+    /// `getblock` (verbosity 2) of every block above H, looking at every input.
+    BlockScan,
+}
+
+/// As [`verify_reserves`], choosing how spends above H are found.
+///
+/// # Errors
+/// As [`verify_reserves`].
+pub fn verify_reserves_with(
+    file: &ProofFile,
+    descriptors: &[String],
+    client: &Client,
+    gap: u32,
+    search: SpendSearch,
+) -> Result<ReserveReport, VerifyError> {
     let start = Instant::now();
     let mut node = Node {
         client,
@@ -440,7 +470,19 @@ pub fn verify_reserves(
 
     // Spent now: a spend above H is fine, none above H means spent at or before H.
     if !spent_now.is_empty() {
-        let spends = spends_above(&mut node, h, tip, spent_now.values().map(|(_, s)| s))?;
+        let spends = match search {
+            SpendSearch::DescriptorActivity => {
+                match spends_above(&mut node, h, tip, spent_now.values().map(|(_, s)| s)) {
+                    Err(VerifyError::Node { reason, .. })
+                        if reason.contains("Method not found") =>
+                    {
+                        spends_by_scan(&mut node, h, tip, spent_now.keys())?
+                    }
+                    other => other?,
+                }
+            }
+            SpendSearch::BlockScan => spends_by_scan(&mut node, h, tip, spent_now.keys())?,
+        };
         for (op, (i, _)) in &spent_now {
             let Some(r) = utxos.get_mut(*i) else {
                 continue;
@@ -583,6 +625,41 @@ fn spends_above<'s>(
         let height = e["height"].as_u64().and_then(|v| u32::try_from(v).ok());
         if let (Some(txid), Some(vout), Some(height)) = (txid, vout, height) {
             out.insert(OutPoint { txid, vout }, height);
+        }
+    }
+    Ok(out)
+}
+
+/// Spends of `outpoints` in the blocks above `h` up to `tip`, by reading every block
+/// (`getblock` verbosity 2), with the spending block's height.
+fn spends_by_scan<'o>(
+    node: &mut Node<'_>,
+    h: u32,
+    tip: u32,
+    outpoints: impl Iterator<Item = &'o OutPoint>,
+) -> Result<BTreeMap<OutPoint, u32>, VerifyError> {
+    let wanted: BTreeSet<OutPoint> = outpoints.copied().collect();
+    let mut out = BTreeMap::new();
+    for height in h.saturating_add(1)..=tip {
+        if out.len() == wanted.len() {
+            break;
+        }
+        let hash = node.call("getblockhash", &[json!(height)])?;
+        let block = node.call("getblock", &[hash, json!(2)])?;
+        let txs = block["tx"]
+            .as_array()
+            .ok_or_else(|| bad_answer("getblock", "no transactions"))?;
+        for tx in txs {
+            for vin in tx["vin"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                let txid = vin["txid"].as_str().and_then(|s| s.parse().ok());
+                let vout = vin["vout"].as_u64().and_then(|v| u32::try_from(v).ok());
+                if let (Some(txid), Some(vout)) = (txid, vout) {
+                    let op = OutPoint { txid, vout };
+                    if wanted.contains(&op) {
+                        out.insert(op, height);
+                    }
+                }
+            }
         }
     }
     Ok(out)

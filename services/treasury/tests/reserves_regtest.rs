@@ -19,7 +19,9 @@ use custody::vault::descriptor::with_checksum;
 use custody::vault::{Template, TemplateKey, VaultConfig, VaultDescriptor, VaultUtxo};
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
-use treasury::reserves_verify::{verify_reserves, Problem, ReserveReport, UtxoProblem};
+use treasury::reserves_verify::{
+    verify_reserves, verify_reserves_with, Problem, ReserveReport, SpendSearch, UtxoProblem,
+};
 use treasury::store::LedgerStore;
 use treasury::vaults::{NodeAuth, NodeConfig, VaultService};
 
@@ -418,6 +420,12 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     assert!(r.verdict(), "{:?}", r.reasons());
     let after: Vec<_> = r.utxos.iter().map(|u| u.spent_height).collect();
     assert!(after.contains(&Some(h + 2)), "{after:?}");
+    // The block scan finds the same spend.
+    let client = node.new_client().unwrap();
+    let scan =
+        verify_reserves_with(&file, &declared, &client, GAP, SpendSearch::BlockScan).unwrap();
+    assert!(scan.verdict(), "{:?}", scan.reasons());
+    assert_eq!(scan.utxos, r.utxos);
 
     let (h2_hash, h2) = node.tip().unwrap();
     let h2 = u32::try_from(h2).unwrap();
@@ -442,4 +450,7 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
         r.reasons()
     );
     assert_eq!(r.proven, Amount::ZERO);
+    let scan =
+        verify_reserves_with(&stale, &declared, &client, GAP, SpendSearch::BlockScan).unwrap();
+    assert_eq!(scan.utxos, r.utxos);
 }
