@@ -32,6 +32,8 @@
 //!   `Transaction::verify` does not check taproot. The interpreter understands miniscript
 //!   scripts only: an input with another script is refused, which is right for our vaults.
 
+pub mod file;
+
 use std::collections::BTreeSet;
 
 use bdk_wallet::bitcoin::hashes::Hash;
