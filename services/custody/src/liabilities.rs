@@ -15,6 +15,10 @@
 //! of a proof learns the salt of their own account. Balances of siblings remain visible as
 //! subtree sums, which is inherent to a sum tree.
 //!
+//! Why a wrapped root: the published root ([`published_root`]) is a tagged hash of the sum
+//! tree's root, the total and the number of accounts, so the one hex string an auditor is given
+//! fixes all three; a proof cannot claim another tree size.
+//!
 //! Why sorted by commitment: the same accounts (with the same salts) give the same root
 //! whatever order they were listed in, and the order leaks nothing about the ids.
 //!
@@ -36,6 +40,10 @@ use crate::vault::ledger_record;
 
 /// The tag of the account-identifier commitment (a BIP-340 style tagged hash).
 pub const ACCOUNT_TAG: &str = "strategic-reserve/liabilities/account/v1";
+
+/// The tag of the published root, which binds the sum tree's root hash, the total and the
+/// number of accounts ([`published_root`]).
+pub const ROOT_TAG: &str = "strategic-reserve/liabilities/root/v1";
 
 /// The `format` field of a proof document.
 pub const PROOF_FORMAT: &str = "strategic-reserve liability proof v1";
@@ -234,6 +242,22 @@ fn account_commitment_with(tag: &TaggedHash, id: &AccountId, salt: &[u8; 32]) ->
     tag.hasher().chain(salt).chain(id.0.as_bytes()).finalize()
 }
 
+/// The published root hash: `tagged_hash(ROOT_TAG, tree_root || total || accounts)` (total in
+/// satoshis and the number of accounts, both 8 bytes big-endian).
+///
+/// Why not the sum tree's root alone: it commits to the total but not to the number of
+/// leaves, and a proof's path only fixes the shape seen from its own leaf, so a proof could
+/// claim another tree size and still verify. Binding both here means one published hex string
+/// fixes the tree, its total and its size.
+pub fn published_root(tree_root: &Digest, total_sat: u64, accounts: u64) -> Digest {
+    TaggedHash::new(ROOT_TAG)
+        .hasher()
+        .chain(tree_root)
+        .chain(&total_sat.to_be_bytes())
+        .chain(&accounts.to_be_bytes())
+        .finalize()
+}
+
 fn check_balance(balance: Amount) -> Result<(), LiabilityError> {
     if balance > Amount::MAX_MONEY {
         return Err(LiabilityError::BalanceTooLarge {
@@ -299,7 +323,7 @@ impl Account {
 /// The published root of a liabilities tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiabilitiesRoot {
-    /// The root hash.
+    /// The published root hash ([`published_root`]).
     pub hash: Digest,
     /// The total of all balances.
     pub total: Amount,
@@ -456,8 +480,9 @@ impl LiabilitiesTree {
 
     /// The root hash, the total and the number of accounts.
     pub fn root(&self) -> LiabilitiesRoot {
+        let root = self.tree.root();
         LiabilitiesRoot {
-            hash: self.tree.root().hash,
+            hash: published_root(&root.hash, root.sum, self.tree.len()),
             total: self.total,
             accounts: self.tree.len(),
         }
@@ -499,7 +524,7 @@ impl LiabilitiesTree {
                 size: self.tree.len(),
             })?;
         let p = self.tree.proof(index).map_err(from_merkle)?;
-        let root = self.tree.root();
+        let root = self.root();
         Ok(LiabilityProof {
             format: PROOF_FORMAT.to_string(),
             account_id: account.id.0.clone(),
@@ -515,8 +540,8 @@ impl LiabilitiesTree {
                     sum_sat: n.sum,
                 })
                 .collect(),
-            root_hash: hex::encode(root.hash),
-            root_sum_sat: root.sum,
+            root_hash: root.hash_hex(),
+            root_sum_sat: root.total.to_sat(),
         })
     }
 }
@@ -549,9 +574,9 @@ pub struct LiabilityProof {
     pub tree_size: u64,
     /// The siblings from the leaf up.
     pub path: Vec<PathNode>,
-    /// The root hash (hex).
+    /// The published root hash (hex, [`published_root`]).
     pub root_hash: String,
-    /// The root sum (integer satoshis).
+    /// The root sum: the total of all balances (integer satoshis).
     pub root_sum_sat: u64,
 }
 
@@ -679,7 +704,7 @@ impl LiabilityProof {
                 root: self.root_sum_sat,
             });
         }
-        if node.hash != expected {
+        if published_root(&node.hash, node.sum, self.tree_size) != expected {
             return Err(LiabilityError::NotInTree {
                 root: hex::encode(expected),
             });
