@@ -69,7 +69,10 @@ fn sha2_tree(accounts: &[Account]) -> (Digest, u64, usize) {
         m[33..41].copy_from_slice(&l.1.to_be_bytes());
         m[41..73].copy_from_slice(&r.0);
         m[73..].copy_from_slice(&r.1.to_be_bytes());
-        (sha2::Sha256::digest(m).into(), l.1.checked_add(r.1).unwrap())
+        (
+            sha2::Sha256::digest(m).into(),
+            l.1.checked_add(r.1).unwrap(),
+        )
     };
     let mut path = Vec::new();
     let mut i = 0usize;
