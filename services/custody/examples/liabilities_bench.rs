@@ -42,6 +42,14 @@ fn tagged(tag: &str) -> sha2::Sha256 {
 /// The same tree with sha2: returns the published root and the proof path of the first leaf
 /// (and checks that path leads back to the root).
 fn sha2_tree(accounts: &[Account]) -> (Digest, u64, usize) {
+    // The same input checks as `LiabilitiesTree::build` (unique ids, checked total).
+    let mut seen = std::collections::HashSet::with_capacity(accounts.len());
+    let mut total = Amount::ZERO;
+    for a in accounts {
+        assert!(seen.insert(a.id().as_str()));
+        total = total.checked_add(a.balance()).unwrap();
+    }
+    drop(seen);
     let tag = tagged(ACCOUNT_TAG);
     let mut leaves: Vec<(Digest, u64)> = accounts
         .iter()

@@ -26,7 +26,7 @@
 //! file and the published root alone. Files, randomness and the ledger store live in
 //! `treasury`.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 use bdk_wallet::bitcoin::Amount;
 use hashcore::merkle::sum::{SumLeaf, SumNode, SumProof, SumTree};
@@ -445,7 +445,7 @@ impl LiabilitiesTree {
         if accounts.len() > MAX_ACCOUNTS {
             return Err(LiabilityError::TooManyAccounts(accounts.len()));
         }
-        let mut seen = BTreeSet::new();
+        let mut seen = HashSet::with_capacity(accounts.len());
         let mut total = Amount::ZERO;
         for a in &accounts {
             check_balance(a.balance)?;
@@ -458,21 +458,28 @@ impl LiabilitiesTree {
         }
         drop(seen);
         let tag = TaggedHash::new(ACCOUNT_TAG);
-        let mut keyed: Vec<(Digest, Account)> = accounts
-            .into_iter()
-            .map(|a| (account_commitment_with(&tag, &a.id, &a.salt), a))
+        // Sort small (commitment, position) pairs, then move each account once.
+        let mut keyed: Vec<(Digest, usize)> = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (account_commitment_with(&tag, &a.id, &a.salt), i))
             .collect();
-        keyed.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        keyed.sort_unstable_by_key(|k| k.0);
         let leaves: Vec<SumLeaf> = keyed
             .iter()
-            .map(|(c, a)| SumLeaf {
-                account_commitment: *c,
-                balance: a.balance.to_sat(),
+            .map(|&(c, i)| SumLeaf {
+                account_commitment: c,
+                balance: accounts.get(i).map_or(0, |a| a.balance.to_sat()),
             })
             .collect();
         let tree = SumTree::build(engine, &leaves).map_err(from_merkle)?;
+        let mut slots: Vec<Option<Account>> = accounts.into_iter().map(Some).collect();
+        let accounts: Vec<Account> = keyed
+            .iter()
+            .filter_map(|&(_, i)| slots.get_mut(i).and_then(Option::take))
+            .collect();
         Ok(LiabilitiesTree {
-            accounts: keyed.into_iter().map(|(_, a)| a).collect(),
+            accounts,
             tree,
             total,
         })
