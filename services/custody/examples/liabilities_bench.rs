@@ -60,7 +60,7 @@ fn sha2_tree(accounts: &[Account]) -> (Digest, u64, usize) {
             (h.finalize().into(), a.balance().to_sat())
         })
         .collect();
-    leaves.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+    leaves.sort_unstable_by_key(|x| x.0);
     let mut level: Vec<(Digest, u64)> = leaves
         .iter()
         .map(|(c, b)| {
