@@ -5,10 +5,11 @@
 //! HTTP live at the edge, in `treasury` and `hsm`, behind small traits.
 //!
 //! Its modules arrive with their issues: the reserve ledger model, vaults and the PSBT builder,
-//! the spend-request state machine, and proofs of reserves.
+//! the spend-request state machine, proofs of reserves, and the liabilities sum tree.
 #![forbid(unsafe_code)]
 
 pub mod ledger;
+pub mod liabilities;
 pub mod request;
 pub mod reserves;
 pub mod vault;

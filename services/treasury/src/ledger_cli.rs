@@ -131,6 +131,20 @@ pub enum AuditCommand {
         #[arg(long)]
         entry: Option<PathBuf>,
     },
+    /// Verify one account's liability proof (JSON) against the published liabilities root.
+    Liability {
+        /// The proof file (from `treasury reserves liabilities`).
+        proof: PathBuf,
+        /// The published root hash (hex).
+        #[arg(long)]
+        root: String,
+        /// The published total (satoshis), checked when given.
+        #[arg(long)]
+        total: Option<u64>,
+        /// The proven reserves (satoshis): the total must not exceed them.
+        #[arg(long)]
+        reserves: Option<u64>,
+    },
     /// Verify a consistency proof between two signed checkpoints.
     Consistency {
         /// The consistency proof (JSON).
@@ -405,6 +419,35 @@ pub fn run_audit(cmd: AuditCommand) -> Result<String, String> {
                 cp.size(),
                 hex::encode(cp.root())
             ))
+        }
+        AuditCommand::Liability {
+            proof,
+            root,
+            total,
+            reserves,
+        } => {
+            use bdk_wallet::bitcoin::Amount;
+            let text = read(&proof)?;
+            let v =
+                custody::liabilities::verify_proof_json(&text, &root, total.map(Amount::from_sat))
+                    .map_err(|e| format!("{}: {e}", proof.display()))?;
+            let mut out = format!(
+                "ok: account {} with {} sat is leaf {} of {} in root {} (total {} sat)\n",
+                v.account,
+                v.balance.to_sat(),
+                v.index,
+                v.root.accounts,
+                v.root.hash_hex(),
+                v.root.total.to_sat()
+            );
+            if let Some(r) = reserves {
+                custody::liabilities::check_reserves(v.root.total, Amount::from_sat(r))
+                    .map_err(|e| e.to_string())?;
+                out.push_str(&format!(
+                    "ok: the total does not exceed the proven reserves of {r} sat\n"
+                ));
+            }
+            Ok(out)
         }
         AuditCommand::Consistency {
             proof,

@@ -8,6 +8,7 @@ pub mod hsm_cli;
 pub mod ledger_cli;
 pub mod officer_cli;
 pub mod policy_cli;
+pub mod reserves_cli;
 pub mod reserves_verify;
 pub mod signing;
 pub mod spend;

@@ -3,8 +3,8 @@
 //! The HTTPS service arrives with its issue; what is here now reports on the hash core every
 //! other part stands on, runs the reserve ledger (`ledger`), the vaults and the PSBT builder
 //! (`vault`, `psbt`), spend requests (`spend`), policies and their governance (`policy`), the
-//! freeze (`freeze`), officers' offline tools (`officer`), and verifies a ledger offline
-//! (`audit`).
+//! freeze (`freeze`), officers' offline tools (`officer`), the liabilities tree (`reserves`),
+//! and verifies a ledger and liability proofs offline (`audit`).
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -16,6 +16,7 @@ use treasury::hsm_cli::{run_hsm, HsmCommand, HsmOpts};
 use treasury::ledger_cli::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
 use treasury::officer_cli::{run_officer, OfficerCommand};
 use treasury::policy_cli::{run_policy, PolicyCommand};
+use treasury::reserves_cli::{run_reserves, ReservesCommand, ReservesOpts};
 use treasury::spend_cli::{run_freeze, run_spend, ClockOpts, FreezeCommand, SpendCommand};
 use treasury::vault_cli::{run_psbt, run_vault, PsbtCommand, VaultCommand, VaultOpts};
 
@@ -93,6 +94,13 @@ enum Command {
         #[command(subcommand)]
         command: OfficerCommand,
     },
+    /// Proofs of reserves and liabilities: build the liabilities tree and its proofs.
+    Reserves {
+        #[command(flatten)]
+        opts: ReservesOpts,
+        #[command(subcommand)]
+        command: ReservesCommand,
+    },
     /// Offline verification of a ledger export, proofs and checkpoints (no database).
     Audit {
         #[command(subcommand)]
@@ -151,6 +159,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Officer { command } => {
             print!("{}", run_officer(command)?);
+            Ok(())
+        }
+        Command::Reserves { opts, command } => {
+            print!("{}", run_reserves(&opts, command)?);
             Ok(())
         }
         Command::Audit { command } => {

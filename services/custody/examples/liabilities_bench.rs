@@ -1,0 +1,224 @@
+//! `cargo run --release -p custody --example liabilities_bench [-- ACCOUNTS [ROUNDS]]`: the
+//! liabilities tree over 1,000,000 accounts (commitments, sort, sum tree, published root, one
+//! proof and its verification), with hashcore against the same tree built with the `sha2`
+//! crate, in one process, rounds alternated (ours, sha2, ours, sha2, ...). Both must give the
+//! same root. Prints the median of the paired ratios and the ratio of the best rounds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use bdk_wallet::bitcoin::Amount;
+use custody::liabilities::{Account, AccountId, LiabilitiesTree, ACCOUNT_TAG, ROOT_TAG};
+use sha2::Digest as _;
+
+type Digest = [u8; 32];
+
+fn accounts(n: u64) -> Vec<Account> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|i| {
+            let mut salt = [0u8; 32];
+            for c in salt.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            let id = AccountId::new(format!("program-{i:07}")).unwrap();
+            Account::new(id, Amount::from_sat(1_000 + (x % 100_000_000)), salt).unwrap()
+        })
+        .collect()
+}
+
+fn tagged(tag: &str) -> sha2::Sha256 {
+    let t: Digest = sha2::Sha256::digest(tag.as_bytes()).into();
+    let mut h = sha2::Sha256::new();
+    h.update(t);
+    h.update(t);
+    h
+}
+
+/// The same tree with sha2: returns the published root and the proof path of the first leaf
+/// (and checks that path leads back to the root).
+fn sha2_tree(accounts: &[Account]) -> (Digest, u64, usize) {
+    // The same input checks as `LiabilitiesTree::build` (unique ids, checked total).
+    let mut seen = std::collections::HashSet::with_capacity(accounts.len());
+    let mut total = Amount::ZERO;
+    for a in accounts {
+        assert!(seen.insert(a.id().as_str()));
+        total = total.checked_add(a.balance()).unwrap();
+    }
+    drop(seen);
+    let tag = tagged(ACCOUNT_TAG);
+    let mut leaves: Vec<(Digest, u64)> = accounts
+        .iter()
+        .map(|a| {
+            let mut h = tag.clone();
+            h.update(a.salt());
+            h.update(a.id().as_str().as_bytes());
+            (h.finalize().into(), a.balance().to_sat())
+        })
+        .collect();
+    leaves.sort_unstable_by_key(|x| x.0);
+    let mut level: Vec<(Digest, u64)> = leaves
+        .iter()
+        .map(|(c, b)| {
+            let mut m = [0u8; 41];
+            m[1..33].copy_from_slice(c);
+            m[33..].copy_from_slice(&b.to_be_bytes());
+            (sha2::Sha256::digest(m).into(), *b)
+        })
+        .collect();
+    let node = |l: &(Digest, u64), r: &(Digest, u64)| -> (Digest, u64) {
+        let mut m = [0u8; 81];
+        m[0] = 1;
+        m[1..33].copy_from_slice(&l.0);
+        m[33..41].copy_from_slice(&l.1.to_be_bytes());
+        m[41..73].copy_from_slice(&r.0);
+        m[73..].copy_from_slice(&r.1.to_be_bytes());
+        (
+            sha2::Sha256::digest(m).into(),
+            l.1.checked_add(r.1).unwrap(),
+        )
+    };
+    let mut path = Vec::new();
+    let mut i = 0usize;
+    while level.len() > 1 {
+        if let Some(s) = level.get(i ^ 1) {
+            path.push(*s);
+        }
+        let mut next: Vec<(Digest, u64)> =
+            level.chunks_exact(2).map(|p| node(&p[0], &p[1])).collect();
+        if level.len() % 2 == 1 {
+            next.push(level[level.len() - 1]);
+        }
+        level = next;
+        i /= 2;
+    }
+    let root = level[0];
+    // Verify the first leaf's proof (index 0: every sibling is on the right).
+    let mut acc = {
+        let (c, b) = leaves[0];
+        let mut m = [0u8; 41];
+        m[1..33].copy_from_slice(&c);
+        m[33..].copy_from_slice(&b.to_be_bytes());
+        (sha2::Sha256::digest(m).into(), b)
+    };
+    for s in &path {
+        acc = node(&acc, s);
+    }
+    assert_eq!(acc, root);
+    let mut h = tagged(ROOT_TAG);
+    h.update(root.0);
+    h.update(root.1.to_be_bytes());
+    h.update((leaves.len() as u64).to_be_bytes());
+    (h.finalize().into(), root.1, path.len())
+}
+
+/// The tree with hashcore; the tree is returned so that freeing it is not timed (the sha2
+/// side does not own the accounts either).
+fn ours(accounts: Vec<Account>) -> ((Digest, u64, usize), LiabilitiesTree) {
+    let tree = LiabilitiesTree::build(accounts).unwrap();
+    let root = tree.root();
+    let proof = tree.proof(0).unwrap();
+    proof.verify(&root.hash_hex(), Some(root.total)).unwrap();
+    ((root.hash, root.total.to_sat(), proof.path.len()), tree)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map_or(1_000_000, |s| s.parse().unwrap());
+    let rounds: usize = std::env::args().nth(2).map_or(7, |s| s.parse().unwrap());
+    let list = accounts(n);
+    println!(
+        "liabilities tree: {n} accounts, {rounds} rounds, hashcore backend {}",
+        hashcore::Engine::auto().backend()
+    );
+    // Warm-up pair, which must agree.
+    let a = ours(list.clone()).0;
+    let b = sha2_tree(&list);
+    assert_eq!(a, b, "hashcore and sha2 disagree");
+    println!(
+        "root {} total {} sat, proof of {} siblings",
+        hex::encode(a.0),
+        a.1,
+        a.2
+    );
+    let (mut ours_s, mut sha2_s, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let input = list.clone();
+        let t = Instant::now();
+        let kept = black_box(ours(input));
+        let t_ours = t.elapsed().as_secs_f64();
+        drop(kept);
+        let t = Instant::now();
+        black_box(sha2_tree(&list));
+        let t_sha2 = t.elapsed().as_secs_f64();
+        ours_s.push(t_ours);
+        sha2_s.push(t_sha2);
+        ratios.push(t_sha2 / t_ours);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let (bo, bs) = (best(&ours_s), best(&sha2_s));
+    println!(
+        "hashcore: median {:.1} ms (best {:.1} ms)",
+        median(&mut ours_s) * 1e3,
+        bo * 1e3
+    );
+    println!(
+        "sha2:     median {:.1} ms (best {:.1} ms)",
+        median(&mut sha2_s) * 1e3,
+        bs * 1e3
+    );
+    println!(
+        "best/best {:.2}x speedup vs sha2: {:.2}x",
+        bs / bo,
+        median(&mut ratios)
+    );
+    // One phase apart: the commitments alone (single-stream tagged hashes), best of 3.
+    let (mut c_ours, mut c_sha2) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        let tag = hashcore::TaggedHash::new(ACCOUNT_TAG);
+        let t = Instant::now();
+        let a: Vec<Digest> = list
+            .iter()
+            .map(|a| {
+                tag.hasher()
+                    .chain(a.salt())
+                    .chain(a.id().as_str().as_bytes())
+                    .finalize()
+            })
+            .collect();
+        c_ours = c_ours.min(t.elapsed().as_secs_f64());
+        let tag2 = tagged(ACCOUNT_TAG);
+        let t = Instant::now();
+        let b: Vec<Digest> = list
+            .iter()
+            .map(|a| {
+                let mut h = tag2.clone();
+                h.update(a.salt());
+                h.update(a.id().as_str().as_bytes());
+                h.finalize().into()
+            })
+            .collect();
+        c_sha2 = c_sha2.min(t.elapsed().as_secs_f64());
+        assert_eq!(a, b);
+    }
+    println!(
+        "commitments only: hashcore {:.1} ms, sha2 {:.1} ms (best of 3)",
+        c_ours * 1e3,
+        c_sha2 * 1e3
+    );
+}
