@@ -313,6 +313,11 @@ impl Pkcs11Signer {
     /// non-extractable) under `config.key_label`, then opens it. Refuses when a key with that
     /// label already exists.
     pub fn generate(config: Pkcs11Config) -> Result<Self, HsmError> {
+        // One generation at a time in this process: the label check and the generation are
+        // then atomic here, and SoftHSM2's file store fails generations racing on one token
+        // (seen as CKR_GENERAL_ERROR). A key ceremony is rare; nothing waits long.
+        static GENERATE: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = lock(&GENERATE);
         let conn = connect(&config)?;
         let exists = find_key(&conn.session, ObjectClass::PRIVATE_KEY, &config)?.is_some()
             || find_key(&conn.session, ObjectClass::PUBLIC_KEY, &config)?.is_some();
