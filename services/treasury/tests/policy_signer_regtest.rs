@@ -13,13 +13,15 @@
 //! and verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::{node_config, officer, rpc, NET};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
 
-use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
-use bdk_wallet::bitcoin::secp256k1::{Secp256k1, SecretKey};
-use bdk_wallet::bitcoin::{Address, Amount, FeeRate, Network, Psbt};
+use bdk_wallet::bitcoin::secp256k1::SecretKey;
+use bdk_wallet::bitcoin::{Address, Amount, FeeRate, Psbt};
 use custody::ledger::Kind;
 use custody::request::State;
 use custody::vault::descriptor::with_checksum;
@@ -30,14 +32,13 @@ use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 use policies::approval::sign;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use regtest::{node_or_skip, RegtestNode};
+use regtest::node_or_skip;
 use serde_json::{json, Value};
 use treasury::signing::SigningError;
 use treasury::spend::{At, CreateSpend, SpendService};
 use treasury::store::LedgerStore;
-use treasury::vaults::{NodeAuth, NodeConfig, VaultService};
+use treasury::vaults::VaultService;
 
-const NET: Network = Network::Regtest;
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
 const PIN: &str = "2718";
@@ -49,23 +50,6 @@ fn approval_secret(person: &str) -> SecretKey {
         .position(|p| *p == person)
         .unwrap();
     SecretKey::from_slice(&[u8::try_from(n + 1).unwrap(); 32]).unwrap()
-}
-
-struct Officer {
-    public: String,
-    private: String,
-}
-
-fn officer(seed: u8) -> Officer {
-    let secp = Secp256k1::new();
-    let master = Xpriv::new_master(NET, &[seed; 32]).unwrap();
-    let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
-    let acct = master.derive_priv(&secp, &path).unwrap();
-    let fp = master.fingerprint(&secp);
-    Officer {
-        public: format!("[{fp}/48'/1'/0'/2']{}", Xpub::from_priv(&secp, &acct)),
-        private: format!("[{fp}/48'/1'/0'/2']{acct}"),
-    }
 }
 
 /// A fresh SoftHSM2 token directory with a token "reserve"; `None` when SoftHSM2 is missing and
@@ -102,11 +86,6 @@ fn softhsm(dir: &Path) -> Option<PathBuf> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(conf)
-}
-
-fn rpc(node: &RegtestNode, method: &str, params: &[Value]) -> Value {
-    node.rpc(method, params)
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,10 +171,7 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
         .assume_checked();
     node.mine_blocks(1, &addr).unwrap();
     node.mine_blocks(100, &node.new_address()).unwrap();
-    let node_cfg = NodeConfig {
-        url: node.rpc_url(),
-        auth: NodeAuth::Cookie(node.cookie_file()),
-    };
+    let node_cfg = node_config(&node);
     svc.vaults.sync("reserve", &node_cfg).await.unwrap();
     let before = svc.vaults.vaults.load("reserve").await.unwrap().balance();
     assert_eq!(before.confirmed, Amount::from_sat(50_0000_0000));

@@ -7,44 +7,25 @@
 //! not spoil a proof at H.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::{node_config, officer, private_descriptors, rpc, Faucet, Officer, NET};
 use std::str::FromStr;
 
-use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
 use bdk_wallet::bitcoin::psbt::Psbt;
-use bdk_wallet::bitcoin::secp256k1::Secp256k1;
-use bdk_wallet::bitcoin::{Address, Amount, BlockHash, Network, Transaction, Txid};
+use bdk_wallet::bitcoin::{Amount, BlockHash, Network, Transaction};
 use custody::reserves::file::{FinalProof, OutputMeta, ProofFile};
 use custody::reserves::{build_proof, finalize_proof, ProofMessage};
-use custody::vault::descriptor::with_checksum;
 use custody::vault::{Template, TemplateKey, VaultConfig, VaultDescriptor, VaultUtxo};
 use regtest::{node_or_skip, RegtestNode};
-use serde_json::{json, Value};
+use serde_json::json;
 use treasury::reserves_verify::{
     verify_reserves, verify_reserves_with, Problem, ReserveReport, SpendSearch, UtxoProblem,
 };
 use treasury::store::LedgerStore;
-use treasury::vaults::{NodeAuth, NodeConfig, VaultService};
+use treasury::vaults::VaultService;
 
-const NET: Network = Network::Regtest;
 const GAP: u32 = 30;
-
-struct Officer {
-    public: String,
-    private: String,
-}
-
-fn officer(seed: u8) -> Officer {
-    let secp = Secp256k1::new();
-    let master = Xpriv::new_master(NET, &[seed; 32]).unwrap();
-    let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
-    let acct = master.derive_priv(&secp, &path).unwrap();
-    let xpub = Xpub::from_priv(&secp, &acct);
-    let fp = master.fingerprint(&secp);
-    Officer {
-        public: format!("[{fp}/48'/1'/0'/2']{xpub}"),
-        private: format!("[{fp}/48'/1'/0'/2']{acct}"),
-    }
-}
 
 fn wsh_2_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
     let o = [officer(seed), officer(seed + 1), officer(seed + 2)];
@@ -61,79 +42,6 @@ fn wsh_2_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
 
 fn public_descriptors(d: &VaultDescriptor) -> Vec<String> {
     vec![d.external_string(), d.internal_string()]
-}
-
-fn private_descriptors(d: &VaultDescriptor, signers: &[&Officer]) -> Vec<String> {
-    public_descriptors(d)
-        .iter()
-        .map(|s| {
-            let mut body = s.split('#').next().unwrap().to_string();
-            for o in signers {
-                body = body.replace(&o.public, &o.private);
-            }
-            with_checksum(&body)
-        })
-        .collect()
-}
-
-fn rpc(node: &RegtestNode, method: &str, params: &[Value]) -> Value {
-    node.rpc(method, params)
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
-/// Pays from fresh keys funded by mature coinbases, with Core's RPCs only.
-struct Faucet {
-    wif: String,
-    coins: Vec<(Txid, Amount)>,
-}
-
-impl Faucet {
-    fn new(node: &RegtestNode, coins: usize) -> Faucet {
-        let (key, addr) = node.new_key();
-        let hashes = node.mine_blocks(coins as u64, &addr).unwrap();
-        node.mine_blocks(100, &node.new_address()).unwrap();
-        let coins = hashes
-            .iter()
-            .map(|h| {
-                let block = rpc(node, "getblock", &[json!(h.to_string()), json!(2)]);
-                let tx = &block["tx"][0];
-                (
-                    Txid::from_str(tx["txid"].as_str().unwrap()).unwrap(),
-                    Amount::from_btc(tx["vout"][0]["value"].as_f64().unwrap()).unwrap(),
-                )
-            })
-            .collect();
-        Faucet {
-            wif: key.to_wif(),
-            coins,
-        }
-    }
-
-    fn pay(&mut self, node: &RegtestNode, to: &Address, amount: Amount) {
-        let (txid, value) = self.coins.pop().expect("faucet is empty");
-        let (_, change) = node.new_key();
-        let fee = Amount::from_sat(2_000);
-        let outputs = json!([
-            { to.to_string(): amount.to_btc() },
-            { change.to_string(): (value - amount - fee).to_btc() },
-        ]);
-        let psbt = rpc(
-            node,
-            "createpsbt",
-            &[json!([{"txid": txid.to_string(), "vout": 0}]), outputs],
-        );
-        let desc = with_checksum(&format!("wpkh({})", self.wif));
-        let psbt = rpc(node, "utxoupdatepsbt", &[psbt, json!([desc.clone()])]);
-        let signed = rpc(node, "descriptorprocesspsbt", &[psbt, json!([desc])]);
-        rpc(node, "sendrawtransaction", &[signed["hex"].clone()]);
-    }
-}
-
-fn node_config(node: &RegtestNode) -> NodeConfig {
-    NodeConfig {
-        url: node.rpc_url(),
-        auth: NodeAuth::Cookie(node.cookie_file()),
-    }
 }
 
 /// Core checks the proof PSBT (`decodepsbt` sees the 0x09 field), then two officers sign it

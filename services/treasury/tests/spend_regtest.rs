@@ -11,11 +11,14 @@
 //! 5 BTC / 30 d.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{rpc, Faucet, NET};
 use std::str::FromStr;
 
 use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
 use bdk_wallet::bitcoin::secp256k1::{Secp256k1, SecretKey};
-use bdk_wallet::bitcoin::{Address, Amount, BlockHash, FeeRate, Network, Txid};
+use bdk_wallet::bitcoin::{Address, Amount, FeeRate, Txid};
 use custody::request::{RequestError, State};
 use custody::vault::descriptor::with_checksum;
 use custody::vault::spend::{FeeCaps, Payment};
@@ -33,7 +36,6 @@ use treasury::spend::{At, CreateSpend, SpendService, SpendServiceError};
 use treasury::store::LedgerStore;
 use treasury::vaults::{NodeAuth, NodeConfig, VaultService};
 
-const NET: Network = Network::Regtest;
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
 const T0: i64 = 1_800_000_000_000;
 const HOUR: i64 = 3_600_000;
@@ -94,60 +96,6 @@ fn officer_strings(seed: u8) -> (String, String) {
 
 fn officer_key(seed: u8) -> TemplateKey {
     TemplateKey::parse(&officer_strings(seed).0).unwrap()
-}
-
-fn rpc(node: &RegtestNode, method: &str, params: &[Value]) -> Value {
-    node.rpc(method, params)
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
-/// Pays from mature coinbases with Core's RPCs only.
-struct Faucet {
-    wif: String,
-    coins: Vec<(Txid, Amount)>,
-}
-
-impl Faucet {
-    fn new(node: &RegtestNode, coins: usize) -> Faucet {
-        let (key, addr) = node.new_key();
-        let hashes = node.mine_blocks(coins as u64, &addr).unwrap();
-        node.mine_blocks(100, &node.new_address()).unwrap();
-        let coins = hashes.iter().map(|h| coinbase(node, h)).collect();
-        Faucet {
-            wif: key.to_wif(),
-            coins,
-        }
-    }
-
-    fn pay(&mut self, node: &RegtestNode, to: &Address, amount: Amount) {
-        let (txid, value) = self.coins.pop().expect("faucet is empty");
-        let (_, change) = node.new_key();
-        let fee = Amount::from_sat(2_000);
-        let outputs = json!([
-            { to.to_string(): amount.to_btc() },
-            { change.to_string(): (value - amount - fee).to_btc() },
-        ]);
-        let psbt = rpc(
-            node,
-            "createpsbt",
-            &[json!([{"txid": txid.to_string(), "vout": 0}]), outputs],
-        );
-        let desc = with_checksum(&format!("wpkh({})", self.wif));
-        let psbt = rpc(node, "utxoupdatepsbt", &[psbt, json!([desc.clone()])]);
-        let signed = rpc(node, "descriptorprocesspsbt", &[psbt, json!([desc])]);
-        let hex = signed["hex"].as_str().unwrap().to_string();
-        rpc(node, "sendrawtransaction", &[json!(hex)]);
-    }
-}
-
-fn coinbase(node: &RegtestNode, hash: &BlockHash) -> (Txid, Amount) {
-    let block = rpc(node, "getblock", &[json!(hash.to_string()), json!(2)]);
-    let tx = &block["tx"][0];
-    let value = tx["vout"][0]["value"].as_f64().unwrap();
-    (
-        Txid::from_str(tx["txid"].as_str().unwrap()).unwrap(),
-        Amount::from_btc(value).unwrap(),
-    )
 }
 
 struct World<'a> {

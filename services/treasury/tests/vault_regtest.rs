@@ -5,17 +5,18 @@
 //! the vault follows; reorgs; reservations; the recovery path; a node that is down.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
 use bdk_wallet::bitcoin::consensus::encode::serialize_hex;
 use bdk_wallet::bitcoin::psbt::Psbt;
 use bdk_wallet::bitcoin::secp256k1::Secp256k1;
-use bdk_wallet::bitcoin::{Address, Amount, BlockHash, FeeRate, Network, OutPoint, Txid};
+use bdk_wallet::bitcoin::{Address, Amount, FeeRate, OutPoint};
+use common::{node_config, officer, private_descriptors, rpc, Faucet, Officer, NET};
 use custody::vault::combine;
-use custody::vault::descriptor::with_checksum;
 use custody::vault::spend::{self, FeeCaps, Payment, SpendError, SpendPath, SpendRequest};
 use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultEvent};
 use rand::rngs::StdRng;
@@ -23,45 +24,10 @@ use rand::SeedableRng;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
 use treasury::store::LedgerStore;
-use treasury::vaults::{NodeAuth, NodeConfig, OpError, SyncError, VaultService, VaultStoreError};
-
-const NET: Network = Network::Regtest;
-
-/// An officer: master key, account key text `[fp/48'/1'/0'/2']tpub`, and the same with tprv.
-struct Officer {
-    public: String,
-    private: String,
-}
-
-fn officer(seed: u8) -> Officer {
-    let secp = Secp256k1::new();
-    let master = Xpriv::new_master(NET, &[seed; 32]).unwrap();
-    let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
-    let acct = master.derive_priv(&secp, &path).unwrap();
-    let xpub = Xpub::from_priv(&secp, &acct);
-    let fp = master.fingerprint(&secp);
-    Officer {
-        public: format!("[{fp}/48'/1'/0'/2']{xpub}"),
-        private: format!("[{fp}/48'/1'/0'/2']{acct}"),
-    }
-}
+use treasury::vaults::{OpError, SyncError, VaultService, VaultStoreError};
 
 fn tkey(o: &Officer) -> TemplateKey {
     TemplateKey::parse(&o.public).unwrap()
-}
-
-/// The vault's two descriptors with `signers`' public keys replaced by their private keys.
-fn private_descriptors(d: &custody::vault::VaultDescriptor, signers: &[&Officer]) -> Vec<String> {
-    [d.external_string(), d.internal_string()]
-        .iter()
-        .map(|s| {
-            let mut body = s.split('#').next().unwrap().to_string();
-            for o in signers {
-                body = body.replace(&o.public, &o.private);
-            }
-            with_checksum(&body)
-        })
-        .collect()
 }
 
 /// Signs a PSBT with `signers`' private keys through Core's `descriptorprocesspsbt`.
@@ -104,13 +70,6 @@ async fn funded_vault(
     svc
 }
 
-fn node_config(node: &RegtestNode) -> NodeConfig {
-    NodeConfig {
-        url: node.rpc_url(),
-        auth: NodeAuth::Cookie(node.cookie_file()),
-    }
-}
-
 async fn sqlite_service(dir: &tempfile::TempDir) -> VaultService {
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     VaultService::new(LedgerStore::open(&url).await.unwrap())
@@ -128,65 +87,6 @@ async fn postgres_service(test: &str) -> Option<VaultService> {
             .await
             .unwrap(),
     ))
-}
-
-fn rpc(node: &RegtestNode, method: &str, params: &[Value]) -> Value {
-    node.rpc(method, params)
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
-/// Pays `amount` to `to` from a fresh key funded by a mature coinbase, with Core's RPCs only
-/// (createpsbt, utxoupdatepsbt, descriptorprocesspsbt, finalizepsbt, sendrawtransaction).
-struct Faucet {
-    wif: String,
-    coins: Vec<(Txid, Amount)>,
-}
-
-impl Faucet {
-    fn new(node: &RegtestNode, coins: usize) -> Faucet {
-        let (key, addr) = node.new_key();
-        let hashes = node.mine_blocks(coins as u64, &addr).unwrap();
-        node.mine_blocks(100, &node.new_address()).unwrap();
-        let coins = hashes.iter().map(|h| coinbase(node, h)).collect();
-        Faucet {
-            wif: key.to_wif(),
-            coins,
-        }
-    }
-
-    fn pay(&mut self, node: &RegtestNode, to: &Address, amount: Amount) -> Txid {
-        let (txid, value) = self.coins.pop().expect("faucet is empty");
-        let (_, change) = node.new_key();
-        let fee = Amount::from_sat(2_000);
-        let outputs = json!([
-            { to.to_string(): amount.to_btc() },
-            { change.to_string(): (value - amount - fee).to_btc() },
-        ]);
-        let psbt = rpc(
-            node,
-            "createpsbt",
-            &[json!([{"txid": txid.to_string(), "vout": 0}]), outputs],
-        );
-        let desc = with_checksum(&format!("wpkh({})", self.wif));
-        let psbt = rpc(node, "utxoupdatepsbt", &[psbt, json!([desc.clone()])]);
-        let signed = rpc(node, "descriptorprocesspsbt", &[psbt, json!([desc])]);
-        let hex = signed["hex"]
-            .as_str()
-            .expect("faucet tx complete")
-            .to_string();
-        let sent = rpc(node, "sendrawtransaction", &[json!(hex)]);
-        Txid::from_str(sent.as_str().unwrap()).unwrap()
-    }
-}
-
-fn coinbase(node: &RegtestNode, hash: &BlockHash) -> (Txid, Amount) {
-    let block = rpc(node, "getblock", &[json!(hash.to_string()), json!(2)]);
-    let tx = &block["tx"][0];
-    let value = tx["vout"][0]["value"].as_f64().unwrap();
-    (
-        Txid::from_str(tx["txid"].as_str().unwrap()).unwrap(),
-        Amount::from_btc(value).unwrap(),
-    )
 }
 
 fn templates(policy: &Officer) -> Vec<Template> {

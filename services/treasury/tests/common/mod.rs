@@ -1,0 +1,126 @@
+//! Helpers shared by the regtest integration tests: officers' keys from seeds, Core RPC calls,
+//! a faucet paying from mature coinbases with Core's RPCs only, and the node configuration.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::str::FromStr;
+
+use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
+use bdk_wallet::bitcoin::secp256k1::Secp256k1;
+use bdk_wallet::bitcoin::{Address, Amount, BlockHash, Network, Txid};
+use custody::vault::descriptor::with_checksum;
+use regtest::RegtestNode;
+use serde_json::{json, Value};
+use treasury::vaults::{NodeAuth, NodeConfig};
+
+/// The network of every regtest test.
+pub const NET: Network = Network::Regtest;
+
+/// An officer: master key, account key text `[fp/48'/1'/0'/2']tpub`, and the same with tprv.
+pub struct Officer {
+    /// `[fp/48'/1'/0'/2']tpub...`
+    pub public: String,
+    /// `[fp/48'/1'/0'/2']tprv...`
+    pub private: String,
+}
+
+pub fn officer(seed: u8) -> Officer {
+    let secp = Secp256k1::new();
+    let master = Xpriv::new_master(NET, &[seed; 32]).unwrap();
+    let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
+    let acct = master.derive_priv(&secp, &path).unwrap();
+    let xpub = Xpub::from_priv(&secp, &acct);
+    let fp = master.fingerprint(&secp);
+    Officer {
+        public: format!("[{fp}/48'/1'/0'/2']{xpub}"),
+        private: format!("[{fp}/48'/1'/0'/2']{acct}"),
+    }
+}
+
+/// The vault's two descriptors with `signers`' public keys replaced by their private keys.
+pub fn private_descriptors(
+    d: &custody::vault::VaultDescriptor,
+    signers: &[&Officer],
+) -> Vec<String> {
+    [d.external_string(), d.internal_string()]
+        .iter()
+        .map(|s| {
+            let mut body = s.split('#').next().unwrap().to_string();
+            for o in signers {
+                body = body.replace(&o.public, &o.private);
+            }
+            with_checksum(&body)
+        })
+        .collect()
+}
+
+pub fn node_config(node: &RegtestNode) -> NodeConfig {
+    NodeConfig {
+        url: node.rpc_url(),
+        auth: NodeAuth::Cookie(node.cookie_file()),
+    }
+}
+
+pub fn rpc(node: &RegtestNode, method: &str, params: &[Value]) -> Value {
+    node.rpc(method, params)
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+/// Pays `amount` to `to` from a fresh key funded by a mature coinbase, with Core's RPCs only
+/// (createpsbt, utxoupdatepsbt, descriptorprocesspsbt, finalizepsbt, sendrawtransaction).
+pub struct Faucet {
+    wif: String,
+    coins: Vec<(Txid, Amount)>,
+}
+
+impl Faucet {
+    pub fn new(node: &RegtestNode, coins: usize) -> Faucet {
+        let (key, addr) = node.new_key();
+        let hashes = node.mine_blocks(coins as u64, &addr).unwrap();
+        node.mine_blocks(100, &node.new_address()).unwrap();
+        let coins = hashes.iter().map(|h| coinbase(node, h)).collect();
+        Faucet {
+            wif: key.to_wif(),
+            coins,
+        }
+    }
+
+    pub fn pay(&mut self, node: &RegtestNode, to: &Address, amount: Amount) -> Txid {
+        let (txid, value) = self.coins.pop().expect("faucet is empty");
+        let (_, change) = node.new_key();
+        let fee = Amount::from_sat(2_000);
+        let outputs = json!([
+            { to.to_string(): amount.to_btc() },
+            { change.to_string(): (value - amount - fee).to_btc() },
+        ]);
+        let psbt = rpc(
+            node,
+            "createpsbt",
+            &[json!([{"txid": txid.to_string(), "vout": 0}]), outputs],
+        );
+        let desc = with_checksum(&format!("wpkh({})", self.wif));
+        let psbt = rpc(node, "utxoupdatepsbt", &[psbt, json!([desc.clone()])]);
+        let signed = rpc(node, "descriptorprocesspsbt", &[psbt, json!([desc])]);
+        let hex = signed["hex"]
+            .as_str()
+            .expect("faucet tx complete")
+            .to_string();
+        let sent = rpc(node, "sendrawtransaction", &[json!(hex)]);
+        Txid::from_str(sent.as_str().unwrap()).unwrap()
+    }
+}
+
+pub fn coinbase(node: &RegtestNode, hash: &BlockHash) -> (Txid, Amount) {
+    let block = rpc(node, "getblock", &[json!(hash.to_string()), json!(2)]);
+    let tx = &block["tx"][0];
+    let value = tx["vout"][0]["value"].as_f64().unwrap();
+    (
+        Txid::from_str(tx["txid"].as_str().unwrap()).unwrap(),
+        Amount::from_btc(value).unwrap(),
+    )
+}
