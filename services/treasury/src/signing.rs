@@ -113,6 +113,27 @@ pub struct SignedPsbt {
     pub signatures: usize,
 }
 
+/// Stores `psbt` as request `id`'s signed PSBT, provided it still holds the `before`
+/// signatures it was read with (another writer's update makes the write a conflict).
+fn signed_psbt_write(id: &str, psbt: &Psbt, before: usize, at: At) -> Write {
+    Write::new(
+        "INSERT INTO spend_signed_psbts (request_id, psbt, signatures, updated_ms) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO UPDATE SET psbt = $2, \
+         signatures = $3, updated_ms = $4 WHERE spend_signed_psbts.signatures = $5",
+        vec![
+            SqlValue::Text(id.to_owned()),
+            SqlValue::Text(psbt.to_string()),
+            SqlValue::Int(i64::try_from(count_signatures(psbt)).unwrap_or(i64::MAX)),
+            SqlValue::Int(at.now_ms),
+            SqlValue::Int(i64::try_from(before).unwrap_or(i64::MAX)),
+        ],
+    )
+    .exactly(
+        1,
+        "the request's psbt was changed by another writer; try again",
+    )
+}
+
 fn count_signatures(psbt: &Psbt) -> usize {
     psbt.inputs
         .iter()
@@ -153,22 +174,7 @@ impl SpendService {
         actor: &str,
         at: At,
     ) -> Result<()> {
-        let upsert = Write::new(
-            "INSERT INTO spend_signed_psbts (request_id, psbt, signatures, updated_ms) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO UPDATE SET psbt = $2, \
-             signatures = $3, updated_ms = $4 WHERE spend_signed_psbts.signatures = $5",
-            vec![
-                SqlValue::Text(id.to_owned()),
-                SqlValue::Text(psbt.to_string()),
-                SqlValue::Int(i64::try_from(count_signatures(psbt)).unwrap_or(i64::MAX)),
-                SqlValue::Int(at.now_ms),
-                SqlValue::Int(i64::try_from(before).unwrap_or(i64::MAX)),
-            ],
-        )
-        .exactly(
-            1,
-            "the request's psbt was changed by another writer; try again",
-        );
+        let upsert = signed_psbt_write(id, psbt, before, at);
         let draft = ledger_record(Kind::Signature, actor, &body, at.now_ms)?;
         self.vaults
             .ledger
@@ -392,22 +398,7 @@ impl SpendService {
             "policy": sig.policy.to_string(), "amount_sat": sig.amount.to_sat(),
             "tier": sig.tier, "counted": sig.counted,
         });
-        let upsert = Write::new(
-            "INSERT INTO spend_signed_psbts (request_id, psbt, signatures, updated_ms) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO UPDATE SET psbt = $2, \
-             signatures = $3, updated_ms = $4 WHERE spend_signed_psbts.signatures = $5",
-            vec![
-                SqlValue::Text(id.to_owned()),
-                SqlValue::Text(psbt.to_string()),
-                SqlValue::Int(i64::try_from(count_signatures(&psbt)).unwrap_or(i64::MAX)),
-                SqlValue::Int(at.now_ms),
-                SqlValue::Int(i64::try_from(current.signatures).unwrap_or(i64::MAX)),
-            ],
-        )
-        .exactly(
-            1,
-            "the request's psbt was changed by another writer; try again",
-        );
+        let upsert = signed_psbt_write(id, &psbt, current.signatures, at);
         let record = Write::new(
             "INSERT INTO spend_policy_signatures (request_id, txid, key, signed_ms) \
              VALUES ($1, $2, $3, $4)",
