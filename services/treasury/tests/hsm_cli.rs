@@ -3,6 +3,9 @@
 //! installed, unless `TREASURY_REQUIRE_SOFTHSM=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::softhsm_token;
 use std::path::Path;
 use std::process::Command;
 use std::str::FromStr;
@@ -15,48 +18,10 @@ use serde_json::Value;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
-fn token(dir: &Path) -> Option<std::path::PathBuf> {
-    if !Path::new(MODULE).exists() {
-        regtest::skip_or_fail("softhsm", "hsm_cli", &format!("{MODULE} is missing"));
-        return None;
-    }
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "reserve",
-            "--pin",
-            "1234",
-            "--so-pin",
-            "5678",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(conf)
-}
-
 #[test]
 fn key_ceremony_attests_lists_and_feeds_a_vault() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(conf) = token(dir.path()) else {
+    let Some(conf) = softhsm_token(dir.path(), "hsm_cli", "1234") else {
         return;
     };
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
@@ -154,7 +119,7 @@ fn verify_der(digest: [u8; 32], der_hex: &str, key: &str) {
 fn hsm_checkpoint_key_signs_checkpoints_that_verify_and_audit() {
     use custody::ledger::{SignatureKind, VerifierKey};
     let dir = tempfile::tempdir().unwrap();
-    let Some(conf) = token(dir.path()) else {
+    let Some(conf) = softhsm_token(dir.path(), "hsm_cli", "1234") else {
         return;
     };
     let db = format!("sqlite://{}", dir.path().join("t.db").display());

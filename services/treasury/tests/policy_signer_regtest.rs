@@ -15,8 +15,7 @@
 
 mod common;
 
-use common::{node_config, officer, rpc, NET};
-use std::path::{Path, PathBuf};
+use common::{node_config, officer, rpc, softhsm_token, NET};
 use std::process::Command;
 use std::str::FromStr;
 
@@ -52,49 +51,13 @@ fn approval_secret(person: &str) -> SecretKey {
     SecretKey::from_slice(&[u8::try_from(n + 1).unwrap(); 32]).unwrap()
 }
 
-/// A fresh SoftHSM2 token directory with a token "reserve"; `None` when SoftHSM2 is missing and
-/// not required.
-fn softhsm(dir: &Path) -> Option<PathBuf> {
-    if !Path::new(MODULE).exists() {
-        regtest::skip_or_fail(
-            "softhsm",
-            "policy_signer_regtest",
-            &format!("{MODULE} is missing"),
-        );
-        return None;
-    }
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", "reserve", "--pin", PIN])
-        .args(["--so-pin", "31415"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(conf)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     let Some(node) = node_or_skip("approved_request_to_confirmed_transaction") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let Some(conf) = softhsm(dir.path()) else {
+    let Some(conf) = softhsm_token(dir.path(), "policy_signer_regtest", PIN) else {
         return;
     };
     // Before the first C_Initialize of this process (the only test of this binary).

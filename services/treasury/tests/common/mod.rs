@@ -124,3 +124,39 @@ pub fn coinbase(node: &RegtestNode, hash: &BlockHash) -> (Txid, Amount) {
         Amount::from_btc(value).unwrap(),
     )
 }
+
+/// Debian's SoftHSM2 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A fresh SoftHSM2 token directory under `dir` with our own configuration (never a system
+/// token) and one token labelled `reserve` with user PIN `pin`; returns the configuration
+/// file. `None` (with a printed reason) when SoftHSM2 is missing and not required.
+pub fn softhsm_token(dir: &std::path::Path, test: &str, pin: &str) -> Option<std::path::PathBuf> {
+    if !std::path::Path::new(SOFTHSM_MODULE).exists() {
+        regtest::skip_or_fail("softhsm", test, &format!("{SOFTHSM_MODULE} is missing"));
+        return None;
+    }
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", "reserve", "--pin", pin])
+        .args(["--so-pin", "5678"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(conf)
+}
