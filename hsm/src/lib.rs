@@ -32,7 +32,9 @@ use bitcoin::taproot::TapLeafHash;
 pub use error::HsmError;
 pub use keystore::{KdfParams, SoftwareKeystore, APPROVAL_KEY_PATH, KEYSTORE_VERSION};
 pub use pkcs11::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
-pub use policy_signer::{PolicySignature, PolicySigner, PolicySignerError, SpendAuthorization};
+pub use policy_signer::{
+    PolicySignature, PolicySigner, PolicySignerError, ProofSignature, SpendAuthorization,
+};
 
 /// A public key a signer holds, as it appears in a descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]

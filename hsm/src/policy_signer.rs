@@ -32,7 +32,16 @@
 //! expiry), the initiator's identity (separation of duties), and spends signed before its records
 //! began ([`PolicySigner::record_signed`] seeds them from the ledger at start).
 //!
-//! Reserve proofs (BIP-127) are refused here: they go through the proof path of issue 7.
+//! Reserve proofs (BIP-127) are refused by the spend path ([`PolicySigner::sign`]) and take
+//! their own path, [`PolicySigner::sign_proof`], under the policy's reserve-proof rule: no
+//! spend approvals, not blocked by a freeze (auditing goes on during an incident), but the
+//! signer checks the proof's shape itself with [`policies::proof::check_proof_shape`] and
+//! refuses anything that could be broadcast: a real outpoint in position 0, a commitment that
+//! does not match the message in the PSBT, a second output or a spendable one, any fee, any
+//! sighash type but `ALL`, a message for another network, an input outside its vaults. A
+//! well-formed proof spends an outpoint that does not exist (its txid is a hash of the
+//! message), so a signature over it can never move a coin; what the proof proves still needs
+//! the officers' quorum, which the vault's script demands (ADR 0009).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -48,6 +57,7 @@ use policies::evaluate::{
 };
 use policies::freeze::{AdminSignature, FreezeError, FreezeOrder, FreezeState};
 use policies::governance::{activate, Activation, ChangeOrder, GovernanceError};
+use policies::proof::{check_proof_shape, message_network, ProofError, PSBT_IN_POR_COMMITMENT};
 use policies::{Policy, PolicyHash};
 
 use crate::{HeldKey, HsmError, SignReport, Signer};
@@ -128,6 +138,9 @@ pub enum PolicySignerError {
     /// Not a spend this signer handles (e.g. a reserve proof).
     #[error("not a spend request: {0}")]
     NotASpend(String),
+    /// Asked to sign a reserve proof that is not a well-formed, unbroadcastable proof.
+    #[error("not a well-formed reserve proof: {0}")]
+    NotAProof(#[from] ProofError),
     /// The policy key signed no input.
     #[error("the policy key signs no input of this transaction")]
     NothingSigned,
@@ -246,6 +259,29 @@ pub struct PolicySignature {
     pub tier: Option<String>,
     /// The people whose approvals counted.
     pub counted: Vec<String>,
+    /// When (Unix ms, the signer's clock).
+    pub at_ms: i64,
+}
+
+/// A reserve proof the policy key signed: the record for the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofSignature {
+    /// The signer's id.
+    pub signer: String,
+    /// The policy key, as in descriptors.
+    pub key: String,
+    /// The proof request.
+    pub request_id: String,
+    /// The proof transaction's (unsigned) txid.
+    pub txid: Txid,
+    /// The inputs signed.
+    pub inputs: Vec<usize>,
+    /// The amount the proof would prove (the sum of the real inputs).
+    pub amount: Amount,
+    /// The commitment hash of the message (hex), naming what was signed.
+    pub commitment: String,
+    /// The policy version in force when it signed.
+    pub policy: PolicyHash,
     /// When (Unix ms, the signer's clock).
     pub at_ms: i64,
 }
@@ -641,6 +677,109 @@ impl<S: Signer> PolicySigner<S> {
         })
     }
 
+    /// Checks that `psbt` is a well-formed reserve proof this key may sign, without signing:
+    /// input 0 carries `PSBT_IN_POR_COMMITMENT` and the message there is for the signer's
+    /// network; the shape holds for exactly that message ([`check_proof_shape`]: commitment
+    /// outpoint in position 0 and empty, one `OP_RETURN` output, zero fee, `SIGHASH_ALL` only);
+    /// every real input spends a script of a vault the signer cosigns for, at the index its
+    /// key paths state. Returns the amount the proof would prove.
+    ///
+    /// # Errors
+    /// [`PolicySignerError::NotAProof`] naming the shape violation,
+    /// [`PolicySignerError::Input`] for an input outside the signer's vaults.
+    pub fn check_proof(&self, psbt: &Psbt) -> Result<Amount, PolicySignerError> {
+        let message = psbt
+            .inputs
+            .first()
+            .and_then(|i| {
+                i.unknown
+                    .iter()
+                    .find(|(k, _)| k.type_value == PSBT_IN_POR_COMMITMENT)
+                    .map(|(_, v)| v.clone())
+            })
+            .ok_or(ProofError::MissingCommitmentField)?;
+        let network = message_network(&message)?;
+        if network != self.network {
+            return Err(ProofError::Message(format!(
+                "the message is for {network}, the signer is on {}",
+                self.network
+            ))
+            .into());
+        }
+        let amount = check_proof_shape(psbt, &message)?;
+        for (i, input) in psbt.inputs.iter().enumerate().skip(1) {
+            let spk = input
+                .witness_utxo
+                .as_ref()
+                .map(|u| &u.script_pubkey)
+                .ok_or_else(|| PolicySignerError::Input {
+                    input: i,
+                    reason: "missing witness_utxo".to_owned(),
+                })?;
+            let idx = indices(
+                input.bip32_derivation.values(),
+                input.tap_key_origins.values().map(|(_, s)| s),
+            );
+            let ours = self.vaults.values().any(|v| {
+                [&v.external, &v.internal]
+                    .iter()
+                    .any(|d| idx.iter().any(|&n| derives_to(d, n, spk)))
+            });
+            if !ours {
+                return Err(PolicySignerError::Input {
+                    input: i,
+                    reason: "does not spend a script of a vault the policy key cosigns for"
+                        .to_owned(),
+                });
+            }
+        }
+        Ok(amount)
+    }
+
+    /// Checks (see [`PolicySigner::check_proof`]) and, when the PSBT is a well-formed proof,
+    /// adds the policy key's signatures (all-or-nothing; the PSBT is untouched on a refusal).
+    ///
+    /// # Errors
+    /// As [`PolicySigner::check_proof`]; [`PolicySignerError::NothingSigned`] when the key is
+    /// in no input; [`PolicySignerError::Signer`] when the key fails.
+    pub fn sign_proof(
+        &mut self,
+        psbt: &mut Psbt,
+        request_id: &str,
+        now_ms: i64,
+    ) -> Result<ProofSignature, PolicySignerError> {
+        let amount = self.check_proof(psbt)?;
+        let mut copy = psbt.clone();
+        let report: SignReport = self.key.sign_psbt(&mut copy)?;
+        if report.is_empty() {
+            return Err(PolicySignerError::NothingSigned);
+        }
+        // The signatures made must pass the same shape check (SIGHASH_ALL only).
+        self.check_proof(&copy)?;
+        let commitment = copy
+            .inputs
+            .first()
+            .and_then(|i| {
+                i.unknown
+                    .iter()
+                    .find(|(k, _)| k.type_value == PSBT_IN_POR_COMMITMENT)
+            })
+            .map(|(_, v)| hex::encode(policies::proof::commitment_hash(v)))
+            .unwrap_or_default();
+        *psbt = copy;
+        Ok(ProofSignature {
+            signer: self.key.id().to_owned(),
+            key: self.key_text.clone(),
+            request_id: request_id.to_owned(),
+            txid: psbt.unsigned_tx.compute_txid(),
+            inputs: report.inputs(),
+            amount,
+            commitment,
+            policy: self.policy.hash(),
+            at_ms: now_ms,
+        })
+    }
+
     fn history_with_own(&self, vault: &str, request: &str, given: &[PastSpend]) -> Vec<PastSpend> {
         let mut by_id: BTreeMap<String, PastSpend> = given
             .iter()
@@ -798,9 +937,11 @@ fn ignored_text(i: &Ignored) -> String {
 
 /// Whether input 0 carries a PSBT_IN_POR_COMMITMENT (BIP-127, input key type 0x09).
 fn psbt_is_reserve_proof(psbt: &Psbt) -> bool {
-    psbt.inputs
-        .first()
-        .is_some_and(|i| i.unknown.keys().any(|k| k.type_value == 0x09))
+    psbt.inputs.first().is_some_and(|i| {
+        i.unknown
+            .keys()
+            .any(|k| k.type_value == PSBT_IN_POR_COMMITMENT)
+    })
 }
 
 /// The normal child indices that end the key paths of an input or output.

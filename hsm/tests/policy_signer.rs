@@ -676,3 +676,200 @@ fn refuses_a_vault_without_the_policy_key_and_a_reserve_proof() {
     let err = f.signer.sign(&mut p, &a, NOW, TIP).unwrap_err();
     assert!(matches!(err, PolicySignerError::NotASpend(_)), "{err}");
 }
+
+/// A BIP-127 proof PSBT over the same two vault coins `psbt` spends, for `message`.
+fn proof_psbt(f: &Fixture, message: &str) -> Psbt {
+    use policies::proof::{
+        commitment_outpoint, commitment_prevout, proof_output_script, PSBT_IN_POR_COMMITMENT,
+    };
+    let spend = small(f);
+    let msg = message.as_bytes();
+    let mut input = vec![TxIn {
+        previous_output: commitment_outpoint(msg),
+        script_sig: ScriptBuf::new(),
+        sequence: Sequence::MAX,
+        witness: Witness::new(),
+    }];
+    input.extend(spend.unsigned_tx.input.iter().map(|i| TxIn {
+        sequence: Sequence::MAX,
+        ..i.clone()
+    }));
+    let total: Amount = spend
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.as_ref().unwrap().value)
+        .sum();
+    let tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input,
+        output: vec![TxOut {
+            value: total,
+            script_pubkey: proof_output_script(msg),
+        }],
+    };
+    let mut p = Psbt::from_unsigned_tx(tx).unwrap();
+    p.inputs[0].unknown.insert(
+        bitcoin::psbt::raw::Key {
+            type_value: PSBT_IN_POR_COMMITMENT,
+            key: Vec::new(),
+        },
+        msg.to_vec(),
+    );
+    p.inputs[0].witness_utxo = Some(commitment_prevout());
+    for (i, src) in spend.inputs.iter().enumerate() {
+        p.inputs[i + 1] = src.clone();
+    }
+    p
+}
+
+const PROOF_MESSAGE: &str = "strategic-reserve proof of reserves v1\nnetwork: regtest\nheight: 1";
+
+fn no_signatures(p: &Psbt) -> bool {
+    p.inputs.iter().all(|i| i.partial_sigs.is_empty())
+}
+
+#[test]
+fn signs_a_well_formed_proof_and_refuses_one_that_could_be_broadcast() {
+    use policies::proof::{commitment_outpoint, ProofError};
+    let Some(mut f) = fixture("policy-proof") else {
+        return;
+    };
+    let good = proof_psbt(&f, PROOF_MESSAGE);
+    assert_eq!(
+        f.signer.check_proof(&good).unwrap(),
+        Amount::from_sat(300 * BTC)
+    );
+
+    // Each way a "proof" could be broadcast (or lifted into a spend) is refused, naming the
+    // reason, and the PSBT stays unsigned.
+    let refuse = |f: &mut Fixture, mut p: Psbt| -> PolicySignerError {
+        let err = f.signer.sign_proof(&mut p, "por-bad", NOW).unwrap_err();
+        assert!(no_signatures(&p), "{err}");
+        err
+    };
+    let not_a_proof = |e: &PolicySignerError| match e {
+        PolicySignerError::NotAProof(p) => p.clone(),
+        other => panic!("expected a shape refusal, got {other}"),
+    };
+
+    // A real outpoint in position 0: a vault coin instead of the commitment.
+    let mut p = good.clone();
+    p.unsigned_tx.input[0].previous_output = p.unsigned_tx.input[1].previous_output;
+    let e = refuse(&mut f, p);
+    assert!(
+        matches!(not_a_proof(&e), ProofError::NotACommitment { .. }),
+        "{e}"
+    );
+    // A second output.
+    let mut p = good.clone();
+    p.unsigned_tx.output[0].value -= Amount::from_sat(10_000);
+    p.unsigned_tx.output.push(TxOut {
+        value: Amount::from_sat(10_000),
+        script_pubkey: elsewhere(),
+    });
+    p.outputs.push(Default::default());
+    let e = refuse(&mut f, p);
+    assert_eq!(not_a_proof(&e), ProofError::OutputCount(2), "{e}");
+    // A fee (the output pays less than the inputs).
+    let mut p = good.clone();
+    p.unsigned_tx.output[0].value -= Amount::from_sat(1_000);
+    let e = refuse(&mut f, p);
+    assert!(matches!(not_a_proof(&e), ProofError::Fee { .. }), "{e}");
+    assert!(e.to_string().contains("a proof pays no fee"), "{e}");
+    // A spendable output.
+    let mut p = good.clone();
+    p.unsigned_tx.output[0].script_pubkey = elsewhere();
+    let e = refuse(&mut f, p);
+    assert_eq!(not_a_proof(&e), ProofError::SpendableOutput, "{e}");
+    // A commitment that does not match the message in the PSBT.
+    let mut p = good.clone();
+    let other = format!("{PROOF_MESSAGE}0");
+    for v in p.inputs[0].unknown.values_mut() {
+        *v = other.clone().into_bytes();
+    }
+    let e = refuse(&mut f, p);
+    match not_a_proof(&e) {
+        ProofError::NotACommitment { found, expected } => {
+            assert_eq!(found, commitment_outpoint(PROOF_MESSAGE.as_bytes()));
+            assert_eq!(expected, commitment_outpoint(other.as_bytes()));
+        }
+        other => panic!("{other}"),
+    }
+    // A second commitment field.
+    let mut p = good.clone();
+    p.inputs[0].unknown.insert(
+        bitcoin::psbt::raw::Key {
+            type_value: 0x09,
+            key: vec![1],
+        },
+        b"another".to_vec(),
+    );
+    let e = refuse(&mut f, p);
+    assert_eq!(not_a_proof(&e), ProofError::CommitmentFieldMismatch, "{e}");
+    // A sighash type other than ALL.
+    let mut p = good.clone();
+    p.inputs[1].sighash_type = Some(bitcoin::psbt::PsbtSighashType::from(
+        bitcoin::EcdsaSighashType::AllPlusAnyoneCanPay,
+    ));
+    let e = refuse(&mut f, p);
+    assert!(
+        matches!(not_a_proof(&e), ProofError::SighashNotAll { input: 1, .. }),
+        "{e}"
+    );
+    // A message for another network.
+    let p = proof_psbt(&f, &PROOF_MESSAGE.replace("regtest", "bitcoin"));
+    let e = refuse(&mut f, p);
+    assert!(matches!(not_a_proof(&e), ProofError::Message(_)), "{e}");
+    // A spend is not a proof.
+    let spend = small(&f);
+    let e = refuse(&mut f, spend);
+    assert_eq!(not_a_proof(&e), ProofError::MissingCommitmentField, "{e}");
+    // An input outside the vaults the key cosigns for.
+    let mut p = good.clone();
+    p.inputs[2].bip32_derivation.clear();
+    let e = refuse(&mut f, p);
+    assert!(
+        matches!(e, PolicySignerError::Input { input: 2, .. }),
+        "{e}"
+    );
+
+    // The well-formed proof is signed (both real inputs), and the officers' signatures plus the
+    // policy key's satisfy the vault's script: miniscript finalizes every real input and its
+    // interpreter accepts them with all spent outputs (the commitment's included).
+    let mut p = good.clone();
+    let sig = f.signer.sign_proof(&mut p, "por-1", NOW).unwrap();
+    assert_eq!(sig.inputs, vec![1, 2]);
+    assert_eq!(sig.amount, Amount::from_sat(300 * BTC));
+    assert_eq!(sig.txid, good.unsigned_tx.compute_txid());
+    assert_eq!(
+        sig.commitment,
+        hex::encode(policies::proof::commitment_hash(PROOF_MESSAGE.as_bytes()))
+    );
+    for o in &f.officers[..2] {
+        assert_eq!(o.sign_psbt(&mut p).unwrap().inputs(), vec![1, 2]);
+    }
+    let secp = Secp256k1::verification_only();
+    for i in 1..3 {
+        p.finalize_inp_mut(&secp, i).unwrap();
+    }
+    let tx = p.clone().extract_tx_unchecked_fee_rate();
+    let prevouts: Vec<TxOut> = p
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
+    for i in 1..3 {
+        let interp = miniscript::Interpreter::from_txdata(
+            &prevouts[i].script_pubkey,
+            &tx.input[i].script_sig,
+            &tx.input[i].witness,
+            tx.input[i].sequence,
+            tx.lock_time,
+        )
+        .unwrap();
+        let all = bitcoin::sighash::Prevouts::All(&prevouts);
+        let steps: Vec<_> = interp.iter(&secp, &tx, i, &all).collect();
+        assert!(steps.iter().all(Result::is_ok), "input {i}: {steps:?}");
+    }
+}

@@ -11,6 +11,8 @@
 //! - [`evaluate`](mod@evaluate): [`evaluate()`] a spend request into a [`Decision`];
 //! - [`freeze`]: the freeze state (any admin freezes, the admin quorum lifts);
 //! - [`governance`]: comparing versions (tightening or loosening) and activating a new version.
+//! - [`proof`]: the shape of a BIP-127 reserve proof that the reserve-proof rule lets the quorum
+//!   sign without spend approvals (shared by `custody` and the HSM policy signer).
 #![forbid(unsafe_code)]
 
 pub mod approval;
@@ -20,6 +22,7 @@ pub mod evaluate;
 pub mod freeze;
 pub mod governance;
 pub mod model;
+pub mod proof;
 mod quorum;
 
 pub use approval::{sign, verify, Approval, ApprovalError, ApprovalSubject, Verdict, Verified};

@@ -36,144 +36,30 @@ pub mod file;
 
 use std::collections::BTreeSet;
 
-use bdk_wallet::bitcoin::hashes::Hash;
-use bdk_wallet::bitcoin::opcodes::OP_TRUE;
 use bdk_wallet::bitcoin::psbt::{raw, Input, Psbt, PsbtSighashType};
-use bdk_wallet::bitcoin::script::Builder;
 use bdk_wallet::bitcoin::secp256k1::Secp256k1;
 use bdk_wallet::bitcoin::sighash::Prevouts;
 use bdk_wallet::bitcoin::transaction::Version;
 use bdk_wallet::bitcoin::{
     absolute, Amount, BlockHash, EcdsaSighashType, Network, OutPoint, ScriptBuf, Sequence,
-    TapSighashType, Transaction, TxIn, TxOut, Txid, Witness, WitnessVersion,
+    TapSighashType, Transaction, TxIn, TxOut, Witness, WitnessVersion,
 };
 use bdk_wallet::miniscript::interpreter::{Interpreter, KeySigPair, SatisfiedConstraint};
 use bdk_wallet::miniscript::psbt::PsbtExt;
 
 use crate::vault::{Vault, VaultUtxo};
 
-/// PSBT input key type of `PSBT_IN_POR_COMMITMENT` (BIP-127): its value is the message.
-pub const PSBT_IN_POR_COMMITMENT: u8 = 0x09;
-
-/// What BIP-127 puts before the message when it hashes the commitment.
-pub const COMMITMENT_PREFIX: &str = "Proof-of-Reserves: ";
-
-/// First line of the canonical message text (names the format and its version).
-pub const MESSAGE_HEADER: &str = "strategic-reserve proof of reserves v1";
+/// Why a proof was not built, or a proof or its message was refused (the error of the shared
+/// shape check, [`policies::proof::ProofError`]).
+pub use policies::proof::ProofError as ReserveError;
+pub use policies::proof::{
+    check_proof_shape, check_tx_shape, check_zero_fee, commitment_hash, commitment_outpoint,
+    commitment_prevout, commitment_txid, message_network, proof_output_script, COMMITMENT_PREFIX,
+    MESSAGE_HEADER, PSBT_IN_POR_COMMITMENT,
+};
 
 /// Longest ledger checkpoint text a message carries.
 pub const MAX_CHECKPOINT_LEN: usize = 8192;
-
-/// Why a proof was not built, or a proof or its message was refused.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReserveError {
-    /// The message text is not the canonical encoding, or a field is invalid.
-    #[error("invalid proof message: {0}")]
-    Message(String),
-    /// No UTXO to prove.
-    #[error("a proof needs at least one real input")]
-    NoUtxos,
-    /// A vault whose descriptor checksums the message does not carry.
-    #[error("vault {vault}: descriptor checksum {checksum} is not in the message")]
-    VaultNotInMessage {
-        /// The vault.
-        vault: String,
-        /// The missing checksum.
-        checksum: String,
-    },
-    /// A UTXO the vault cannot describe (unknown transaction, wrong script, wrong value).
-    #[error("utxo {outpoint}: {reason}")]
-    Utxo {
-        /// The outpoint.
-        outpoint: OutPoint,
-        /// Why.
-        reason: String,
-    },
-    /// The same outpoint twice.
-    #[error("outpoint {0} is spent twice")]
-    DuplicateInput(OutPoint),
-    /// Input 0 is not the commitment outpoint of this message (a real outpoint in position 0
-    /// would make the transaction broadcastable, or the commitment is for another message).
-    #[error("input 0 spends {found}, not the commitment outpoint {expected} of this message")]
-    NotACommitment {
-        /// What input 0 spends.
-        found: OutPoint,
-        /// The commitment outpoint of the message.
-        expected: OutPoint,
-    },
-    /// Input 0 carries no `PSBT_IN_POR_COMMITMENT` field.
-    #[error("input 0 carries no psbt_in_por_commitment (0x09) field")]
-    MissingCommitmentField,
-    /// The `PSBT_IN_POR_COMMITMENT` field holds another message, or is repeated.
-    #[error("the psbt_in_por_commitment field of input 0 does not hold this message")]
-    CommitmentFieldMismatch,
-    /// Input 0 has a script, witness or a spent output of its own.
-    #[error(
-        "the commitment input must have an empty scriptSig and witness and spend nothing real: {0}"
-    )]
-    CommitmentNotEmpty(&'static str),
-    /// Another input spends an output of the commitment txid.
-    #[error("input {0} also spends the commitment txid")]
-    CommitmentReused(usize),
-    /// Not exactly one output.
-    #[error("a proof has exactly one output, this one has {0}")]
-    OutputCount(usize),
-    /// The output could be spent.
-    #[error("the proof output is not an op_return output: it could be spent")]
-    SpendableOutput,
-    /// The output does not carry exactly the sum of the real inputs.
-    #[error("the output pays {output} but the real inputs sum to {inputs}: a proof pays no fee")]
-    Fee {
-        /// Sum of the real inputs.
-        inputs: Amount,
-        /// The output's value.
-        output: Amount,
-    },
-    /// Amounts overflow.
-    #[error("amounts overflow")]
-    Overflow,
-    /// A PSBT input lacks data or carries inconsistent data.
-    #[error("psbt input {input}: {reason}")]
-    PsbtInput {
-        /// Input index.
-        input: usize,
-        /// Why.
-        reason: String,
-    },
-    /// A sighash type other than ALL.
-    #[error("input {input}: sighash type {found} is not sighash_all")]
-    SighashNotAll {
-        /// Input index.
-        input: usize,
-        /// What was found.
-        found: String,
-    },
-    /// The number of spent outputs does not match the real inputs.
-    #[error("{found} spent outputs given for {expected} real inputs")]
-    SpentOutputs {
-        /// Real inputs.
-        expected: usize,
-        /// Spent outputs given.
-        found: usize,
-    },
-    /// An input's script does not verify.
-    #[error("input {input}: script verification failed: {reason}")]
-    Script {
-        /// Input index.
-        input: usize,
-        /// Why.
-        reason: String,
-    },
-    /// Finalization failed.
-    #[error("input {input} cannot be finalized: {reason}")]
-    Finalize {
-        /// Input index.
-        input: usize,
-        /// Why.
-        reason: String,
-    },
-}
 
 const CHECKSUM_CHARSET: &str = "qpzry9x8gf2tvdw0s3jn54khce6mua7l";
 
@@ -386,42 +272,6 @@ pub fn vault_checksums(vault: &Vault) -> Result<[String; 2], ReserveError> {
     Ok([sum(d.external_string())?, sum(d.internal_string())?])
 }
 
-/// SHA-256 (single, through `hashcore`) of `"Proof-of-Reserves: " ‖ message`.
-pub fn commitment_hash(message: &[u8]) -> [u8; 32] {
-    hashcore::Sha256::new()
-        .chain(COMMITMENT_PREFIX.as_bytes())
-        .chain(message)
-        .finalize()
-}
-
-/// The commitment input's previous txid: the commitment hash as the txid's bytes (in the
-/// internal byte order, as BIP-127's reference tool does).
-pub fn commitment_txid(message: &[u8]) -> Txid {
-    Txid::from_byte_array(commitment_hash(message))
-}
-
-/// The commitment outpoint: the commitment txid, index 0.
-pub fn commitment_outpoint(message: &[u8]) -> OutPoint {
-    OutPoint {
-        txid: commitment_txid(message),
-        vout: 0,
-    }
-}
-
-/// The spent output assumed for the commitment input in every sighash: value 0, script
-/// `OP_TRUE` (see the module docs for why).
-pub fn commitment_prevout() -> TxOut {
-    TxOut {
-        value: Amount::ZERO,
-        script_pubkey: Builder::new().push_opcode(OP_TRUE).into_script(),
-    }
-}
-
-/// The proof output script: `OP_RETURN <commitment hash>`.
-pub fn proof_output_script(message: &[u8]) -> ScriptBuf {
-    ScriptBuf::new_op_return(commitment_hash(message))
-}
-
 /// A built, unsigned proof.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProofPsbt {
@@ -577,162 +427,6 @@ fn fill_input(
             ))
         })?;
     Ok(txout.value)
-}
-
-/// Checks the parts of the shape a transaction alone shows; returns the output's value.
-fn check_tx_shape(tx: &Transaction, message: &[u8]) -> Result<Amount, ReserveError> {
-    let expected = commitment_outpoint(message);
-    let first = tx.input.first().ok_or(ReserveError::NoUtxos)?;
-    if first.previous_output != expected {
-        return Err(ReserveError::NotACommitment {
-            found: first.previous_output,
-            expected,
-        });
-    }
-    if !first.script_sig.is_empty() {
-        return Err(ReserveError::CommitmentNotEmpty("scriptSig is not empty"));
-    }
-    if !first.witness.is_empty() {
-        return Err(ReserveError::CommitmentNotEmpty("witness is not empty"));
-    }
-    if tx.input.len() < 2 {
-        return Err(ReserveError::NoUtxos);
-    }
-    let mut seen = BTreeSet::new();
-    for (i, input) in tx.input.iter().enumerate().skip(1) {
-        if input.previous_output.txid == expected.txid {
-            return Err(ReserveError::CommitmentReused(i));
-        }
-        if !seen.insert(input.previous_output) {
-            return Err(ReserveError::DuplicateInput(input.previous_output));
-        }
-    }
-    let [out] = tx.output.as_slice() else {
-        return Err(ReserveError::OutputCount(tx.output.len()));
-    };
-    if !out.script_pubkey.is_op_return() {
-        return Err(ReserveError::SpendableOutput);
-    }
-    Ok(out.value)
-}
-
-fn check_zero_fee(
-    spent: impl Iterator<Item = Amount>,
-    output: Amount,
-) -> Result<Amount, ReserveError> {
-    let mut inputs = Amount::ZERO;
-    for v in spent {
-        inputs = inputs.checked_add(v).ok_or(ReserveError::Overflow)?;
-    }
-    if inputs != output {
-        return Err(ReserveError::Fee { inputs, output });
-    }
-    Ok(inputs)
-}
-
-/// The shape a signer checks before it signs a proof: input 0 is the commitment of exactly
-/// `message` (outpoint and `PSBT_IN_POR_COMMITMENT` field, empty, spending nothing real), no
-/// other input spends the commitment txid nor repeats an outpoint, exactly one `OP_RETURN`
-/// output whose value is the sum of the real inputs (zero fee), every real input has its
-/// `witness_utxo` (consistent with its full previous transaction when present), asks for
-/// `SIGHASH_ALL` if it asks anything, and every partial signature it already holds is
-/// `SIGHASH_ALL`. Returns the amount the proof would prove.
-///
-/// # Errors
-/// The [`ReserveError`] naming the first violation.
-pub fn check_proof_shape(psbt: &Psbt, message: &[u8]) -> Result<Amount, ReserveError> {
-    let tx = &psbt.unsigned_tx;
-    if psbt.inputs.len() != tx.input.len() {
-        return Err(ReserveError::PsbtInput {
-            input: psbt.inputs.len().min(tx.input.len()),
-            reason: "the psbt's input maps do not match its transaction".into(),
-        });
-    }
-    let first = psbt.inputs.first().ok_or(ReserveError::NoUtxos)?;
-    let mut fields = first
-        .unknown
-        .iter()
-        .filter(|(k, _)| k.type_value == PSBT_IN_POR_COMMITMENT);
-    match (fields.next(), fields.next()) {
-        (None, _) => return Err(ReserveError::MissingCommitmentField),
-        (Some((k, v)), None) if k.key.is_empty() && v.as_slice() == message => {}
-        _ => return Err(ReserveError::CommitmentFieldMismatch),
-    }
-    let output = check_tx_shape(tx, message)?;
-    if first.final_script_sig.is_some() || first.final_script_witness.is_some() {
-        return Err(ReserveError::CommitmentNotEmpty(
-            "it carries a final script",
-        ));
-    }
-    if first.non_witness_utxo.is_some() {
-        return Err(ReserveError::CommitmentNotEmpty(
-            "it carries a previous transaction",
-        ));
-    }
-    if first
-        .witness_utxo
-        .as_ref()
-        .is_some_and(|w| *w != commitment_prevout())
-    {
-        return Err(ReserveError::CommitmentNotEmpty(
-            "its witness_utxo is not the zero-value op_true placeholder",
-        ));
-    }
-    let mut values = Vec::with_capacity(psbt.inputs.len());
-    for (i, (input, txin)) in psbt.inputs.iter().zip(&tx.input).enumerate().skip(1) {
-        let utxo = input.witness_utxo.as_ref().ok_or(ReserveError::PsbtInput {
-            input: i,
-            reason: "missing witness_utxo".into(),
-        })?;
-        if let Some(prev) = &input.non_witness_utxo {
-            let vout = usize::try_from(txin.previous_output.vout).unwrap_or(usize::MAX);
-            if prev.compute_txid() != txin.previous_output.txid
-                || prev.output.get(vout) != Some(utxo)
-            {
-                return Err(ReserveError::PsbtInput {
-                    input: i,
-                    reason: "non_witness_utxo does not match the outpoint or the witness_utxo"
-                        .into(),
-                });
-            }
-        }
-        if let Some(t) = input.sighash_type {
-            if t != PsbtSighashType::from(EcdsaSighashType::All)
-                && t != PsbtSighashType::from(TapSighashType::Default)
-            {
-                return Err(ReserveError::SighashNotAll {
-                    input: i,
-                    found: t.to_string(),
-                });
-            }
-        }
-        check_signature_types(i, input)?;
-        values.push(utxo.value);
-    }
-    check_zero_fee(values.into_iter(), output)
-}
-
-/// Partial signatures already in the PSBT must be `SIGHASH_ALL` too.
-fn check_signature_types(i: usize, input: &Input) -> Result<(), ReserveError> {
-    let not_all = |found: String| ReserveError::SighashNotAll { input: i, found };
-    for sig in input.partial_sigs.values() {
-        if sig.sighash_type != EcdsaSighashType::All {
-            return Err(not_all(sig.sighash_type.to_string()));
-        }
-    }
-    for sig in input
-        .tap_script_sigs
-        .values()
-        .chain(input.tap_key_sig.as_ref())
-    {
-        if !matches!(
-            sig.sighash_type,
-            TapSighashType::All | TapSighashType::Default
-        ) {
-            return Err(not_all(sig.sighash_type.to_string()));
-        }
-    }
-    Ok(())
 }
 
 /// Finalizes a signed proof PSBT (every real input through miniscript's finalizer; the
