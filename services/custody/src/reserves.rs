@@ -61,6 +61,9 @@ pub use policies::proof::{
 /// Longest ledger checkpoint text a message carries.
 pub const MAX_CHECKPOINT_LEN: usize = 8192;
 
+/// Longest statement (the operator's free text) a message carries.
+pub const MAX_STATEMENT_LEN: usize = 1024;
+
 const CHECKSUM_CHARSET: &str = "qpzry9x8gf2tvdw0s3jn54khce6mua7l";
 
 /// The message a proof commits to: network, block H (height and hash), the descriptor
@@ -72,6 +75,7 @@ const CHECKSUM_CHARSET: &str = "qpzry9x8gf2tvdw0s3jn54khce6mua7l";
 /// network: regtest
 /// height: 840000
 /// block: <block hash, hex as Bitcoin Core prints it>
+/// statement: <the operator's text, printable ASCII>   (only when there is one)
 /// descriptor: <8-character checksum>      (one line each, ascending, no duplicates)
 /// checkpoint: <signed checkpoint text, printable ASCII>
 /// ```
@@ -80,6 +84,7 @@ pub struct ProofMessage {
     network: Network,
     height: u32,
     block_hash: BlockHash,
+    statement: Option<String>,
     descriptors: BTreeSet<String>,
     checkpoint: String,
 }
@@ -113,9 +118,31 @@ impl ProofMessage {
             network,
             height,
             block_hash,
+            statement: None,
             descriptors,
             checkpoint: checkpoint.to_string(),
         })
+    }
+
+    /// The same message with the operator's `statement` (one line of printable ASCII, at most
+    /// [`MAX_STATEMENT_LEN`] characters; an empty one means none).
+    ///
+    /// # Errors
+    /// [`ReserveError::Message`] for a statement that is too long or not printable ASCII.
+    pub fn with_statement(mut self, statement: &str) -> Result<Self, ReserveError> {
+        if statement.is_empty() {
+            self.statement = None;
+            return Ok(self);
+        }
+        if statement.len() > MAX_STATEMENT_LEN
+            || !statement.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        {
+            return Err(ReserveError::Message(format!(
+                "the statement must be 1 to {MAX_STATEMENT_LEN} printable ascii characters on one line"
+            )));
+        }
+        self.statement = Some(statement.to_string());
+        Ok(self)
     }
 
     /// The message for `vaults`: the checksums of both descriptors (receive and change) of each.
@@ -152,6 +179,9 @@ impl ProofMessage {
             format!("height: {}", self.height),
             format!("block: {}", self.block_hash),
         ];
+        if let Some(st) = &self.statement {
+            lines.push(format!("statement: {st}"));
+        }
         lines.extend(self.descriptors.iter().map(|d| format!("descriptor: {d}")));
         lines.push(format!("checkpoint: {}", self.checkpoint));
         lines.join("\n")
@@ -185,7 +215,15 @@ impl ProofMessage {
         let block_hash: BlockHash = field("block")?
             .parse()
             .map_err(|_| bad("invalid block hash"))?;
-        let rest: Vec<&str> = lines.collect();
+        let mut rest: Vec<&str> = lines.collect();
+        let statement = match rest.first().and_then(|l| l.strip_prefix("statement: ")) {
+            Some(st) => {
+                let st = st.to_string();
+                rest.remove(0);
+                Some(st)
+            }
+            None => None,
+        };
         let (last, sums) = rest.split_last().ok_or_else(|| bad("missing checkpoint"))?;
         let checkpoint = last
             .strip_prefix("checkpoint: ")
@@ -198,7 +236,13 @@ impl ProofMessage {
                     .ok_or_else(|| bad("expected descriptor"))
             })
             .collect::<Result<_, _>>()?;
-        let msg = ProofMessage::new(network, height, block_hash, sums, checkpoint)?;
+        let mut msg = ProofMessage::new(network, height, block_hash, sums, checkpoint)?;
+        if let Some(st) = statement {
+            if st.is_empty() {
+                return Err(bad("an empty statement line"));
+            }
+            msg = msg.with_statement(&st)?;
+        }
         if msg.encode() != text {
             return Err(bad("not the canonical encoding"));
         }
@@ -223,6 +267,11 @@ impl ProofMessage {
     /// The descriptor checksums, ascending.
     pub fn descriptor_checksums(&self) -> impl Iterator<Item = &str> {
         self.descriptors.iter().map(String::as_str)
+    }
+
+    /// The operator's statement, when there is one.
+    pub fn statement(&self) -> Option<&str> {
+        self.statement.as_deref()
     }
 
     /// The ledger checkpoint text.

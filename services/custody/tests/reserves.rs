@@ -239,6 +239,24 @@ fn message_encoding_is_canonical_and_round_trips() {
         );
     }
     assert!(ProofMessage::new(Network::Regtest, 1, block_hash(), vec![], "c").is_err());
+
+    // The operator's statement is one line after the block, and round-trips.
+    let st = m.clone().with_statement("Q4 2026 attestation").unwrap();
+    let st_text = st.encode();
+    assert!(st_text.contains("\nstatement: Q4 2026 attestation\ndescriptor: "));
+    assert_eq!(ProofMessage::parse(&st_text).unwrap(), st);
+    assert_eq!(st.statement(), Some("Q4 2026 attestation"));
+    assert_ne!(st_text, text);
+    assert!(m.clone().with_statement("two\nlines").is_err());
+    assert!(m.clone().with_statement(&"x".repeat(1025)).is_err());
+    assert!(
+        ProofMessage::parse(&st_text.replace("statement: Q4", "statement:  Q4"))
+            .is_ok_and(|p| p != st)
+    );
+    assert!(
+        ProofMessage::parse(&st_text.replace("statement: Q4 2026 attestation", "statement: "))
+            .is_err()
+    );
     assert!(ProofMessage::new(
         Network::Regtest,
         1,

@@ -1,0 +1,1298 @@
+//! Proof-of-reserves requests in the service: prove, sign, finalize, bundle.
+//!
+//! Why like this:
+//! - **H is the tip the vaults were just synced to.** [`ReserveService::prove`] syncs every
+//!   chosen vault from the node, requires them all at the same block (else the chain moved
+//!   while syncing: try again), takes every confirmed UTXO of theirs (unconfirmed ones exist at
+//!   no block and are left out, counted in the ledger entry) and asks the node for the hash of
+//!   the block that created each (the proof file's output metadata).
+//! - **The message binds the current signed ledger checkpoint.** Either the caller gives the
+//!   ledger key and a fresh checkpoint is signed over the whole log right after the syncs
+//!   ([`CheckpointSource::Sign`]), or the latest stored checkpoint is used, and only if it is
+//!   the last entry of the ledger ([`CheckpointSource::Latest`]); otherwise the request is
+//!   refused ([`ReserveServiceError::StaleCheckpoint`]) rather than bind an old state of the
+//!   ledger. The note travels base64-encoded (the message is one line per field).
+//! - **Signing is the normal signer path** under the policy's reserve-proof rule (ADR 0009):
+//!   officers' PSBTs are combined with every partial signature verified on arrival
+//!   ([`custody::vault::combine`]) and the shape re-checked; the HSM policy key signs through
+//!   [`hsm::PolicySigner::sign_proof`], which checks the shape itself. No spend approvals.
+//! - **Every step is a ledger entry** written in the same transaction as the row it changes
+//!   (`reserve_proof` entries for the request and the finalization, `signature` entries for
+//!   each signer), each naming `"proof_request": ID`, so that the bundle can carry inclusion
+//!   proofs of all of them.
+//! - **The bundle** ([`ReserveService::bundle`]) is a set of files in memory ([`Bundle`]) that
+//!   the CLI writes to a directory and the API can serve as JSON: descriptors with key origins,
+//!   the BIP-127 proof file (protobuf and JSON), H, the signed checkpoint covering the proof's
+//!   entries with their inclusion proofs and a consistency proof from the checkpoint in the
+//!   message, the liabilities root when the ledger has one, and a manifest of SHA-256 digests.
+//!   `treasury audit reserves` ([`crate::reserves_audit`]) checks it against the auditor's node.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bdk_wallet::bitcoin::consensus::encode::{deserialize, serialize_hex};
+use bdk_wallet::bitcoin::psbt::Psbt;
+use bdk_wallet::bitcoin::{Amount, BlockHash, Network, OutPoint, Transaction, Txid};
+use custody::ledger::checkpoint::parse_note;
+use custody::ledger::{
+    consistency_proof, inclusion_proof, leaf_hashes, to_json_line, Actor, AnyCheckpointSigner,
+    Checkpoint, CheckpointError, ConsistencyProofJson, Entry, EntryError, InclusionProofJson, Kind,
+    VerifierKey,
+};
+use custody::reserves::file::{FinalProof, OutputMeta, ProofFile};
+use custody::reserves::{
+    build_proof, check_proof_shape, commitment_hash, finalize_proof, ProofMessage, ReserveError,
+};
+use custody::vault::{combine, ledger_record, Vault, VaultUtxo};
+use hsm::policy_signer::{PolicySigner, PolicySignerError, ProofSignature};
+use hsm::Signer;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::signing::{SigningError, POLICY_SIGNER_ACTOR};
+use crate::spend::SpendService;
+use crate::store::{on_db, SqlValue, StoreError, Write};
+use crate::vaults::{NodeConfig, OpError};
+
+/// The format tag of a bundle's manifest.
+pub const BUNDLE_FORMAT: &str = "strategic-reserve/reserves-bundle/v1";
+/// The manifest's file name in a bundle.
+pub const MANIFEST: &str = "manifest.json";
+/// `type` of the ledger entry recording a proof request.
+pub const REQUESTED_TYPE: &str = "reserve_proof_requested";
+/// `type` of the ledger entry recording a signature on a proof.
+pub const SIGNATURE_TYPE: &str = "reserve_proof_signature";
+/// `type` of the ledger entry recording a finalized proof.
+pub const FINALIZED_TYPE: &str = "reserve_proof_finalized";
+
+/// Errors of the proof-of-reserves service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReserveServiceError {
+    /// A field of the request is not acceptable.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// Which field.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No proof request with this id.
+    #[error("no proof request {0:?}")]
+    NotFound(String),
+    /// The id is taken.
+    #[error("proof request {0:?} exists already")]
+    Exists(String),
+    /// The vaults were synced to different blocks.
+    #[error("the vaults are synced to different blocks ({0}): the chain moved, try again")]
+    ChainMoved(String),
+    /// Nothing to prove.
+    #[error("the vaults hold no confirmed coin at block {height}")]
+    NoUtxos {
+        /// Height of H.
+        height: u32,
+    },
+    /// The latest signed checkpoint does not cover what it must.
+    #[error(
+        "the latest signed checkpoint covers {covered} entries but {needed} must be covered: \
+         sign a checkpoint (treasury ledger checkpoint) or give the ledger key"
+    )]
+    StaleCheckpoint {
+        /// Entries the latest checkpoint covers.
+        covered: u64,
+        /// Entries that must be covered.
+        needed: u64,
+    },
+    /// The ledger has no signed checkpoint.
+    #[error("the ledger has no signed checkpoint: sign one (treasury ledger checkpoint) or give the ledger key")]
+    NoCheckpoint,
+    /// The request is not in a state that allows this step.
+    #[error("proof request {id} is {state}: {why}")]
+    WrongState {
+        /// The request.
+        id: String,
+        /// Its state.
+        state: &'static str,
+        /// What the step needs.
+        why: &'static str,
+    },
+    /// A submitted PSBT is for another transaction.
+    #[error("the psbt is for transaction {got}, proof request {id} is {want}")]
+    OtherTransaction {
+        /// The request.
+        id: String,
+        /// The request's txid.
+        want: Txid,
+        /// The PSBT's txid.
+        got: Txid,
+    },
+    /// The proof was refused (shape, message, finalization, verification).
+    #[error("proof: {0}")]
+    Proof(#[from] ReserveError),
+    /// The proof file could not be built.
+    #[error("proof file: {0}")]
+    File(#[from] custody::reserves::file::ProofFileError),
+    /// The policy signer refused.
+    #[error("the policy signer refused: {0}")]
+    Refused(#[from] PolicySignerError),
+    /// A partial signature was refused on arrival.
+    #[error("psbt refused: {0}")]
+    Combine(#[from] combine::CombineError),
+    /// The vault store or the node.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// Building the policy signer.
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    /// The node failed to answer.
+    #[error("bitcoin node: {0}")]
+    Node(String),
+    /// The ledger or a write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A checkpoint.
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// A ledger entry could not be built.
+    #[error("ledger entry: {0}")]
+    Entry(#[from] EntryError),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A bundle could not be written or read.
+    #[error("bundle: {0}")]
+    Bundle(String),
+    /// Stored rows do not decode.
+    #[error("corrupt reserve proof store: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, ReserveServiceError>;
+
+fn corrupt(e: impl std::fmt::Display) -> ReserveServiceError {
+    ReserveServiceError::Corrupt(e.to_string())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Which signed ledger checkpoint a step binds.
+#[derive(Clone, Copy)]
+pub enum CheckpointSource<'a> {
+    /// The latest stored checkpoint, which must cover what the step needs (else
+    /// [`ReserveServiceError::StaleCheckpoint`]).
+    Latest,
+    /// Sign a fresh checkpoint of the whole log with this key (stored as a checkpoint entry).
+    Sign {
+        /// The ledger's origin.
+        origin: &'a str,
+        /// The actor of the checkpoint entry.
+        actor: &'a str,
+        /// The ledger key.
+        signer: &'a (dyn AnyCheckpointSigner + Sync),
+    },
+}
+
+impl std::fmt::Debug for CheckpointSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointSource::Latest => f.write_str("Latest"),
+            CheckpointSource::Sign { origin, actor, .. } => f
+                .debug_struct("Sign")
+                .field("origin", origin)
+                .field("actor", actor)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// What to prove.
+#[derive(Debug, Clone)]
+pub struct ProveRequest {
+    /// Request id; `None` for a random one.
+    pub id: Option<String>,
+    /// The vaults whose every confirmed UTXO is proven.
+    pub vaults: Vec<String>,
+    /// The operator's statement in the message (may be empty).
+    pub statement: String,
+    /// Who asks (the actor of the ledger entry).
+    pub actor: String,
+}
+
+/// One real input of a proof: the output it spends and where that was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofOutput {
+    /// `txid:vout`.
+    pub outpoint: String,
+    /// The block that created it.
+    pub block_hash: String,
+    /// Its height.
+    pub height: u32,
+    /// Its value (integer satoshis).
+    pub value_sat: u64,
+    /// The vault it belongs to.
+    pub vault: String,
+}
+
+/// A declared descriptor (public, with key origins and checksum).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredDescriptor {
+    /// The vault.
+    pub vault: String,
+    /// `external` or `internal`.
+    pub keychain: String,
+    /// The descriptor.
+    pub descriptor: String,
+}
+
+/// Where a proof request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofState {
+    /// Collecting signatures.
+    Signing,
+    /// Finalized: every real input signed and verified.
+    Finalized,
+}
+
+impl ProofState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProofState::Signing => "signing",
+            ProofState::Finalized => "finalized",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "signing" => Ok(ProofState::Signing),
+            "finalized" => Ok(ProofState::Finalized),
+            other => Err(corrupt(format!("unknown proof state {other:?}"))),
+        }
+    }
+}
+
+/// A stored proof request.
+#[derive(Debug, Clone)]
+pub struct StoredProof {
+    /// The id.
+    pub id: String,
+    /// The vaults, in proof order.
+    pub vaults: Vec<String>,
+    /// The network.
+    pub network: Network,
+    /// Height of H.
+    pub height: u32,
+    /// Hash of H.
+    pub block_hash: BlockHash,
+    /// The canonical message text.
+    pub message: String,
+    /// The unsigned proof PSBT.
+    pub psbt: Psbt,
+    /// The PSBT with every signature accepted so far.
+    pub signed: Psbt,
+    /// Partial signatures in `signed`.
+    pub signatures: usize,
+    /// The real inputs, in input order.
+    pub outputs: Vec<ProofOutput>,
+    /// The declared descriptors of the vaults.
+    pub descriptors: Vec<DeclaredDescriptor>,
+    /// The amount the proof proves.
+    pub total: Amount,
+    /// Tree size of the checkpoint the message carries.
+    pub checkpoint_size: u64,
+    /// Where it stands.
+    pub state: ProofState,
+    /// The finalized transaction.
+    pub final_tx: Option<Transaction>,
+    /// Created (Unix ms).
+    pub created_ms: i64,
+}
+
+impl StoredProof {
+    /// The unsigned proof transaction's txid.
+    pub fn txid(&self) -> Txid {
+        self.psbt.unsigned_tx.compute_txid()
+    }
+
+    /// The commitment hash of the message (hex).
+    pub fn commitment_hex(&self) -> String {
+        hex::encode(commitment_hash(self.message.as_bytes()))
+    }
+
+    /// The message's signed checkpoint note (decoded from its base64 field).
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Corrupt`] when the message does not carry one.
+    pub fn message_checkpoint(&self) -> Result<String> {
+        let m = ProofMessage::parse(&self.message)?;
+        decode_checkpoint_field(m.checkpoint()).map_err(corrupt)
+    }
+}
+
+/// The message's checkpoint field for a signed note: the note in base64 (one line of
+/// printable ASCII).
+pub fn checkpoint_field(note: &str) -> String {
+    B64.encode(note.as_bytes())
+}
+
+/// The signed note a message's checkpoint field carries.
+///
+/// # Errors
+/// A message when the field is not base64 of UTF-8 text.
+pub fn decode_checkpoint_field(field: &str) -> std::result::Result<String, String> {
+    let bytes = B64
+        .decode(field.as_bytes())
+        .map_err(|e| format!("the checkpoint field is not base64: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "the checkpoint field is not utf-8 text".to_string())
+}
+
+/// The tree size a signed note states (its signature is not checked here).
+///
+/// # Errors
+/// [`ReserveServiceError::Checkpoint`] for a malformed note.
+pub fn note_size(note: &str) -> Result<u64> {
+    let parsed = parse_note(note)?;
+    Ok(Checkpoint::parse_body(parsed.text)?.size())
+}
+
+fn check_id(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !s.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ReserveServiceError::Invalid {
+            what: "proof request id",
+            reason: format!("{s:?} must be 1 to 64 of A-Z a-z 0-9 . _ - (not starting with .)"),
+        })
+    }
+}
+
+fn count_signatures(psbt: &Psbt) -> usize {
+    psbt.inputs
+        .iter()
+        .map(|i| {
+            i.partial_sigs.len() + i.tap_script_sigs.len() + usize::from(i.tap_key_sig.is_some())
+        })
+        .sum()
+}
+
+/// What to put in a bundle besides the proof.
+#[derive(Debug, Clone, Copy)]
+pub struct BundleOptions<'a> {
+    /// The checkpoint that covers the proof's ledger entries.
+    pub checkpoint: CheckpointSource<'a>,
+    /// The ledger's verifier key, written to `ledger/verifier-key.txt` for the auditor's
+    /// convenience (an auditor should pin the key out of band).
+    pub ledger_key: Option<&'a VerifierKey>,
+    /// The output of `treasury reserves liabilities` (`root.json`, `proofs/*.json`), copied
+    /// to `liabilities/` so the auditor can check every account's proof.
+    pub liabilities_dir: Option<&'a Path>,
+}
+
+/// The auditor's bundle: named files (paths with `/`) and their manifest. Written to a
+/// directory by [`Bundle::write_to`], read back by [`Bundle::read_from`], or carried as one
+/// JSON document ([`Bundle::to_json`], for the API).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Bundle {
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+/// A path inside a bundle: relative, `/`-separated, each part of `A-Z a-z 0-9 . _ -` and not
+/// starting with `.`.
+fn check_bundle_path(path: &str) -> std::result::Result<(), String> {
+    let ok = !path.is_empty()
+        && path.len() <= 200
+        && path.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{path:?} is not an acceptable bundle path"))
+    }
+}
+
+/// One manifest line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// The path.
+    pub path: String,
+    /// SHA-256 of the bytes (hex).
+    pub sha256: String,
+    /// Length in bytes.
+    pub bytes: u64,
+}
+
+/// The manifest (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// [`BUNDLE_FORMAT`].
+    pub format: String,
+    /// Every other file of the bundle, by path.
+    pub files: Vec<ManifestFile>,
+}
+
+impl Bundle {
+    /// A bundle of `files` (every path but [`MANIFEST`]) with a fresh manifest.
+    ///
+    /// # Errors
+    /// A message for an unacceptable path.
+    pub fn seal(mut files: BTreeMap<String, Vec<u8>>) -> std::result::Result<Self, String> {
+        files.remove(MANIFEST);
+        let mut listed = Vec::new();
+        for (path, bytes) in &files {
+            check_bundle_path(path)?;
+            listed.push(ManifestFile {
+                path: path.clone(),
+                sha256: hex::encode(hashcore::sha256(bytes)),
+                bytes: bytes.len() as u64,
+            });
+        }
+        let manifest = Manifest {
+            format: BUNDLE_FORMAT.to_string(),
+            files: listed,
+        };
+        let mut text = serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())?;
+        text.push('\n');
+        files.insert(MANIFEST.to_string(), text.into_bytes());
+        Ok(Bundle { files })
+    }
+
+    /// The bundle as it is, manifest included and not recomputed (what a reader found).
+    pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Self {
+        Bundle { files }
+    }
+
+    /// Every file, by path (the manifest included).
+    pub fn files(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.files
+    }
+
+    /// One file.
+    pub fn get(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(Vec::as_slice)
+    }
+
+    /// One file as text.
+    pub fn text(&self, path: &str) -> Option<&str> {
+        self.get(path).and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// Writes every file under `dir`, which must not exist or be empty; files are never
+    /// overwritten.
+    ///
+    /// # Errors
+    /// A message naming the path that failed.
+    pub fn write_to(&self, dir: &Path) -> std::result::Result<(), String> {
+        use std::io::Write as _;
+        if dir.exists() {
+            let mut entries = std::fs::read_dir(dir)
+                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            if entries.next().is_some() {
+                return Err(format!("{} exists and is not empty", dir.display()));
+            }
+        }
+        for (path, bytes) in &self.files {
+            check_bundle_path(path)?;
+            let full = dir.join(path);
+            if let Some(parent) = full.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&full)
+                .map_err(|e| format!("cannot create {}: {e}", full.display()))?;
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", full.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Reads every regular file under `dir` (symbolic links and other odd files are refused).
+    ///
+    /// # Errors
+    /// A message naming the path that failed.
+    pub fn read_from(dir: &Path) -> std::result::Result<Self, String> {
+        let mut files = BTreeMap::new();
+        let mut stack = vec![(dir.to_path_buf(), String::new())];
+        while let Some((at, prefix)) = stack.pop() {
+            let entries =
+                std::fs::read_dir(&at).map_err(|e| format!("cannot read {}: {e}", at.display()))?;
+            for e in entries {
+                let e = e.map_err(|e| format!("cannot read {}: {e}", at.display()))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let path = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let ty = e
+                    .file_type()
+                    .map_err(|err| format!("cannot read {}: {err}", e.path().display()))?;
+                if ty.is_dir() {
+                    stack.push((e.path(), path));
+                } else if ty.is_file() {
+                    check_bundle_path(&path)?;
+                    let bytes = std::fs::read(e.path())
+                        .map_err(|err| format!("cannot read {}: {err}", e.path().display()))?;
+                    files.insert(path, bytes);
+                } else {
+                    return Err(format!("{} is not a regular file", e.path().display()));
+                }
+            }
+        }
+        Ok(Bundle { files })
+    }
+
+    /// The bundle as one JSON document: `{"format", "files": {path: base64}}`.
+    pub fn to_json(&self) -> String {
+        let files: serde_json::Map<String, Value> = self
+            .files
+            .iter()
+            .map(|(p, b)| (p.clone(), json!(B64.encode(b))))
+            .collect();
+        json!({"format": BUNDLE_FORMAT, "files": files}).to_string()
+    }
+
+    /// Reads [`Bundle::to_json`]'s document.
+    ///
+    /// # Errors
+    /// A message for a malformed document or path.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if v["format"] != BUNDLE_FORMAT {
+            return Err(format!("not a {BUNDLE_FORMAT} document"));
+        }
+        let obj = v["files"].as_object().ok_or("no files")?;
+        let mut files = BTreeMap::new();
+        for (p, b) in obj {
+            check_bundle_path(p)?;
+            let bytes = b
+                .as_str()
+                .and_then(|s| B64.decode(s).ok())
+                .ok_or_else(|| format!("{p}: not base64"))?;
+            files.insert(p.clone(), bytes);
+        }
+        Ok(Bundle { files })
+    }
+}
+
+struct ProofRow {
+    id: String,
+    vaults: String,
+    network: String,
+    height: i64,
+    block_hash: String,
+    message: String,
+    psbt: String,
+    signed_psbt: String,
+    outputs: String,
+    descriptors: String,
+    total_sat: i64,
+    checkpoint_size: i64,
+    state: String,
+    final_tx: Option<String>,
+    created_ms: i64,
+}
+
+/// The proof-of-reserves service over the spend service (vaults, ledger, governance; one
+/// database).
+#[derive(Debug, Clone)]
+pub struct ReserveService {
+    /// Vaults, ledger, policies.
+    pub spend: SpendService,
+}
+
+fn node_call(client: &bitcoincore_rpc::Client, method: &str, params: &[Value]) -> Result<Value> {
+    use bitcoincore_rpc::RpcApi;
+    client
+        .call::<Value>(method, params)
+        .map_err(|e| ReserveServiceError::Node(format!("{method}: {e}")))
+}
+
+impl ReserveService {
+    /// The service on the spend service's database.
+    pub fn new(spend: SpendService) -> Self {
+        ReserveService { spend }
+    }
+
+    fn ledger(&self) -> &crate::store::LedgerStore {
+        &self.spend.vaults.ledger
+    }
+
+    /// Creates a proof request: syncs `req.vaults` from the node, takes H = the block they are
+    /// synced to, collects every confirmed UTXO of theirs, binds the signed ledger checkpoint
+    /// (see [`CheckpointSource`]), builds the BIP-127 PSBT and stores it with a
+    /// `reserve_proof` ledger entry, in one transaction.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Invalid`] for a bad id or vault list, [`ReserveServiceError::Exists`],
+    /// [`ReserveServiceError::ChainMoved`], [`ReserveServiceError::NoUtxos`],
+    /// [`ReserveServiceError::StaleCheckpoint`] / [`ReserveServiceError::NoCheckpoint`],
+    /// [`ReserveServiceError::Op`] when the node is down; nothing is stored on any error
+    /// (the vault syncs and a fresh checkpoint are kept: they are true whatever follows).
+    pub async fn prove(
+        &self,
+        req: &ProveRequest,
+        node: &NodeConfig,
+        checkpoint: CheckpointSource<'_>,
+        now_ms: i64,
+    ) -> Result<StoredProof> {
+        let id = match &req.id {
+            Some(id) => id.clone(),
+            None => format!("por-{:016x}", rand::random::<u64>()),
+        };
+        check_id(&id)?;
+        Actor::new(req.actor.clone())?;
+        if req.vaults.is_empty() {
+            return Err(ReserveServiceError::Invalid {
+                what: "vaults",
+                reason: "name at least one vault".into(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for v in &req.vaults {
+            if !seen.insert(v) {
+                return Err(ReserveServiceError::Invalid {
+                    what: "vaults",
+                    reason: format!("vault {v:?} is named twice"),
+                });
+            }
+        }
+        if self.row(&id).await?.is_some() {
+            return Err(ReserveServiceError::Exists(id));
+        }
+
+        // Sync every vault; they must all stand at one block H.
+        let mut vaults: Vec<Vault> = Vec::new();
+        for attempt in 0..2 {
+            vaults.clear();
+            for name in &req.vaults {
+                let (v, _) = self.spend.vaults.sync(name, node).await?;
+                vaults.push(v);
+            }
+            let tips: std::collections::BTreeSet<_> = vaults.iter().map(Vault::tip).collect();
+            if tips.len() == 1 {
+                break;
+            }
+            if attempt == 1 {
+                let text: Vec<String> = vaults
+                    .iter()
+                    .map(|v| format!("{} at {}", v.name(), v.tip_height()))
+                    .collect();
+                return Err(ReserveServiceError::ChainMoved(text.join(", ")));
+            }
+        }
+        let first = vaults.first().ok_or(ReserveServiceError::Invalid {
+            what: "vaults",
+            reason: "no vault".into(),
+        })?;
+        let tip = first.tip();
+        let network = first.network();
+        let height = tip.height;
+        let block_hash = tip.hash;
+
+        // Every confirmed UTXO at H, and the block that created each.
+        let mut picked: Vec<(usize, Vec<VaultUtxo>)> = Vec::new();
+        let mut unconfirmed = 0usize;
+        for (i, v) in vaults.iter().enumerate() {
+            let (conf, unconf): (Vec<VaultUtxo>, Vec<VaultUtxo>) = v
+                .utxos()
+                .into_iter()
+                .partition(|u| u.height.is_some_and(|h| h <= height));
+            unconfirmed = unconfirmed.saturating_add(unconf.len());
+            picked.push((i, conf));
+        }
+        if picked.iter().all(|(_, u)| u.is_empty()) {
+            return Err(ReserveServiceError::NoUtxos { height });
+        }
+        let mut heights: Vec<u32> = picked
+            .iter()
+            .flat_map(|(_, us)| us.iter().filter_map(|u| u.height))
+            .collect();
+        heights.push(height);
+        heights.sort_unstable();
+        heights.dedup();
+        let node2 = node.clone();
+        let hashes: BTreeMap<u32, BlockHash> = tokio::task::spawn_blocking(move || {
+            let client = node2
+                .connect_checked(network, 3, std::time::Duration::from_millis(500))
+                .map_err(|e| ReserveServiceError::Node(e.to_string()))?;
+            let mut out = BTreeMap::new();
+            for h in heights {
+                let v = node_call(&client, "getblockhash", &[json!(h)])?;
+                let hash = v
+                    .as_str()
+                    .and_then(|s| BlockHash::from_str(s).ok())
+                    .ok_or_else(|| ReserveServiceError::Node("getblockhash: not a hash".into()))?;
+                out.insert(h, hash);
+            }
+            Ok::<_, ReserveServiceError>(out)
+        })
+        .await
+        .map_err(|e| corrupt(format!("node task: {e}")))??;
+        if hashes.get(&height) != Some(&block_hash) {
+            return Err(ReserveServiceError::ChainMoved(format!(
+                "the node's block at {height} is no longer {block_hash}"
+            )));
+        }
+
+        // The signed checkpoint the message binds.
+        let note = match checkpoint {
+            CheckpointSource::Sign {
+                origin,
+                actor,
+                signer,
+            } => {
+                let actor = Actor::new(actor)?;
+                let (note, _) = self
+                    .ledger()
+                    .checkpoint(origin, &actor, now_ms, signer)
+                    .await?;
+                note
+            }
+            CheckpointSource::Latest => {
+                let head = self.ledger().head().await?;
+                let (entry, note) = self.latest_checkpoint().await?;
+                if entry.seq().saturating_add(1) != head.size() {
+                    return Err(ReserveServiceError::StaleCheckpoint {
+                        covered: note_size(&note)?,
+                        needed: head.size(),
+                    });
+                }
+                note
+            }
+        };
+        let checkpoint_size = note_size(&note)?;
+
+        let refs: Vec<&Vault> = vaults.iter().collect();
+        let message =
+            ProofMessage::for_vaults(&refs, network, height, block_hash, &checkpoint_field(&note))?
+                .with_statement(&req.statement)?;
+        let pairs: Vec<(&Vault, &[VaultUtxo])> = picked
+            .iter()
+            .filter_map(|(i, us)| vaults.get(*i).map(|v| (v, us.as_slice())))
+            .collect();
+        let built = build_proof(&pairs, &message)?;
+        let text = message.encode();
+
+        let mut outputs = Vec::new();
+        for (v, us) in &pairs {
+            for u in us.iter() {
+                let h = u.height.unwrap_or(height);
+                let hash = hashes
+                    .get(&h)
+                    .ok_or_else(|| corrupt(format!("no block hash for height {h}")))?;
+                outputs.push(ProofOutput {
+                    outpoint: u.outpoint.to_string(),
+                    block_hash: hash.to_string(),
+                    height: h,
+                    value_sat: u.value.to_sat(),
+                    vault: v.name().to_string(),
+                });
+            }
+        }
+        let descriptors: Vec<DeclaredDescriptor> = vaults
+            .iter()
+            .flat_map(|v| {
+                let d = &v.config().descriptor;
+                [
+                    DeclaredDescriptor {
+                        vault: v.name().to_string(),
+                        keychain: "external".into(),
+                        descriptor: d.external_string(),
+                    },
+                    DeclaredDescriptor {
+                        vault: v.name().to_string(),
+                        keychain: "internal".into(),
+                        descriptor: d.internal_string(),
+                    },
+                ]
+            })
+            .collect();
+        let txid = built.psbt.unsigned_tx.compute_txid();
+        let body = json!({
+            "type": REQUESTED_TYPE, "proof_request": id, "vaults": req.vaults,
+            "network": network.to_string(), "height": height, "block": block_hash.to_string(),
+            "commitment": hex::encode(commitment_hash(text.as_bytes())),
+            "txid": txid.to_string(), "total_sat": built.total.to_sat(),
+            "inputs": outputs.len(), "unconfirmed_excluded": unconfirmed,
+            "checkpoint_size": checkpoint_size, "statement": req.statement,
+        });
+        let draft = ledger_record(Kind::ReserveProof, &req.actor, &body, now_ms)?;
+        let insert = Write::new(
+            "INSERT INTO reserve_proofs (id, vaults, network, height, block_hash, message, psbt, \
+             signed_psbt, signatures, outputs, descriptors, total_sat, checkpoint_size, state, \
+             final_tx, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, \
+             $10, $11, $12, 'signing', NULL, $13, $13)",
+            vec![
+                SqlValue::Text(id.clone()),
+                SqlValue::Text(json!(req.vaults).to_string()),
+                SqlValue::Text(network.to_string()),
+                SqlValue::Int(i64::from(height)),
+                SqlValue::Text(block_hash.to_string()),
+                SqlValue::Text(text),
+                SqlValue::Text(built.psbt.to_string()),
+                SqlValue::Text(built.psbt.to_string()),
+                SqlValue::Text(serde_json::to_string(&outputs).map_err(corrupt)?),
+                SqlValue::Text(serde_json::to_string(&descriptors).map_err(corrupt)?),
+                SqlValue::Int(to_i64(built.total.to_sat())),
+                SqlValue::Int(to_i64(checkpoint_size)),
+                SqlValue::Int(now_ms),
+            ],
+        );
+        self.ledger()
+            .append_with_writes(vec![draft], &[insert])
+            .await?;
+        self.load(&id).await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<(Entry, String)> {
+        let entries = self.ledger().entries().await?;
+        let entry = entries
+            .into_iter()
+            .rev()
+            .find(|e| e.kind() == Kind::Checkpoint)
+            .ok_or(ReserveServiceError::NoCheckpoint)?;
+        let note = entry.payload().as_checkpoint()?.note().to_string();
+        Ok((entry, note))
+    }
+
+    async fn row(&self, id: &str) -> Result<Option<ProofRow>> {
+        let q = "SELECT id, vaults, network, height, block_hash, message, psbt, signed_psbt, \
+                 outputs, descriptors, total_sat, checkpoint_size, state, final_tx, created_ms \
+                 FROM reserve_proofs WHERE id = $1";
+        let row = on_db!(self.ledger().db(), p => {
+            match sqlx::query(q).bind(id).fetch_optional(p).await? {
+                Some(r) => Some(ProofRow {
+                    id: r.try_get(0)?,
+                    vaults: r.try_get(1)?,
+                    network: r.try_get(2)?,
+                    height: r.try_get(3)?,
+                    block_hash: r.try_get(4)?,
+                    message: r.try_get(5)?,
+                    psbt: r.try_get(6)?,
+                    signed_psbt: r.try_get(7)?,
+                    outputs: r.try_get(8)?,
+                    descriptors: r.try_get(9)?,
+                    total_sat: r.try_get(10)?,
+                    checkpoint_size: r.try_get(11)?,
+                    state: r.try_get(12)?,
+                    final_tx: r.try_get(13)?,
+                    created_ms: r.try_get(14)?,
+                }),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
+    /// Loads a proof request.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::NotFound`], [`ReserveServiceError::Corrupt`].
+    pub async fn load(&self, id: &str) -> Result<StoredProof> {
+        let r = self
+            .row(id)
+            .await?
+            .ok_or_else(|| ReserveServiceError::NotFound(id.to_owned()))?;
+        let psbt = Psbt::from_str(&r.psbt).map_err(corrupt)?;
+        let signed = Psbt::from_str(&r.signed_psbt).map_err(corrupt)?;
+        let final_tx = match &r.final_tx {
+            Some(h) => Some(
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| deserialize::<Transaction>(&b).ok())
+                    .ok_or_else(|| corrupt("final_tx does not decode"))?,
+            ),
+            None => None,
+        };
+        Ok(StoredProof {
+            id: r.id,
+            vaults: serde_json::from_str(&r.vaults).map_err(corrupt)?,
+            network: Network::from_str(&r.network).map_err(corrupt)?,
+            height: u32::try_from(r.height).map_err(corrupt)?,
+            block_hash: BlockHash::from_str(&r.block_hash).map_err(corrupt)?,
+            message: r.message,
+            signatures: count_signatures(&signed),
+            psbt,
+            signed,
+            outputs: serde_json::from_str(&r.outputs).map_err(corrupt)?,
+            descriptors: serde_json::from_str(&r.descriptors).map_err(corrupt)?,
+            total: Amount::from_sat(u64::try_from(r.total_sat).map_err(corrupt)?),
+            checkpoint_size: u64::try_from(r.checkpoint_size).map_err(corrupt)?,
+            state: ProofState::parse(&r.state)?,
+            final_tx,
+            created_ms: r.created_ms,
+        })
+    }
+
+    /// Every proof request: id, state, height of H, amount.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Db`], [`ReserveServiceError::Corrupt`].
+    pub async fn list(&self) -> Result<Vec<(String, ProofState, u32, Amount)>> {
+        let q = "SELECT id, state, height, total_sat FROM reserve_proofs ORDER BY created_ms, id";
+        let rows: Vec<(String, String, i64, i64)> = on_db!(self.ledger().db(), p => {
+            sqlx::query(q)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                .collect::<std::result::Result<_, sqlx::Error>>()?
+        });
+        rows.into_iter()
+            .map(|(id, st, h, t)| {
+                Ok((
+                    id,
+                    ProofState::parse(&st)?,
+                    u32::try_from(h).map_err(corrupt)?,
+                    Amount::from_sat(u64::try_from(t).map_err(corrupt)?),
+                ))
+            })
+            .collect()
+    }
+
+    fn signed_write(p: &StoredProof, psbt: &Psbt, now_ms: i64) -> Write {
+        Write::new(
+            "UPDATE reserve_proofs SET signed_psbt = $1, signatures = $2, updated_ms = $3 \
+             WHERE id = $4 AND signatures = $5 AND state = 'signing'",
+            vec![
+                SqlValue::Text(psbt.to_string()),
+                SqlValue::Int(i64::try_from(count_signatures(psbt)).unwrap_or(i64::MAX)),
+                SqlValue::Int(now_ms),
+                SqlValue::Text(p.id.clone()),
+                SqlValue::Int(i64::try_from(p.signatures).unwrap_or(i64::MAX)),
+            ],
+        )
+        .exactly(
+            1,
+            "the proof's psbt was changed by another writer; try again",
+        )
+    }
+
+    fn require_signing(p: &StoredProof) -> Result<()> {
+        if p.state != ProofState::Signing {
+            return Err(ReserveServiceError::WrongState {
+                id: p.id.clone(),
+                state: p.state.as_str(),
+                why: "signatures are accepted only while it is being signed",
+            });
+        }
+        Ok(())
+    }
+
+    /// Accepts an officer's PSBT for proof `id` (from Bitcoin Core, a hardware wallet or
+    /// `treasury officer sign`): it must be for the proof's exact transaction, every partial
+    /// signature is verified on arrival and the proof's shape is checked again. Records a
+    /// `signature` ledger entry naming `by`. Returns how many signatures were new.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::OtherTransaction`], [`ReserveServiceError::Combine`] naming the
+    /// input and key of a bad signature, [`ReserveServiceError::Proof`] for a PSBT that breaks
+    /// the shape, [`ReserveServiceError::WrongState`]. Nothing is stored on any error.
+    pub async fn submit_psbt(
+        &self,
+        id: &str,
+        incoming: Psbt,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<usize> {
+        let p = self.load(id).await?;
+        Self::require_signing(&p)?;
+        let got = incoming.unsigned_tx.compute_txid();
+        if got != p.txid() {
+            return Err(ReserveServiceError::OtherTransaction {
+                id: id.to_owned(),
+                want: p.txid(),
+                got,
+            });
+        }
+        let mut merged = p.signed.clone();
+        combine::combine(&mut merged, incoming)?;
+        check_proof_shape(&merged, p.message.as_bytes())?;
+        let added = count_signatures(&merged).saturating_sub(p.signatures);
+        if added == 0 {
+            return Ok(0);
+        }
+        let body = json!({
+            "type": SIGNATURE_TYPE, "proof_request": id, "txid": p.txid().to_string(),
+            "by": by, "added": added,
+        });
+        let draft = ledger_record(Kind::Signature, by, &body, now_ms)?;
+        self.ledger()
+            .append_with_writes(vec![draft], &[Self::signed_write(&p, &merged, now_ms)])
+            .await?;
+        Ok(added)
+    }
+
+    /// The policy signer for `key`, built from what the service stores (as for spends).
+    ///
+    /// # Errors
+    /// As [`SpendService::policy_signer`].
+    pub async fn policy_signer<S: Signer>(
+        &self,
+        key: S,
+        network: Network,
+        now_ms: i64,
+    ) -> Result<PolicySigner<S>> {
+        Ok(self.spend.policy_signer(key, network, now_ms).await?)
+    }
+
+    /// Asks the policy signer to sign proof `id` ([`PolicySigner::sign_proof`] checks the
+    /// shape itself and refuses anything that could be broadcast). Records a `signature`
+    /// ledger entry.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Refused`] with the signer's reason, [`ReserveServiceError::WrongState`].
+    pub async fn policy_sign<S: Signer>(
+        &self,
+        id: &str,
+        signer: &mut PolicySigner<S>,
+        now_ms: i64,
+    ) -> Result<ProofSignature> {
+        let p = self.load(id).await?;
+        Self::require_signing(&p)?;
+        let mut psbt = p.signed.clone();
+        let sig = signer.sign_proof(&mut psbt, id, now_ms)?;
+        let body = json!({
+            "type": SIGNATURE_TYPE, "proof_request": id, "txid": sig.txid.to_string(),
+            "by": POLICY_SIGNER_ACTOR, "key": sig.key, "signer": sig.signer,
+            "inputs": sig.inputs, "amount_sat": sig.amount.to_sat(),
+            "commitment": sig.commitment, "policy": sig.policy.to_string(),
+        });
+        let draft = ledger_record(Kind::Signature, POLICY_SIGNER_ACTOR, &body, now_ms)?;
+        self.ledger()
+            .append_with_writes(vec![draft], &[Self::signed_write(&p, &psbt, now_ms)])
+            .await?;
+        Ok(sig)
+    }
+
+    /// Finalizes proof `id` (every real input through miniscript's finalizer, then the full
+    /// verification of [`custody::reserves::verify_proof_tx`], taproot included) and records
+    /// a `reserve_proof` ledger entry with the final txid. A finalized proof is returned as is.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Proof`] naming the input that lacks signatures or fails.
+    pub async fn finalize(&self, id: &str, now_ms: i64) -> Result<StoredProof> {
+        let p = self.load(id).await?;
+        if p.state == ProofState::Finalized {
+            return Ok(p);
+        }
+        let tx = finalize_proof(p.signed.clone(), p.message.as_bytes())?;
+        let body = json!({
+            "type": FINALIZED_TYPE, "proof_request": id, "txid": tx.compute_txid().to_string(),
+            "wtxid": tx.compute_wtxid().to_string(), "commitment": p.commitment_hex(),
+            "total_sat": p.total.to_sat(), "height": p.height,
+            "block": p.block_hash.to_string(),
+        });
+        let draft = ledger_record(Kind::ReserveProof, "treasury", &body, now_ms)?;
+        let update = Write::new(
+            "UPDATE reserve_proofs SET state = 'finalized', final_tx = $1, updated_ms = $2 \
+             WHERE id = $3 AND state = 'signing'",
+            vec![
+                SqlValue::Text(serialize_hex(&tx)),
+                SqlValue::Int(now_ms),
+                SqlValue::Text(id.to_owned()),
+            ],
+        )
+        .exactly(1, "the proof was finalized by another writer");
+        self.ledger()
+            .append_with_writes(vec![draft], &[update])
+            .await?;
+        self.load(id).await
+    }
+
+    /// The proof file of a finalized proof.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::WrongState`] before it is finalized, [`ReserveServiceError::Proof`].
+    pub fn proof_file(p: &StoredProof) -> Result<ProofFile> {
+        let tx = p.final_tx.clone().ok_or(ReserveServiceError::WrongState {
+            id: p.id.clone(),
+            state: p.state.as_str(),
+            why: "only a finalized proof has a proof file",
+        })?;
+        let metas = p
+            .outputs
+            .iter()
+            .map(|o| {
+                Ok(OutputMeta {
+                    outpoint: OutPoint::from_str(&o.outpoint).map_err(corrupt)?,
+                    block_hash: BlockHash::from_str(&o.block_hash).map_err(corrupt)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ProofFile::new(
+            p.network,
+            &p.message,
+            p.block_hash,
+            vec![FinalProof::new(tx, metas)?],
+        )?)
+    }
+
+    /// The auditor's bundle of proof `id` (finalizing it first when it is fully signed): see
+    /// the module docs for what it holds. Signs a fresh checkpoint when `opts.checkpoint` says
+    /// so; with [`CheckpointSource::Latest`] the latest checkpoint must cover the proof's
+    /// ledger entries.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Proof`] when the proof is not fully signed,
+    /// [`ReserveServiceError::StaleCheckpoint`], [`ReserveServiceError::Bundle`] for an
+    /// unreadable liabilities directory, store errors.
+    pub async fn bundle(&self, id: &str, opts: &BundleOptions<'_>, now_ms: i64) -> Result<Bundle> {
+        let p = self.finalize(id, now_ms).await?;
+        let file = Self::proof_file(&p)?;
+        let message_note = p.message_checkpoint()?;
+
+        // The proof's ledger entries, and the latest liabilities root.
+        let entries = self.ledger().entries().await?;
+        let mut mine: Vec<&Entry> = Vec::new();
+        let mut liabilities: Option<&Entry> = None;
+        for e in &entries {
+            if !matches!(e.kind(), Kind::ReserveProof | Kind::Signature) {
+                continue;
+            }
+            let Ok(body) = serde_json::from_slice::<Value>(e.payload().as_bytes()) else {
+                continue;
+            };
+            if body["proof_request"] == id {
+                mine.push(e);
+            } else if body["type"] == custody::liabilities::LEDGER_TYPE {
+                liabilities = Some(e);
+            }
+        }
+        let last = mine
+            .iter()
+            .map(|e| e.seq())
+            .max()
+            .ok_or_else(|| corrupt("the proof has no ledger entries"))?;
+
+        // The checkpoint covering them.
+        let note = match opts.checkpoint {
+            CheckpointSource::Sign {
+                origin,
+                actor,
+                signer,
+            } => {
+                let actor = Actor::new(actor)?;
+                self.ledger()
+                    .checkpoint(origin, &actor, now_ms, signer)
+                    .await?
+                    .0
+            }
+            CheckpointSource::Latest => {
+                let (_, note) = self.latest_checkpoint().await?;
+                let covered = note_size(&note)?;
+                if covered <= last {
+                    return Err(ReserveServiceError::StaleCheckpoint {
+                        covered,
+                        needed: last.saturating_add(1),
+                    });
+                }
+                note
+            }
+        };
+        let size = note_size(&note)?;
+        let hashes = self.ledger().entry_hashes(size).await?;
+        let leaves = leaf_hashes(&hashes);
+        let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut lines = String::new();
+        let mut included: Vec<&Entry> = mine.clone();
+        if let Some(l) = liabilities.filter(|l| l.seq() < size) {
+            included.push(l);
+        }
+        included.sort_by_key(|e| e.seq());
+        for e in &included {
+            lines.push_str(&to_json_line(e));
+            lines.push('\n');
+            let proof = inclusion_proof(&leaves, e.seq(), size).map_err(corrupt)?;
+            files.insert(
+                format!("ledger/inclusion/{}.json", e.seq()),
+                InclusionProofJson::new(&proof, e.entry_hash())
+                    .to_json()
+                    .into_bytes(),
+            );
+        }
+        files.insert("ledger/entries.jsonl".into(), lines.into_bytes());
+        let consistency = consistency_proof(&leaves, p.checkpoint_size, size).map_err(corrupt)?;
+        files.insert(
+            "ledger/consistency.json".into(),
+            ConsistencyProofJson::new(&consistency)
+                .to_json()
+                .into_bytes(),
+        );
+        files.insert("ledger/checkpoint.txt".into(), note.into_bytes());
+        files.insert(
+            "ledger/message-checkpoint.txt".into(),
+            message_note.into_bytes(),
+        );
+        if let Some(k) = opts.ledger_key {
+            files.insert(
+                "ledger/verifier-key.txt".into(),
+                format!("{k}\n").into_bytes(),
+            );
+        }
+        files.insert("proof.bin".into(), file.encode());
+        let mut pj = file.to_json_string()?;
+        pj.push('\n');
+        files.insert("proof.json".into(), pj.into_bytes());
+        let mut d = serde_json::to_string_pretty(&p.descriptors).map_err(corrupt)?;
+        d.push('\n');
+        files.insert("descriptors.json".into(), d.into_bytes());
+        let block = json!({
+            "network": p.network.to_string(), "height": p.height,
+            "hash": p.block_hash.to_string(), "proof_request": p.id,
+            "total_sat": p.total.to_sat(), "txid": p.final_tx.as_ref().map(|t| t.compute_txid().to_string()),
+        });
+        files.insert(
+            "block.json".into(),
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&block).map_err(corrupt)?
+            )
+            .into_bytes(),
+        );
+        if let Some(dir) = opts.liabilities_dir {
+            let read = |path: &Path| {
+                std::fs::read(path)
+                    .map_err(|e| ReserveServiceError::Bundle(format!("{}: {e}", path.display())))
+            };
+            files.insert(
+                "liabilities/root.json".into(),
+                read(&dir.join("root.json"))?,
+            );
+            let proofs = dir.join("proofs");
+            let list = std::fs::read_dir(&proofs)
+                .map_err(|e| ReserveServiceError::Bundle(format!("{}: {e}", proofs.display())))?;
+            for e in list {
+                let e = e.map_err(|e| ReserveServiceError::Bundle(e.to_string()))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".json") {
+                    files.insert(format!("liabilities/proofs/{name}"), read(&e.path())?);
+                }
+            }
+        }
+        Bundle::seal(files).map_err(ReserveServiceError::Bundle)
+    }
+}
