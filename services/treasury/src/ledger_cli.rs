@@ -145,6 +145,34 @@ pub enum AuditCommand {
         #[arg(long)]
         reserves: Option<u64>,
     },
+    /// Verify a proof-of-reserves bundle (from `treasury reserves bundle`) against your own
+    /// Bitcoin Core node: every check, one report; exit 0 only when everything holds.
+    Reserves {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// Your node's RPC URL.
+        #[arg(long)]
+        bitcoind_url: String,
+        /// Your node's cookie file.
+        #[arg(long, conflicts_with_all = ["rpc_user", "rpc_password"])]
+        rpc_cookie: Option<PathBuf>,
+        /// RPC user (with --rpc-password).
+        #[arg(long, requires = "rpc_password")]
+        rpc_user: Option<String>,
+        /// RPC password (prefer the environment variable; never printed).
+        #[arg(long, env = "TREASURY_AUDIT_RPC_PASSWORD", hide_env_values = true)]
+        rpc_password: Option<String>,
+        /// The ledger's verifier key you trust (name+id+key); without it the bundle's own
+        /// `ledger/verifier-key.txt` is used and the report says so.
+        #[arg(long)]
+        ledger_key: Option<String>,
+        /// Derivation indexes searched in each ranged descriptor.
+        #[arg(long, default_value_t = 1000)]
+        gap: u32,
+        /// Find spends above H by reading every block instead of `getdescriptoractivity`.
+        #[arg(long)]
+        block_scan: bool,
+    },
     /// Verify a consistency proof between two signed checkpoints.
     Consistency {
         /// The consistency proof (JSON).
@@ -172,7 +200,7 @@ fn load_signer(path: &Path) -> Result<KeyFileSigner, String> {
 }
 
 /// The key a checkpoint is signed with.
-enum LedgerSigner {
+pub(crate) enum LedgerSigner {
     /// A BIP-340 key file.
     File(KeyFileSigner),
     /// An ECDSA key in a PKCS#11 token.
@@ -181,7 +209,7 @@ enum LedgerSigner {
 
 impl LedgerSigner {
     /// Exactly one of the key file and the token key.
-    fn open(key_file: Option<&Path>, hsm: &HsmKeyOpts) -> Result<Self, String> {
+    pub(crate) fn open(key_file: Option<&Path>, hsm: &HsmKeyOpts) -> Result<Self, String> {
         match (key_file, &hsm.hsm_key_label) {
             (Some(_), Some(_)) => Err(
                 "give either a key file (--key-file, TREASURY_LEDGER_KEY_FILE) or --hsm-key-label, not both"
@@ -199,7 +227,11 @@ impl LedgerSigner {
         }
     }
 
-    fn as_signer(&self) -> &dyn AnyCheckpointSigner {
+    pub(crate) fn as_signer(&self) -> &dyn AnyCheckpointSigner {
+        self.as_sync_signer()
+    }
+
+    pub(crate) fn as_sync_signer(&self) -> &(dyn AnyCheckpointSigner + Sync) {
         match self {
             LedgerSigner::File(s) => s,
             LedgerSigner::Hsm(s) => s,
@@ -449,6 +481,25 @@ pub fn run_audit(cmd: AuditCommand) -> Result<String, String> {
             }
             Ok(out)
         }
+        AuditCommand::Reserves {
+            bundle,
+            bitcoind_url,
+            rpc_cookie,
+            rpc_user,
+            rpc_password,
+            ledger_key,
+            gap,
+            block_scan,
+        } => crate::reserves_cli::audit_reserves(&crate::reserves_cli::AuditReservesArgs {
+            bundle,
+            bitcoind_url,
+            rpc_cookie,
+            rpc_user,
+            rpc_password: rpc_password.map(zeroize::Zeroizing::new),
+            ledger_key,
+            gap,
+            block_scan,
+        }),
         AuditCommand::Consistency {
             proof,
             old,

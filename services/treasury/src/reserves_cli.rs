@@ -1,5 +1,9 @@
 //! `treasury reserves ...`: the reserve's own side of proofs of reserves and liabilities.
 //!
+//! `prove`, `show`, `list`, `psbt`, `submit-psbt`, `sign-policy`, `finalize` and `bundle` are
+//! thin layers over [`crate::reserves_service::ReserveService`] (the API calls the same
+//! functions). `treasury audit reserves` ([`audit_reserves`]) is the auditor's side.
+//!
 //! `liabilities` builds the liabilities sum tree from an account list, writes the published
 //! root (`root.json`) and one inclusion proof per account (`proofs/ID.json`, to be handed to
 //! each account holder), and records the root in the ledger. The offline check of one proof is
@@ -15,20 +19,133 @@ use custody::liabilities::{
     LiabilityProof,
 };
 
-use crate::ledger_cli::{runtime, DEFAULT_DB};
+use crate::hsm_cli::HsmKeyOpts;
+use crate::ledger_cli::{runtime, LedgerSigner, DEFAULT_ORIGIN};
+use crate::reserves_service::{
+    Bundle, BundleOptions, CheckpointSource, ProveRequest, ReserveService, StoredProof,
+};
+use crate::spend::SpendService;
 use crate::store::LedgerStore;
+use crate::vault_cli::VaultOpts;
+use crate::vaults::{NodeAuth, NodeConfig, VaultService};
 
-/// Options shared by the reserves commands.
+/// Options shared by the reserves commands: the database, network and node (as for vaults).
 #[derive(Debug, Clone, Args)]
 pub struct ReservesOpts {
-    /// Database URL: sqlite://PATH or postgres://...
-    #[arg(long, env = "TREASURY_DB", default_value = DEFAULT_DB, global = true)]
-    pub db: String,
+    /// Database, network and node.
+    #[command(flatten)]
+    pub vault: VaultOpts,
+}
+
+/// The ledger key that signs a fresh checkpoint (optional: without it the latest stored
+/// checkpoint must cover what is needed).
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointKeyOpts {
+    /// The ledger key file (64 hex digits).
+    #[arg(long, env = "TREASURY_LEDGER_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Or the checkpoint key in a PKCS#11 token.
+    #[command(flatten)]
+    pub hsm: HsmKeyOpts,
+    /// The ledger's origin.
+    #[arg(long, env = "TREASURY_LEDGER_ORIGIN", default_value = DEFAULT_ORIGIN)]
+    pub origin: String,
+}
+
+impl CheckpointKeyOpts {
+    fn signer(&self) -> Result<Option<LedgerSigner>, String> {
+        if self.key_file.is_none() && self.hsm.hsm_key_label.is_none() {
+            return Ok(None);
+        }
+        LedgerSigner::open(self.key_file.as_deref(), &self.hsm).map(Some)
+    }
 }
 
 /// `treasury reserves` subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ReservesCommand {
+    /// Create a proof request: sync the vaults, take H = their tip, every confirmed UTXO,
+    /// bind the signed ledger checkpoint, build the BIP-127 PSBT; prints the id and the PSBT.
+    Prove {
+        /// A vault to prove (repeat for several).
+        #[arg(long = "vault", required = true)]
+        vaults: Vec<String>,
+        /// The statement the message carries (printable ASCII, one line).
+        #[arg(long, default_value = "")]
+        message: String,
+        /// The request id (default: random).
+        #[arg(long)]
+        id: Option<String>,
+        /// Who asks (recorded).
+        #[arg(long, default_value = "treasury")]
+        actor: String,
+        /// The ledger key that signs a fresh checkpoint for the message.
+        #[command(flatten)]
+        key: CheckpointKeyOpts,
+    },
+    /// Show a proof request.
+    Show {
+        /// The request id.
+        id: String,
+    },
+    /// List the proof requests.
+    List,
+    /// Print the proof's PSBT with every signature accepted so far.
+    Psbt {
+        /// The request id.
+        id: String,
+    },
+    /// Accept an officer's signed PSBT of the proof (every signature verified on arrival).
+    SubmitPsbt {
+        /// The request id.
+        id: String,
+        /// The PSBT file (base64 or binary), `-` for standard input.
+        #[arg(long)]
+        psbt: PathBuf,
+        /// Who signed (recorded).
+        #[arg(long)]
+        by: String,
+    },
+    /// Have the HSM policy key sign the proof (the policy signer checks the proof's shape).
+    SignPolicy {
+        /// The request id.
+        id: String,
+        /// The PKCS#11 module.
+        #[arg(
+            long,
+            env = "TREASURY_HSM_MODULE",
+            default_value = "/usr/lib/softhsm/libsofthsm2.so"
+        )]
+        module: PathBuf,
+        /// The token label.
+        #[arg(long, env = "TREASURY_HSM_TOKEN", default_value = "reserve")]
+        token: String,
+        /// The policy key's label.
+        #[arg(long, default_value = "policy-key")]
+        key_label: String,
+    },
+    /// Finalize the fully signed proof (every input verified, taproot included).
+    Finalize {
+        /// The request id.
+        id: String,
+    },
+    /// Write the auditor's bundle of a signed proof to DIR.
+    Bundle {
+        /// The request id.
+        id: String,
+        /// The output directory (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The output of `treasury reserves liabilities` to include (root.json, proofs/).
+        #[arg(long)]
+        liabilities: Option<PathBuf>,
+        /// The ledger's verifier key to include (derived from the key when one is given).
+        #[arg(long)]
+        ledger_key: Option<String>,
+        /// The ledger key that signs a fresh checkpoint covering the proof's entries.
+        #[command(flatten)]
+        key: CheckpointKeyOpts,
+    },
     /// Build the liabilities sum tree: write DIR/root.json and DIR/proofs/ID.json per account,
     /// and append the root to the ledger.
     Liabilities {
@@ -95,6 +212,17 @@ pub fn load_accounts(path: &Path) -> Result<Vec<Account>, String> {
 /// # Errors
 /// A message for standard error (the process then exits non-zero).
 pub fn run_reserves(opts: &ReservesOpts, cmd: ReservesCommand) -> Result<String, String> {
+    if !matches!(cmd, ReservesCommand::Liabilities { .. }) {
+        return runtime()?.block_on(async {
+            let store = LedgerStore::open(&opts.vault.db)
+                .await
+                .map_err(|e| e.to_string())?;
+            let svc = ReserveService::new(SpendService::new(VaultService::new(store.clone())));
+            let out = run_proof(opts, &svc, cmd).await;
+            store.close().await;
+            out
+        });
+    }
     match cmd {
         ReservesCommand::Liabilities {
             accounts,
@@ -127,7 +255,7 @@ pub fn run_reserves(opts: &ReservesOpts, cmd: ReservesCommand) -> Result<String,
                 )?;
             }
             let entry = runtime()?.block_on(async {
-                let store = LedgerStore::open(&opts.db)
+                let store = LedgerStore::open(&opts.vault.db)
                     .await
                     .map_err(|e| e.to_string())?;
                 let e = store.append(draft).await.map_err(|e| e.to_string());
@@ -148,5 +276,258 @@ pub fn run_reserves(opts: &ReservesOpts, cmd: ReservesCommand) -> Result<String,
                 hex::encode(entry.entry_hash())
             ))
         }
+        _ => Err("internal: handled above".into()),
+    }
+}
+
+fn show(p: &StoredProof) -> String {
+    let mut out = format!(
+        "proof request {}
+state: {}
+vaults: {}
+network: {}
+h: {} at height {}
+         utxos: {}
+total: {} sat
+signatures: {}
+checkpoint size: {}
+txid: {}
+",
+        p.id,
+        p.state.as_str(),
+        p.vaults.join(", "),
+        p.network,
+        p.block_hash,
+        p.height,
+        p.outputs.len(),
+        p.total.to_sat(),
+        p.signatures,
+        p.checkpoint_size,
+        p.txid()
+    );
+    if let Some(tx) = &p.final_tx {
+        out.push_str(&format!("final txid: {}
+", tx.compute_txid()));
+    }
+    out
+}
+
+fn read_psbt(path: &Path) -> Result<bdk_wallet::bitcoin::psbt::Psbt, String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+    } else {
+        bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    text.trim()
+        .parse()
+        .or_else(|_| bdk_wallet::bitcoin::psbt::Psbt::deserialize(&bytes))
+        .map_err(|e| format!("{}: not a psbt: {e}", path.display()))
+}
+
+async fn run_proof(
+    opts: &ReservesOpts,
+    svc: &ReserveService,
+    cmd: ReservesCommand,
+) -> Result<String, String> {
+    let err = |e: crate::reserves_service::ReserveServiceError| e.to_string();
+    match cmd {
+        ReservesCommand::Prove {
+            vaults,
+            message,
+            id,
+            actor,
+            key,
+        } => {
+            let node = opts.vault.node()?;
+            let signer = key.signer()?;
+            let source = match &signer {
+                Some(s) => CheckpointSource::Sign {
+                    origin: &key.origin,
+                    actor: "ledger",
+                    signer: s.as_sync_signer(),
+                },
+                None => CheckpointSource::Latest,
+            };
+            let req = ProveRequest {
+                id,
+                vaults,
+                statement: message,
+                actor,
+            };
+            let p = svc.prove(&req, &node, source, now_ms()).await.map_err(err)?;
+            eprint!("{}", show(&p));
+            Ok(format!("{}\n{}\n", p.id, p.psbt))
+        }
+        ReservesCommand::Show { id } => Ok(show(&svc.load(&id).await.map_err(err)?)),
+        ReservesCommand::List => {
+            let mut out = String::new();
+            for (id, state, h, total) in svc.list().await.map_err(err)? {
+                out.push_str(&format!(
+                    "{id}\t{}\theight {h}\t{} sat\n",
+                    state.as_str(),
+                    total.to_sat()
+                ));
+            }
+            Ok(out)
+        }
+        ReservesCommand::Psbt { id } => Ok(format!("{}\n", svc.load(&id).await.map_err(err)?.signed)),
+        ReservesCommand::SubmitPsbt { id, psbt, by } => {
+            let incoming = read_psbt(&psbt)?;
+            let added = svc
+                .submit_psbt(&id, incoming, &by, now_ms())
+                .await
+                .map_err(err)?;
+            let p = svc.load(&id).await.map_err(err)?;
+            Ok(format!(
+                "accepted {added} new signatures from {by}; the proof holds {}\n",
+                p.signatures
+            ))
+        }
+        ReservesCommand::SignPolicy {
+            id,
+            module,
+            token,
+            key_label,
+        } => {
+            let pin = crate::hsm_cli::pin(None)?;
+            let cfg = hsm::Pkcs11Config::new(module, token, key_label, pin);
+            let key = tokio::task::spawn_blocking(move || hsm::Pkcs11Signer::open(cfg))
+                .await
+                .map_err(|e| format!("hsm task: {e}"))?
+                .map_err(|e| e.to_string())?;
+            let now = now_ms();
+            let mut signer = svc
+                .policy_signer(key, opts.vault.network, now)
+                .await
+                .map_err(err)?;
+            let sig = svc.policy_sign(&id, &mut signer, now).await.map_err(err)?;
+            eprintln!(
+                "policy key {} signed inputs {:?} of proof {} ({} sat)",
+                sig.key,
+                sig.inputs,
+                sig.txid,
+                sig.amount.to_sat()
+            );
+            Ok(format!("{}\n", svc.load(&id).await.map_err(err)?.signed))
+        }
+        ReservesCommand::Finalize { id } => {
+            let p = svc.finalize(&id, now_ms()).await.map_err(err)?;
+            Ok(show(&p))
+        }
+        ReservesCommand::Bundle {
+            id,
+            out,
+            liabilities,
+            ledger_key,
+            key,
+        } => {
+            let signer = key.signer()?;
+            let mut vk = match &ledger_key {
+                Some(k) => Some(custody::ledger::VerifierKey::parse(k).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            if vk.is_none() {
+                if let Some(s) = &signer {
+                    vk = Some(
+                        custody::ledger::VerifierKey::of_signer(key.origin.clone(), s.as_signer())
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+            }
+            let source = match &signer {
+                Some(s) => CheckpointSource::Sign {
+                    origin: &key.origin,
+                    actor: "ledger",
+                    signer: s.as_sync_signer(),
+                },
+                None => CheckpointSource::Latest,
+            };
+            let b = svc
+                .bundle(
+                    &id,
+                    &BundleOptions {
+                        checkpoint: source,
+                        ledger_key: vk.as_ref(),
+                        liabilities_dir: liabilities.as_deref(),
+                    },
+                    now_ms(),
+                )
+                .await
+                .map_err(err)?;
+            b.write_to(&out)?;
+            Ok(format!(
+                "wrote the bundle of proof {id} ({} files) to {}\n",
+                b.files().len(),
+                out.display()
+            ))
+        }
+        ReservesCommand::Liabilities { .. } => Err("internal: handled above".into()),
+    }
+}
+
+/// The arguments of `treasury audit reserves`.
+#[derive(Debug, Clone)]
+pub struct AuditReservesArgs {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// The auditor's node.
+    pub bitcoind_url: String,
+    /// Cookie file.
+    pub rpc_cookie: Option<PathBuf>,
+    /// RPC user.
+    pub rpc_user: Option<String>,
+    /// RPC password.
+    pub rpc_password: Option<zeroize::Zeroizing<String>>,
+    /// The ledger key the auditor trusts.
+    pub ledger_key: Option<String>,
+    /// Derivation indexes searched.
+    pub gap: u32,
+    /// Scan blocks instead of `getdescriptoractivity`.
+    pub block_scan: bool,
+}
+
+/// `treasury audit reserves`: prints the report on standard output; `Ok` only when the
+/// verdict holds (the error then says how many reasons the report lists).
+///
+/// # Errors
+/// A message when the bundle cannot be read, the node cannot be reached, or the verdict fails.
+pub fn audit_reserves(a: &AuditReservesArgs) -> Result<String, String> {
+    use crate::reserves_verify::SpendSearch;
+    let bundle = Bundle::read_from(&a.bundle)?;
+    let auth = match (&a.rpc_cookie, &a.rpc_user, &a.rpc_password) {
+        (Some(c), _, _) => NodeAuth::Cookie(c.clone()),
+        (None, Some(u), Some(p)) => NodeAuth::UserPass(u.clone(), p.clone()),
+        _ => return Err("give --rpc-cookie FILE or --rpc-user U --rpc-password P".into()),
+    };
+    let node = NodeConfig {
+        url: a.bitcoind_url.clone(),
+        auth,
+    };
+    let client = node.client().map_err(|e| e.to_string())?;
+    let key = match &a.ledger_key {
+        Some(k) => Some(custody::ledger::VerifierKey::parse(k).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let search = if a.block_scan {
+        SpendSearch::BlockScan
+    } else {
+        SpendSearch::DescriptorActivity
+    };
+    let audit = crate::reserves_audit::audit_bundle(&bundle, &client, key.as_ref(), a.gap, search)
+        .map_err(|e| e.to_string())?;
+    let report = audit.render();
+    if audit.verdict() {
+        Ok(report)
+    } else {
+        print!("{report}");
+        Err(format!(
+            "the bundle does not verify ({} reasons above)",
+            audit.reasons().len()
+        ))
     }
 }
