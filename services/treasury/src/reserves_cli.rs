@@ -306,8 +306,11 @@ txid: {}
         p.txid()
     );
     if let Some(tx) = &p.final_tx {
-        out.push_str(&format!("final txid: {}
-", tx.compute_txid()));
+        out.push_str(&format!(
+            "final txid: {}
+",
+            tx.compute_txid()
+        ));
     }
     out
 }
@@ -359,7 +362,10 @@ async fn run_proof(
                 statement: message,
                 actor,
             };
-            let p = svc.prove(&req, &node, source, now_ms()).await.map_err(err)?;
+            let p = svc
+                .prove(&req, &node, source, now_ms())
+                .await
+                .map_err(err)?;
             eprint!("{}", show(&p));
             Ok(format!("{}\n{}\n", p.id, p.psbt))
         }
@@ -375,7 +381,9 @@ async fn run_proof(
             }
             Ok(out)
         }
-        ReservesCommand::Psbt { id } => Ok(format!("{}\n", svc.load(&id).await.map_err(err)?.signed)),
+        ReservesCommand::Psbt { id } => {
+            Ok(format!("{}\n", svc.load(&id).await.map_err(err)?.signed))
+        }
         ReservesCommand::SubmitPsbt { id, psbt, by } => {
             let incoming = read_psbt(&psbt)?;
             let added = svc
