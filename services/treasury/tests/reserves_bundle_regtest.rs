@@ -440,6 +440,22 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
         statement: String::new(),
         actor: "auditor-liaison".into(),
     };
+    // Without a ledger key the latest checkpoint is bound only if it is the last entry: the
+    // sync of the recovery vault appends its deposits after it, so the request is refused.
+    let err = svc
+        .prove(
+            &req("por-rec", "recovery"),
+            &cfg,
+            CheckpointSource::Latest,
+            now + 1,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReserveServiceError::StaleCheckpoint { .. }),
+        "{err}"
+    );
+    assert!(svc.load("por-rec").await.is_err());
     let p = svc
         .prove(&req("por-rec", "recovery"), &cfg, sign_src, now + 1)
         .await
@@ -532,6 +548,19 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     let a = audit(&node, &tr, &vk);
     assert!(a.verdict(), "{:?}", a.reasons());
     assert_eq!(a.proven(), Amount::from_sat(11_0000_0000));
+    // The latest checkpoint (the one that bundle signed) covers everything: a bundle without
+    // the key binds it and audits the same.
+    let latest = BundleOptions {
+        checkpoint: CheckpointSource::Latest,
+        ledger_key: Some(&vk),
+        liabilities_dir: None,
+    };
+    let again = svc.bundle("por-tr", &latest, now + 8).await.unwrap();
+    assert_eq!(
+        again.get("ledger/checkpoint.txt"),
+        tr.get("ledger/checkpoint.txt")
+    );
+    assert!(audit(&node, &again, &vk).verdict());
     // Core agrees the proof can never be broadcast.
     let final_tx = svc.load("por-tr").await.unwrap().final_tx.unwrap();
     let test = rpc(
