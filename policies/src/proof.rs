@@ -341,8 +341,12 @@ pub fn check_proof_shape(psbt: &Psbt, message: &[u8]) -> Result<Amount, ProofErr
     check_zero_fee(values.into_iter(), output)
 }
 
-/// Partial signatures already in the PSBT must be `SIGHASH_ALL` too.
-fn check_signature_types(i: usize, input: &Input) -> Result<(), ProofError> {
+/// Checks that every partial signature input `i` already holds (ECDSA, taproot script and key
+/// path) is `SIGHASH_ALL` (or taproot `DEFAULT`).
+///
+/// # Errors
+/// [`ProofError::SighashNotAll`] naming the input and the type found.
+pub fn check_signature_types(i: usize, input: &Input) -> Result<(), ProofError> {
     let not_all = |found: String| ProofError::SighashNotAll { input: i, found };
     for sig in input.partial_sigs.values() {
         if sig.sighash_type != EcdsaSighashType::All {

@@ -53,9 +53,9 @@ use crate::vault::{Vault, VaultUtxo};
 /// shape check, [`policies::proof::ProofError`]).
 pub use policies::proof::ProofError as ReserveError;
 pub use policies::proof::{
-    check_proof_shape, check_tx_shape, check_zero_fee, commitment_hash, commitment_outpoint,
-    commitment_prevout, commitment_txid, message_network, proof_output_script, COMMITMENT_PREFIX,
-    MESSAGE_HEADER, PSBT_IN_POR_COMMITMENT,
+    check_proof_shape, check_signature_types, check_tx_shape, check_zero_fee, commitment_hash,
+    commitment_outpoint, commitment_prevout, commitment_txid, message_network, proof_output_script,
+    COMMITMENT_PREFIX, MESSAGE_HEADER, PSBT_IN_POR_COMMITMENT,
 };
 
 /// Longest ledger checkpoint text a message carries.
