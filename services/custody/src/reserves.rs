@@ -32,7 +32,9 @@
 //!   `Transaction::verify` does not check taproot. The interpreter understands miniscript
 //!   scripts only: an input with another script is refused, which is right for our vaults.
 
+pub mod bip322;
 pub mod file;
+mod scripts;
 
 use std::collections::BTreeSet;
 
