@@ -48,12 +48,13 @@ use bdk_wallet::bitcoin::{
     absolute, Amount, EcdsaSighashType, OutPoint, Script, ScriptBuf, Sequence, TapSighashType,
     Transaction, TxIn, TxOut, Txid, Witness,
 };
-use bdk_wallet::miniscript::psbt::PsbtExt;
 use std::collections::BTreeSet;
 
+use super::finalizer::finalize_input;
 use super::scripts::{InputFault, ScriptVerifier};
 use super::{check_signature_types, fill_input, vault_checksums, ProofMessage, ReserveError};
 use crate::vault::{Keychain, Vault, VaultUtxo};
+use bdk_wallet::miniscript::psbt::PsbtExt;
 
 /// The BIP-340 tag of the message hash.
 pub const TAG: &str = "BIP0322-signed-message";
@@ -478,7 +479,8 @@ pub fn check_proof_of_funds_psbt(
     sum(values.into_iter())
 }
 
-/// Finalizes a signed proof-of-funds PSBT (every input through miniscript's finalizer),
+/// Finalizes a signed proof-of-funds PSBT (every input satisfied by miniscript from its own
+/// PSBT fields, in linear time),
 /// extracts `to_sign` and verifies it with [`verify`] against the PSBT's `witness_utxo`s.
 ///
 /// # Errors
@@ -492,11 +494,8 @@ pub fn finalize(
     check_proof_of_funds_psbt(&psbt, message, challenge)?;
     let secp = Secp256k1::verification_only();
     for i in 0..psbt.inputs.len() {
-        psbt.finalize_inp_mut(&secp, i)
-            .map_err(|e| Bip322Error::Finalize {
-                input: i,
-                reason: e.to_string(),
-            })?;
+        finalize_input(&mut psbt, i, &secp)
+            .map_err(|reason| Bip322Error::Finalize { input: i, reason })?;
     }
     let spent: Vec<TxOut> = psbt
         .inputs
