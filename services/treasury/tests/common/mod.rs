@@ -115,6 +115,35 @@ impl Faucet {
     }
 }
 
+impl Faucet {
+    /// Pays every `(address, amount)` (distinct addresses) in one transaction from one coinbase.
+    pub fn pay_many(&mut self, node: &RegtestNode, outputs: &[(Address, Amount)]) -> Txid {
+        let (txid, value) = self.coins.pop().expect("faucet is empty");
+        let (_, change) = node.new_key();
+        let fee = Amount::from_sat(2_000 + 50 * outputs.len() as u64);
+        let total: Amount = outputs.iter().map(|(_, a)| *a).sum();
+        let mut outs: Vec<Value> = outputs
+            .iter()
+            .map(|(to, amount)| json!({ to.to_string(): amount.to_btc() }))
+            .collect();
+        outs.push(json!({ change.to_string(): (value - total - fee).to_btc() }));
+        let psbt = rpc(
+            node,
+            "createpsbt",
+            &[json!([{"txid": txid.to_string(), "vout": 0}]), json!(outs)],
+        );
+        let desc = with_checksum(&format!("wpkh({})", self.wif));
+        let psbt = rpc(node, "utxoupdatepsbt", &[psbt, json!([desc.clone()])]);
+        let signed = rpc(node, "descriptorprocesspsbt", &[psbt, json!([desc])]);
+        let hex = signed["hex"]
+            .as_str()
+            .expect("faucet tx complete")
+            .to_string();
+        let sent = rpc(node, "sendrawtransaction", &[json!(hex)]);
+        Txid::from_str(sent.as_str().unwrap()).unwrap()
+    }
+}
+
 pub fn coinbase(node: &RegtestNode, hash: &BlockHash) -> (Txid, Amount) {
     let block = rpc(node, "getblock", &[json!(hash.to_string()), json!(2)]);
     let tx = &block["tx"][0];

@@ -1,0 +1,603 @@
+//! BIP-322 proof of funds: the same message and the same UTXOs as a BIP-127 proof, in the form
+//! some hardware signers (e.g. Coldcard) already know how to sign.
+//!
+//! Why a second form: BIP-127's commitment input spends an outpoint that no signer can look up,
+//! and many devices refuse such a PSBT. BIP-322's "full" format with the proof-of-funds extension
+//! asks them to sign an ordinary-looking spend of a virtual transaction, `to_spend`, whose
+//! output pays one of the reserve's own addresses (the *message challenge*), so input 0 is
+//! signed by the vault's keys like any other input, and the UTXOs being proven follow as
+//! additional inputs. Neither transaction can ever be mined: `to_spend` spends the null outpoint
+//! `000…000:0xFFFFFFFF` (a coinbase-looking input outside a block), so `to_sign` spends an
+//! output that does not exist.
+//!
+//! As BIP-322 fixes it:
+//! - `message_hash` = BIP-340 tagged hash with tag `BIP0322-signed-message` of the message
+//!   bytes (here the canonical text of [`ProofMessage`], the same bytes BIP-127 commits to).
+//! - `to_spend`: version 0, lock time 0, one input spending `000…000:0xFFFFFFFF` with sequence 0,
+//!   scriptSig `OP_0 PUSH32[message_hash]` and an empty witness; one output of value 0 paying
+//!   the message challenge.
+//! - `to_sign`: input 0 spends `to_spend:0`; one output of value 0 whose script is exactly
+//!   `OP_RETURN`; the signed form is the whole `to_sign` transaction ("full" format,
+//!   base64 of its network serialization: [`encode_full`], [`decode_full`]).
+//!
+//! The choices the BIP leaves to us, made here:
+//! - **Version 0, lock time 0 and sequence 0 on every input** when building. The verifier
+//!   accepts version 0 or 2 (the BIP's upgradeable rule) but requires lock time 0 and sequence
+//!   0 on input 0: a proof "valid at time T and age S" with T or S set is not a proof now.
+//! - **The challenge** is an address of a proven vault (by default its first receive address),
+//!   so input 0 carries the vault's key origins and the officers' devices sign it as a normal
+//!   input of their vault. The verifier is told which script to expect; the auditor derives it
+//!   from the declared descriptors.
+//! - **Input 0's PSBT data**: `witness_utxo` is `to_spend`'s output and `non_witness_utxo` is
+//!   `to_spend` itself (for every script type), so a signer can recompute the message hash from
+//!   the scriptSig and see that this is a message, not a spend.
+//! - **SIGHASH_ALL only**, as the BIP requires, checked on the PSBT and on every signature.
+//! - **Verification** runs miniscript's interpreter on every input (input 0 included) with all
+//!   spent outputs, through the same [`ScriptVerifier`](super::scripts) as BIP-127 proofs;
+//!   scripts outside miniscript are refused ("inconclusive" in the BIP's terms is an error here).
+
+use base64::Engine as _;
+use bdk_wallet::bitcoin::consensus;
+use bdk_wallet::bitcoin::opcodes::all::OP_RETURN;
+use bdk_wallet::bitcoin::opcodes::OP_0;
+use bdk_wallet::bitcoin::psbt::{Input, Psbt, PsbtSighashType};
+use bdk_wallet::bitcoin::script::Builder;
+use bdk_wallet::bitcoin::secp256k1::Secp256k1;
+use bdk_wallet::bitcoin::transaction::Version;
+use bdk_wallet::bitcoin::{
+    absolute, Amount, EcdsaSighashType, OutPoint, Script, ScriptBuf, Sequence, TapSighashType,
+    Transaction, TxIn, TxOut, Txid, Witness,
+};
+use std::collections::BTreeSet;
+
+use super::finalizer::finalize_input;
+use super::scripts::{InputFault, ScriptVerifier};
+use super::{check_signature_types, fill_input, vault_checksums, ProofMessage, ReserveError};
+use crate::vault::{Keychain, Vault, VaultUtxo};
+use bdk_wallet::miniscript::psbt::PsbtExt;
+
+/// The BIP-340 tag of the message hash.
+pub const TAG: &str = "BIP0322-signed-message";
+
+/// Why a BIP-322 proof was not built, or was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Bip322Error {
+    /// A vault, UTXO or message problem found while building (as for BIP-127 proofs).
+    #[error(transparent)]
+    Build(#[from] ReserveError),
+    /// The challenge address cannot be derived.
+    #[error("the message challenge cannot be derived: {0}")]
+    Challenge(String),
+    /// No UTXO to prove.
+    #[error("a proof of funds needs at least one utxo")]
+    NoUtxos,
+    /// `to_sign` has a version other than 0 or 2.
+    #[error("to_sign has version {0}, not 0 or 2")]
+    Version(i32),
+    /// `to_sign` has a lock time.
+    #[error("to_sign has lock time {0}, not 0: a proof must be valid now")]
+    LockTime(u32),
+    /// Input 0 has a sequence other than 0.
+    #[error("input 0 has sequence {0:#x}, not 0: a proof must be valid now")]
+    Sequence(u32),
+    /// `to_sign` has no input.
+    #[error("to_sign has no input")]
+    NoInputs,
+    /// Input 0 does not spend `to_spend:0` for this message and challenge.
+    #[error(
+        "input 0 spends {found}, not {expected} (to_spend of this message and challenge): \
+         another message or another challenge"
+    )]
+    NotToSpend {
+        /// What input 0 spends.
+        found: OutPoint,
+        /// `to_spend:0` of the message and challenge.
+        expected: OutPoint,
+    },
+    /// Another input spends `to_spend` too.
+    #[error("input {0} also spends the to_spend transaction")]
+    ToSpendReused(usize),
+    /// The same outpoint twice.
+    #[error("outpoint {0} is spent twice")]
+    DuplicateInput(OutPoint),
+    /// Not exactly one output.
+    #[error("to_sign has exactly one output, this one has {0}")]
+    OutputCount(usize),
+    /// The output is not value 0 paying exactly `OP_RETURN`.
+    #[error("the output of to_sign must pay 0 to the script op_return alone: {0}")]
+    Output(String),
+    /// The number of spent outputs does not match the additional inputs.
+    #[error("{found} spent outputs given for {expected} additional inputs")]
+    SpentOutputs {
+        /// Additional inputs.
+        expected: usize,
+        /// Spent outputs given.
+        found: usize,
+    },
+    /// Amounts overflow.
+    #[error("amounts overflow")]
+    Overflow,
+    /// A PSBT input lacks data or carries inconsistent data.
+    #[error("psbt input {input}: {reason}")]
+    PsbtInput {
+        /// Input index.
+        input: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A sighash type other than ALL.
+    #[error("input {input}: sighash type {found} is not sighash_all")]
+    SighashNotAll {
+        /// Input index.
+        input: usize,
+        /// What was found.
+        found: String,
+    },
+    /// An input's script does not verify.
+    #[error("input {input}: script verification failed: {reason}")]
+    Script {
+        /// Input index.
+        input: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Finalization failed.
+    #[error("input {input} cannot be finalized: {reason}")]
+    Finalize {
+        /// Input index.
+        input: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The full-format text is not base64 of one transaction.
+    #[error("not a bip-322 full signature: {0}")]
+    Encoding(String),
+}
+
+/// `message_hash`: `SHA-256(SHA-256(tag) ‖ SHA-256(tag) ‖ message)` with [`TAG`] (through
+/// `hashcore`).
+pub fn message_hash(message: &[u8]) -> [u8; 32] {
+    hashcore::TaggedHash::new(TAG).hash(message)
+}
+
+/// The `to_spend` transaction of `message` for the scriptPubKey `challenge`.
+pub fn to_spend(message: &[u8], challenge: &Script) -> Transaction {
+    Transaction {
+        version: Version(0),
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig: Builder::new()
+                .push_opcode(OP_0)
+                .push_slice(message_hash(message))
+                .into_script(),
+            sequence: Sequence::ZERO,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::ZERO,
+            script_pubkey: challenge.to_owned(),
+        }],
+    }
+}
+
+/// `to_spend:0`, the outpoint input 0 of `to_sign` spends.
+pub fn to_spend_outpoint(message: &[u8], challenge: &Script) -> OutPoint {
+    OutPoint {
+        txid: to_spend(message, challenge).compute_txid(),
+        vout: 0,
+    }
+}
+
+/// The output script of `to_sign`: `OP_RETURN` alone.
+pub fn to_sign_output_script() -> ScriptBuf {
+    Builder::new().push_opcode(OP_RETURN).into_script()
+}
+
+/// The unsigned `to_sign` transaction spending `to_spend:0` and then `utxos` (the
+/// proof-of-funds extension; none for a plain signature): version 0, lock time 0, sequence 0
+/// on every input, one output of value 0 paying `OP_RETURN`.
+pub fn to_sign(to_spend_txid: Txid, utxos: &[OutPoint]) -> Transaction {
+    let txin = |previous_output| TxIn {
+        previous_output,
+        script_sig: ScriptBuf::new(),
+        sequence: Sequence::ZERO,
+        witness: Witness::new(),
+    };
+    let mut input = Vec::with_capacity(utxos.len().saturating_add(1));
+    input.push(txin(OutPoint {
+        txid: to_spend_txid,
+        vout: 0,
+    }));
+    input.extend(utxos.iter().copied().map(txin));
+    Transaction {
+        version: Version(0),
+        lock_time: absolute::LockTime::ZERO,
+        input,
+        output: vec![TxOut {
+            value: Amount::ZERO,
+            script_pubkey: to_sign_output_script(),
+        }],
+    }
+}
+
+/// Which vault address is the message challenge.
+#[derive(Debug, Clone, Copy)]
+pub struct Challenge<'a> {
+    /// The vault whose keys sign input 0.
+    pub vault: &'a Vault,
+    /// Keychain of the address.
+    pub keychain: Keychain,
+    /// Derivation index of the address.
+    pub index: u32,
+}
+
+impl<'a> Challenge<'a> {
+    /// The vault's first receive address (external keychain, index 0): the default challenge,
+    /// which an auditor derives from the declared descriptor alone.
+    pub fn first_receive(vault: &'a Vault) -> Self {
+        Challenge {
+            vault,
+            keychain: Keychain::External,
+            index: 0,
+        }
+    }
+
+    /// The challenge scriptPubKey.
+    pub fn script_pubkey(&self) -> ScriptBuf {
+        self.vault
+            .peek_address(self.keychain, self.index)
+            .address
+            .script_pubkey()
+    }
+}
+
+/// A built, unsigned BIP-322 proof of funds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bip322Psbt {
+    /// The `to_sign` PSBT: input 0 spends `to_spend:0`, then every UTXO.
+    pub psbt: Psbt,
+    /// The `to_spend` transaction.
+    pub to_spend: Transaction,
+    /// The message challenge (scriptPubKey of `to_spend`'s output).
+    pub challenge: ScriptBuf,
+    /// The sum of the UTXOs.
+    pub total: Amount,
+    /// The UTXOs, in input order (inputs 1..).
+    pub inputs: Vec<OutPoint>,
+}
+
+/// Builds the `to_sign` PSBT of a proof of funds for the UTXOs of one or more vaults.
+///
+/// Input 0 spends `to_spend:0` with `to_spend` as its `non_witness_utxo`, its output as its
+/// `witness_utxo`, and the scripts and key origins of the challenge address; each UTXO follows
+/// with its `witness_utxo`, its previous transaction for segwit v0, its scripts and key
+/// origins; every input asks for `SIGHASH_ALL`. The PSBT can be signed by Bitcoin Core's
+/// `descriptorprocesspsbt` with the vaults' private descriptors, or by the officers' devices.
+///
+/// # Errors
+/// [`Bip322Error::NoUtxos`]; [`Bip322Error::Build`] with [`ReserveError::VaultNotInMessage`]
+/// when a vault (the challenge's included) is not in the message, or [`ReserveError::Utxo`] for
+/// a UTXO the vault does not know or whose value does not match;
+/// [`Bip322Error::DuplicateInput`]; [`Bip322Error::Challenge`]; [`Bip322Error::Overflow`].
+pub fn build_proof_of_funds(
+    challenge: &Challenge<'_>,
+    vaults: &[(&Vault, &[VaultUtxo])],
+    message: &ProofMessage,
+) -> Result<Bip322Psbt, Bip322Error> {
+    let text = message.encode();
+    let msg = text.as_bytes();
+    let in_message = |vault: &Vault| -> Result<(), Bip322Error> {
+        for checksum in vault_checksums(vault)? {
+            if !message.descriptor_checksums().any(|c| c == checksum) {
+                return Err(ReserveError::VaultNotInMessage {
+                    vault: vault.name().to_string(),
+                    checksum,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    };
+    in_message(challenge.vault)?;
+    let mut inputs = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (vault, utxos) in vaults {
+        in_message(vault)?;
+        for u in utxos.iter() {
+            if !seen.insert(u.outpoint) {
+                return Err(Bip322Error::DuplicateInput(u.outpoint));
+            }
+            inputs.push(u.outpoint);
+        }
+    }
+    if inputs.is_empty() {
+        return Err(Bip322Error::NoUtxos);
+    }
+    let challenge_script = challenge.script_pubkey();
+    let spend = to_spend(msg, &challenge_script);
+    let tx = to_sign(spend.compute_txid(), &inputs);
+    let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| Bip322Error::PsbtInput {
+        input: 0,
+        reason: e.to_string(),
+    })?;
+    let desc = challenge
+        .vault
+        .public_descriptor(challenge.keychain)
+        .at_derivation_index(challenge.index)
+        .map_err(|e| Bip322Error::Challenge(e.to_string()))?;
+    let first: &mut Input = psbt.inputs.first_mut().ok_or(Bip322Error::NoInputs)?;
+    first.witness_utxo = spend.output.first().cloned();
+    first.non_witness_utxo = Some(spend.clone());
+    first.sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::All));
+    psbt.update_input_with_descriptor(0, &desc)
+        .map_err(|e| Bip322Error::Challenge(e.to_string()))?;
+
+    let mut total = Amount::ZERO;
+    let mut index = 1usize;
+    for (vault, utxos) in vaults {
+        for u in utxos.iter() {
+            let value = fill_input(&mut psbt, index, vault, u)?;
+            total = total.checked_add(value).ok_or(Bip322Error::Overflow)?;
+            index = index.saturating_add(1);
+        }
+    }
+    Ok(Bip322Psbt {
+        psbt,
+        to_spend: spend,
+        challenge: challenge_script,
+        total,
+        inputs,
+    })
+}
+
+/// The structure of `to_sign` as this module requires it (see the module docs).
+fn check_to_sign_tx(
+    tx: &Transaction,
+    message: &[u8],
+    challenge: &Script,
+) -> Result<(), Bip322Error> {
+    if tx.version != Version(0) && tx.version != Version::TWO {
+        return Err(Bip322Error::Version(tx.version.0));
+    }
+    if tx.lock_time != absolute::LockTime::ZERO {
+        return Err(Bip322Error::LockTime(tx.lock_time.to_consensus_u32()));
+    }
+    let first = tx.input.first().ok_or(Bip322Error::NoInputs)?;
+    let expected = to_spend_outpoint(message, challenge);
+    if first.previous_output != expected {
+        return Err(Bip322Error::NotToSpend {
+            found: first.previous_output,
+            expected,
+        });
+    }
+    if first.sequence != Sequence::ZERO {
+        return Err(Bip322Error::Sequence(first.sequence.to_consensus_u32()));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, input) in tx.input.iter().enumerate().skip(1) {
+        if input.previous_output.txid == expected.txid {
+            return Err(Bip322Error::ToSpendReused(i));
+        }
+        if !seen.insert(input.previous_output) {
+            return Err(Bip322Error::DuplicateInput(input.previous_output));
+        }
+    }
+    let [out] = tx.output.as_slice() else {
+        return Err(Bip322Error::OutputCount(tx.output.len()));
+    };
+    if out.value != Amount::ZERO {
+        return Err(Bip322Error::Output(format!("it pays {}", out.value)));
+    }
+    if out.script_pubkey != to_sign_output_script() {
+        return Err(Bip322Error::Output(format!(
+            "its script is {}",
+            out.script_pubkey.to_asm_string()
+        )));
+    }
+    Ok(())
+}
+
+fn sum(values: impl Iterator<Item = Amount>) -> Result<Amount, Bip322Error> {
+    let mut total = Amount::ZERO;
+    for v in values {
+        total = total.checked_add(v).ok_or(Bip322Error::Overflow)?;
+    }
+    Ok(total)
+}
+
+/// The shape a signer checks before it signs a BIP-322 proof PSBT: `to_sign`'s structure for
+/// exactly `message` and `challenge`; input 0's `witness_utxo` is `to_spend`'s output and its
+/// `non_witness_utxo`, if any, is `to_spend`; every other input has its `witness_utxo`
+/// (consistent with its previous transaction when present); every requested sighash type and
+/// every partial signature is `SIGHASH_ALL`. Returns the sum of the UTXOs.
+///
+/// # Errors
+/// The [`Bip322Error`] naming the first violation.
+pub fn check_proof_of_funds_psbt(
+    psbt: &Psbt,
+    message: &[u8],
+    challenge: &Script,
+) -> Result<Amount, Bip322Error> {
+    let tx = &psbt.unsigned_tx;
+    if psbt.inputs.len() != tx.input.len() {
+        return Err(Bip322Error::PsbtInput {
+            input: psbt.inputs.len().min(tx.input.len()),
+            reason: "the psbt's input maps do not match its transaction".into(),
+        });
+    }
+    check_to_sign_tx(tx, message, challenge)?;
+    let spend = to_spend(message, challenge);
+    let mut values = Vec::with_capacity(psbt.inputs.len());
+    for (i, (input, txin)) in psbt.inputs.iter().zip(&tx.input).enumerate() {
+        let bad = |reason: &str| Bip322Error::PsbtInput {
+            input: i,
+            reason: reason.to_string(),
+        };
+        let utxo = input
+            .witness_utxo
+            .as_ref()
+            .ok_or_else(|| bad("missing witness_utxo"))?;
+        if i == 0 {
+            if spend.output.first() != Some(utxo) {
+                return Err(bad("witness_utxo is not the output of to_spend"));
+            }
+            if input.non_witness_utxo.as_ref().is_some_and(|t| *t != spend) {
+                return Err(bad("non_witness_utxo is not the to_spend transaction"));
+            }
+        } else {
+            if let Some(prev) = &input.non_witness_utxo {
+                let vout = usize::try_from(txin.previous_output.vout).unwrap_or(usize::MAX);
+                if prev.compute_txid() != txin.previous_output.txid
+                    || prev.output.get(vout) != Some(utxo)
+                {
+                    return Err(bad(
+                        "non_witness_utxo does not match the outpoint or the witness_utxo",
+                    ));
+                }
+            }
+            values.push(utxo.value);
+        }
+        if let Some(t) = input.sighash_type {
+            if t != PsbtSighashType::from(EcdsaSighashType::All)
+                && t != PsbtSighashType::from(TapSighashType::Default)
+            {
+                return Err(Bip322Error::SighashNotAll {
+                    input: i,
+                    found: t.to_string(),
+                });
+            }
+        }
+        check_signature_types(i, input).map_err(|e| match e {
+            ReserveError::SighashNotAll { input, found } => {
+                Bip322Error::SighashNotAll { input, found }
+            }
+            other => Bip322Error::Build(other),
+        })?;
+    }
+    sum(values.into_iter())
+}
+
+/// Finalizes a signed proof-of-funds PSBT (every input satisfied by miniscript from its own
+/// PSBT fields, in linear time),
+/// extracts `to_sign` and verifies it with [`verify`] against the PSBT's `witness_utxo`s.
+///
+/// # Errors
+/// Any error of [`check_proof_of_funds_psbt`], [`Bip322Error::Finalize`] naming the input, or
+/// any error of [`verify`].
+pub fn finalize(
+    mut psbt: Psbt,
+    message: &[u8],
+    challenge: &Script,
+) -> Result<Transaction, Bip322Error> {
+    check_proof_of_funds_psbt(&psbt, message, challenge)?;
+    let secp = Secp256k1::verification_only();
+    for i in 0..psbt.inputs.len() {
+        finalize_input(&mut psbt, i, &secp)
+            .map_err(|reason| Bip322Error::Finalize { input: i, reason })?;
+    }
+    let spent: Vec<TxOut> = psbt
+        .inputs
+        .iter()
+        .skip(1)
+        .filter_map(|i| i.witness_utxo.clone())
+        .collect();
+    let tx = psbt.extract_tx_unchecked_fee_rate();
+    verify(&tx, message, challenge, &spent)?;
+    Ok(tx)
+}
+
+/// Verifies a signed `to_sign` transaction (the "full" format) offline: the structure exactly
+/// (see the module docs), then every input's script, input 0 against `to_spend`'s output and
+/// input `i ≥ 1` against `spent_outputs[i - 1]`, with signatures checked against sighashes
+/// over all spent outputs (taproot included), every signature `SIGHASH_ALL`, and at least one
+/// signature on every input. Returns the proven amount, the sum of `spent_outputs`.
+///
+/// What it does not check: that the spent outputs exist (or existed at some block), which only
+/// a node can say.
+///
+/// # Errors
+/// The [`Bip322Error`] naming the first violation; [`Bip322Error::Script`] for a forged,
+/// truncated or missing witness, or a signature for another message or challenge.
+pub fn verify(
+    tx: &Transaction,
+    message: &[u8],
+    challenge: &Script,
+    spent_outputs: &[TxOut],
+) -> Result<Amount, Bip322Error> {
+    check_to_sign_tx(tx, message, challenge)?;
+    let extra = tx.input.len().saturating_sub(1);
+    if spent_outputs.len() != extra {
+        return Err(Bip322Error::SpentOutputs {
+            expected: extra,
+            found: spent_outputs.len(),
+        });
+    }
+    let total = sum(spent_outputs.iter().map(|o| o.value))?;
+    let mut prevouts = Vec::with_capacity(tx.input.len());
+    prevouts.push(TxOut {
+        value: Amount::ZERO,
+        script_pubkey: challenge.to_owned(),
+    });
+    prevouts.extend_from_slice(spent_outputs);
+    let mut verifier = ScriptVerifier::new(tx, &prevouts);
+    for i in 0..tx.input.len() {
+        match verifier.verify_input(i) {
+            Ok(0) => {
+                return Err(Bip322Error::Script {
+                    input: i,
+                    reason: "no signature proves control of the output".into(),
+                })
+            }
+            Ok(_) => {}
+            Err(InputFault::Script(reason)) => {
+                return Err(Bip322Error::Script { input: i, reason })
+            }
+            Err(InputFault::SighashNotAll(found)) => {
+                return Err(Bip322Error::SighashNotAll { input: i, found })
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The "full" format: base64 of `to_sign`'s network serialization (with witnesses).
+pub fn encode_full(to_sign: &Transaction) -> String {
+    base64::engine::general_purpose::STANDARD.encode(consensus::serialize(to_sign))
+}
+
+/// Decodes the "full" format strictly: standard base64 of exactly one transaction, no
+/// trailing bytes.
+///
+/// # Errors
+/// [`Bip322Error::Encoding`].
+pub fn decode_full(text: &str) -> Result<Transaction, Bip322Error> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| Bip322Error::Encoding(e.to_string()))?;
+    consensus::deserialize(&bytes).map_err(|e| Bip322Error::Encoding(e.to_string()))
+}
+
+/// The `to_sign` transaction of a BIP-322 "simple" signature: `to_sign` of `message` and
+/// `challenge` without additional inputs, input 0's witness decoded from `simple` (base64 of
+/// the consensus-encoded witness stack). Verify it with [`verify`] and no spent outputs.
+///
+/// # Errors
+/// [`Bip322Error::Encoding`] when `simple` is not base64 of one witness stack.
+pub fn from_simple(
+    simple: &str,
+    message: &[u8],
+    challenge: &Script,
+) -> Result<Transaction, Bip322Error> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(simple.trim())
+        .map_err(|e| Bip322Error::Encoding(e.to_string()))?;
+    let witness: Witness =
+        consensus::deserialize(&bytes).map_err(|e| Bip322Error::Encoding(e.to_string()))?;
+    let mut tx = to_sign(to_spend(message, challenge).compute_txid(), &[]);
+    if let Some(first) = tx.input.first_mut() {
+        first.witness = witness;
+    }
+    Ok(tx)
+}
