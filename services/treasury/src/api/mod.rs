@@ -455,11 +455,11 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
 /// for instance) into one, keeping its status and its text as the detail.
 async fn as_problem(resp: Response) -> Response {
     let status = resp.status();
-    let is_problem = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == problem::PROBLEM_JSON.as_bytes());
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    // Problems, and JSON bodies of our own (`/readyz`), stay as they are.
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes() == problem::PROBLEM_JSON.as_bytes() || v.as_bytes() == b"application/json"
+    });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
     let kind = match status {
