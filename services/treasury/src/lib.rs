@@ -2,6 +2,7 @@
 //! runs. I/O lives here; the domain logic is in `custody` (pure).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod governance;
 pub mod hsm_checkpoint;
 pub mod hsm_cli;
@@ -12,6 +13,7 @@ pub mod reserves_audit;
 pub mod reserves_cli;
 pub mod reserves_service;
 pub mod reserves_verify;
+pub mod serve_cli;
 pub mod signing;
 pub mod spend;
 pub mod spend_cli;
