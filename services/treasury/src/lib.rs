@@ -2,6 +2,7 @@
 //! runs. I/O lives here; the domain logic is in `custody` (pure).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod governance;
 pub mod hsm_checkpoint;
 pub mod hsm_cli;
@@ -10,6 +11,7 @@ pub mod officer_cli;
 pub mod policy_cli;
 pub mod reserves_cli;
 pub mod reserves_verify;
+pub mod serve_cli;
 pub mod signing;
 pub mod spend;
 pub mod spend_cli;

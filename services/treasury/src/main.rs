@@ -1,7 +1,7 @@
 //! `treasury`: the command-line entry point of the reserve service.
 //!
-//! The HTTPS service arrives with its issue; what is here now reports on the hash core every
-//! other part stands on, runs the reserve ledger (`ledger`), the vaults and the PSBT builder
+//! `serve` runs the HTTPS API (`token` creates its tokens); the rest reports on the hash core
+//! every other part stands on, runs the reserve ledger (`ledger`), the vaults and the PSBT builder
 //! (`vault`, `psbt`), spend requests (`spend`), policies and their governance (`policy`), the
 //! freeze (`freeze`), officers' offline tools (`officer`), the liabilities tree (`reserves`),
 //! and verifies a ledger and liability proofs offline (`audit`).
@@ -17,6 +17,7 @@ use treasury::ledger_cli::{run_audit, run_ledger, AuditCommand, LedgerCommand, L
 use treasury::officer_cli::{run_officer, OfficerCommand};
 use treasury::policy_cli::{run_policy, PolicyCommand};
 use treasury::reserves_cli::{run_reserves, ReservesCommand, ReservesOpts};
+use treasury::serve_cli::{run_serve, run_token, ServeOpts, TokenCommand};
 use treasury::spend_cli::{run_freeze, run_spend, ClockOpts, FreezeCommand, SpendCommand};
 use treasury::vault_cli::{run_psbt, run_vault, PsbtCommand, VaultCommand, VaultOpts};
 
@@ -101,6 +102,16 @@ enum Command {
         #[command(subcommand)]
         command: ReservesCommand,
     },
+    /// Serve the HTTPS API (`--config FILE`; Ctrl-C or SIGTERM stops it gracefully).
+    Serve {
+        #[command(flatten)]
+        opts: ServeOpts,
+    },
+    /// API tokens: create (printed once, stored as a hash).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Offline verification of a ledger export, proofs and checkpoints (no database).
     Audit {
         #[command(subcommand)]
@@ -163,6 +174,11 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Reserves { opts, command } => {
             print!("{}", run_reserves(&opts, command)?);
+            Ok(())
+        }
+        Command::Serve { opts } => run_serve(&opts),
+        Command::Token { command } => {
+            print!("{}", run_token(command)?);
             Ok(())
         }
         Command::Audit { command } => {

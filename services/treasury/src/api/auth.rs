@@ -1,0 +1,302 @@
+//! API tokens: who is calling, with which role, over which vaults.
+//!
+//! Why this shape: a token is 32 random bytes shown once to whoever created it; the database
+//! keeps only its SHA-256 (a token is high-entropy, so a plain hash is enough: no salt or slow
+//! KDF is needed to stop guessing, and a lookup by hash needs no constant-time compare). The
+//! first bytes of the hash are the token's public id, for logs and the ledger. Creating a token
+//! writes its row and a ledger entry in one transaction, so every credential that can change
+//! state is itself on the record. Tokens live in the database, not in a process, so every
+//! `treasury serve` instance against it accepts the same tokens.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use custody::ledger::{Actor, EntryDraft};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use zeroize::Zeroizing;
+
+use crate::store::{on_db, LedgerStore, SqlValue, StoreError, Write};
+
+/// The prefix of every token (lets secret scanners find leaked tokens).
+pub const TOKEN_PREFIX: &str = "trsy_";
+
+/// The actor recorded on token ledger entries.
+pub const TOKENS_ACTOR: &str = "api-tokens";
+
+/// Errors of the token store.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The principal name cannot be a ledger actor.
+    #[error("invalid principal name: {0}")]
+    Principal(String),
+    /// A vault scope is empty or repeated.
+    #[error("invalid vault scope: {0}")]
+    Scope(String),
+    /// The role name is unknown.
+    #[error("unknown role {0:?} (expected admin, officer, auditor or integrator)")]
+    Role(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored token row is inconsistent.
+    #[error("corrupt token row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for AuthError {
+    fn from(e: sqlx::Error) -> Self {
+        AuthError::Store(StoreError::Db(e))
+    }
+}
+
+/// What a caller may do (docs/api.md has the route × role table).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Operates the service: vaults, policy proposals, checkpoints, everything an officer sees.
+    Admin,
+    /// A treasury officer: reviews, approves and signs spend requests.
+    Officer,
+    /// Reads everything, changes nothing but asking for proofs.
+    Auditor,
+    /// A system integrating with the reserve: deposit addresses, balances, spend requests.
+    Integrator,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Officer, Role::Auditor, Role::Integrator];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Officer => "officer",
+            Role::Auditor => "auditor",
+            Role::Integrator => "integrator",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = AuthError;
+    fn from_str(s: &str) -> Result<Self, AuthError> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| AuthError::Role(s.to_owned()))
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The principal's name (recorded as the actor of what they change).
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// The vaults the token is limited to (empty: every vault).
+    pub vaults: Vec<String>,
+    /// The token's public id (first 8 bytes of its hash, hex).
+    pub token_id: String,
+}
+
+impl Principal {
+    /// Whether the token covers vault `name`.
+    pub fn may_see_vault(&self, name: &str) -> bool {
+        self.vaults.is_empty() || self.vaults.iter().any(|v| v == name)
+    }
+
+    /// Whether the token has one of `roles`.
+    pub fn has_role(&self, roles: &[Role]) -> bool {
+        roles.contains(&self.role)
+    }
+}
+
+/// The SHA-256 of a token, hex.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(hashcore::sha256(token.as_bytes()))
+}
+
+fn check_principal(principal: &str) -> Result<(), AuthError> {
+    Actor::new(principal).map_err(|e| AuthError::Principal(e.to_string()))?;
+    if principal.trim() != principal {
+        return Err(AuthError::Principal(
+            "leading or trailing white space".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_vaults(vaults: &[String]) -> Result<(), AuthError> {
+    let mut seen = std::collections::HashSet::new();
+    for v in vaults {
+        if v.is_empty() || v.chars().any(char::is_control) {
+            return Err(AuthError::Scope(format!("bad vault name {v:?}")));
+        }
+        if !seen.insert(v) {
+            return Err(AuthError::Scope(format!("vault {v:?} given twice")));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a random token for `principal` with `role` over `vaults` (empty: every vault),
+/// stores its hash and records its creation in the ledger (one transaction); returns the
+/// token, which is shown once and never stored.
+///
+/// # Errors
+/// [`AuthError::Principal`] or [`AuthError::Scope`] for bad input (nothing is stored),
+/// [`AuthError::Store`].
+pub async fn issue_token(
+    store: &LedgerStore,
+    principal: &str,
+    role: Role,
+    vaults: &[String],
+    now_ms: i64,
+) -> Result<String, AuthError> {
+    check_principal(principal)?;
+    check_vaults(vaults)?;
+    let mut secret = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut secret[..]);
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(&secret[..]));
+    let hash = token_hash(&token);
+    let token_id = hash[..16].to_owned();
+    let vaults_json =
+        serde_json::to_string(vaults).map_err(|e| AuthError::Corrupt(e.to_string()))?;
+    let text = serde_json::json!({
+        "event": "api_token_created",
+        "token_id": token_id,
+        "principal": principal,
+        "role": role.as_str(),
+        "vaults": vaults,
+    })
+    .to_string();
+    let draft = EntryDraft::note(now_ms, TOKENS_ACTOR, &text)
+        .map_err(|e| AuthError::Store(StoreError::Entry(e)))?;
+    let write = Write::new(
+        "INSERT INTO api_tokens (token_hash, token_id, principal, role, vaults, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        vec![
+            SqlValue::Text(hash),
+            SqlValue::Text(token_id),
+            SqlValue::Text(principal.to_owned()),
+            SqlValue::Text(role.as_str().to_owned()),
+            SqlValue::Text(vaults_json),
+            SqlValue::Int(now_ms),
+        ],
+    )
+    .exactly(1, "insert the token");
+    store.append_with_writes(vec![draft], &[write]).await?;
+    Ok(token)
+}
+
+/// Looks up the principal of `token`; `None` when no live token has that hash.
+///
+/// # Errors
+/// [`AuthError::Store`], [`AuthError::Corrupt`].
+pub async fn lookup_token(
+    store: &LedgerStore,
+    token: &str,
+) -> Result<Option<Principal>, AuthError> {
+    if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
+        return Ok(None);
+    }
+    let hash = token_hash(token);
+    let q = "SELECT token_id, principal, role, vaults FROM api_tokens \
+             WHERE token_hash = $1 AND revoked_ms IS NULL";
+    let row: Option<(String, String, String, String)> = on_db!(store.db(), p => {
+        match sqlx::query(q).bind(&hash).fetch_optional(p).await? {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)),
+            None => None,
+        }
+    });
+    let Some((token_id, name, role, vaults)) = row else {
+        return Ok(None);
+    };
+    let role = role
+        .parse()
+        .map_err(|_| AuthError::Corrupt(format!("token {token_id}: role {role:?}")))?;
+    let vaults: Vec<String> = serde_json::from_str(&vaults)
+        .map_err(|e| AuthError::Corrupt(format!("token {token_id}: vaults: {e}")))?;
+    Ok(Some(Principal {
+        name,
+        role,
+        vaults,
+        token_id,
+    }))
+}
+
+/// A small in-process cache of token lookups (positive answers only), so a busy token does
+/// not cost a database round trip per request. Entries live for `ttl`; a revoked token is
+/// refused by every instance within `ttl`.
+#[derive(Debug, Clone)]
+pub struct TokenCache {
+    ttl: Duration,
+    map: Arc<Mutex<HashMap<String, (Instant, Principal)>>>,
+}
+
+impl TokenCache {
+    /// A cache whose entries live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        TokenCache {
+            ttl,
+            map: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The principal of `token`, from the cache or the store.
+    ///
+    /// # Errors
+    /// As [`lookup_token`].
+    pub async fn principal(
+        &self,
+        store: &LedgerStore,
+        token: &str,
+    ) -> Result<Option<Principal>, AuthError> {
+        let hash = token_hash(token);
+        {
+            let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, p)) = map.get(&hash) {
+                if at.elapsed() < self.ttl {
+                    return Ok(Some(p.clone()));
+                }
+            }
+        }
+        let found = lookup_token(store, token).await?;
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        match &found {
+            Some(p) => {
+                if map.len() > 10_000 {
+                    map.clear();
+                }
+                map.insert(hash, (Instant::now(), p.clone()));
+            }
+            None => {
+                map.remove(&hash);
+            }
+        }
+        Ok(found)
+    }
+}
