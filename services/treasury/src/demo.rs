@@ -12,7 +12,7 @@
 //! there and reuses it: the second run continues the same chain, database, keys, vault and
 //! tokens. API tokens are shown once by the service and stored only as hashes, so the demo
 //! keeps the plain tokens it issued in `tokens.json` (mode 0600) in the demo directory and
-//! reuses them; delete that file to have fresh ones issued (ADR 0009).
+//! reuses them; delete that file to have fresh ones issued (ADR 0010).
 //!
 //! The node is Bitcoin Core in regtest mode on loopback with its datadir in the demo directory;
 //! it is stopped through RPC `stop` when the demo ends (Ctrl-C or SIGTERM), after the API
@@ -901,27 +901,28 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                eprintln!("[demo] cannot watch SIGTERM ({e}); Ctrl-C still stops the demo");
-                std::future::pending::<()>().await;
-            }
+/// Ctrl-C (SIGINT) and SIGTERM, watched from the moment this is built (before the demo says
+/// it is ready, so a signal right after that line cannot take the default action and orphan
+/// the node).
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> Result<Self, DemoError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt()).map_err(io("watch SIGINT"))?,
+            term: signal(SignalKind::terminate()).map_err(io("watch SIGTERM"))?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-    };
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            if let Err(e) = r {
-                eprintln!("[demo] cannot watch Ctrl-C: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-        () = term => {}
     }
 }
 
@@ -958,11 +959,13 @@ async fn serve(setup: &Setup, opts: &DemoOptions) -> Result<(), DemoError> {
     );
     let config = crate::api::config::ServeConfig::from_toml_str(&text)
         .map_err(|e| step("serve config")(e.to_string()))?;
+    crate::api::init_logging(config.server.log_format);
     let server = crate::api::bind(config)
         .await
         .map_err(|e| step("serve")(e.to_string()))?;
     let addr = server.local_addr();
     let url = format!("https://localhost:{}", addr.port());
+    let signals = StopSignals::watch()?;
     let walkthrough = write_files(setup, &url, addr)?;
     println!("{walkthrough}");
     println!("demo ready: {url}");
@@ -973,7 +976,7 @@ async fn serve(setup: &Setup, opts: &DemoOptions) -> Result<(), DemoError> {
     }
     let result = server
         .run(async {
-            shutdown_signal().await;
+            signals.wait().await;
             progress("shutting down the API server");
         })
         .await
