@@ -108,6 +108,8 @@ enum Command {
         #[command(flatten)]
         opts: ServeOpts,
     },
+    /// Print the API's OpenAPI 3.1 document (docs/openapi.json is this output).
+    Openapi,
     /// API tokens: create (printed once, stored as a hash).
     Token {
         #[command(subcommand)]
@@ -192,6 +194,10 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Serve { opts } => run_serve(&opts),
+        Command::Openapi => {
+            print!("{}", treasury::api::openapi::openapi_json());
+            Ok(())
+        }
         Command::Token { command } => {
             print!("{}", run_token(command)?);
             Ok(())

@@ -273,51 +273,61 @@ pub fn run_policy(cmd: PolicyCommand) -> Result<String, String> {
         PolicyCommand::Hash { file } => Ok(format!("{}\n", load_policy(&file)?.hash())),
         PolicyCommand::Simulate { policy, request } => {
             let p = load_policy(&policy)?;
-            let sim: SimInput = serde_json::from_str(&read(&request)?)
+            let eval = simulate_json(&p, &read(&request)?)
                 .map_err(|e| format!("{}: {e}", request.display()))?;
-            let f = facts(&p, &sim)?;
-            let history = sim
-                .history
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    let state = match h.state.as_str() {
-                        "pending" => SpendState::Pending,
-                        "broadcast" => SpendState::Broadcast,
-                        "confirmed" => SpendState::Confirmed,
-                        other => {
-                            return Err(format!(
-                            "history[{i}].state: {other:?} is not pending, broadcast or confirmed"
-                        ))
-                        }
-                    };
-                    Ok(PastSpend {
-                        request_id: h.request_id.clone(),
-                        amount: Amount::from_sat(h.amount_sat),
-                        at_ms: h.at_ms,
-                        state,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let approvals: Vec<ReceivedApproval> = sim
-                .approvals
-                .into_iter()
-                .map(|a| ReceivedApproval {
-                    approval: a.approval,
-                    received_ms: a.received_ms,
-                })
-                .collect();
-            let ctx = Context {
-                now_ms: sim.now_ms,
-                tip_height: sim.tip_height,
-                frozen: sim.frozen,
-            };
-            let eval = policies::evaluate(&p, &f, &history, &approvals, &ctx);
             let text = serde_json::to_string_pretty(&eval)
                 .map_err(|e| format!("cannot print the evaluation: {e}"))?;
             Ok(format!("{text}\n"))
         }
     }
+}
+
+/// Evaluates the simulation input `request` (JSON, see docs/policies.md) under `p` and returns
+/// the evaluation (the CLI's `policy simulate` and the API's simulate route).
+///
+/// # Errors
+/// A message naming what is wrong with the input.
+pub fn simulate_json(p: &Policy, request: &str) -> Result<serde_json::Value, String> {
+    let sim: SimInput = serde_json::from_str(request).map_err(|e| e.to_string())?;
+    let f = facts(p, &sim)?;
+    let history = sim
+        .history
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let state = match h.state.as_str() {
+                "pending" => SpendState::Pending,
+                "broadcast" => SpendState::Broadcast,
+                "confirmed" => SpendState::Confirmed,
+                other => {
+                    return Err(format!(
+                        "history[{i}].state: {other:?} is not pending, broadcast or confirmed"
+                    ))
+                }
+            };
+            Ok(PastSpend {
+                request_id: h.request_id.clone(),
+                amount: Amount::from_sat(h.amount_sat),
+                at_ms: h.at_ms,
+                state,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let approvals: Vec<ReceivedApproval> = sim
+        .approvals
+        .into_iter()
+        .map(|a| ReceivedApproval {
+            approval: a.approval,
+            received_ms: a.received_ms,
+        })
+        .collect();
+    let ctx = Context {
+        now_ms: sim.now_ms,
+        tip_height: sim.tip_height,
+        frozen: sim.frozen,
+    };
+    let eval = policies::evaluate(p, &f, &history, &approvals, &ctx);
+    serde_json::to_value(&eval).map_err(|e| format!("cannot print the evaluation: {e}"))
 }
 
 fn describe_version(v: &PolicyVersion) -> String {

@@ -625,6 +625,18 @@ impl VaultService {
     /// # Errors
     /// [`OpError`], e.g. the gap limit.
     pub async fn next_address(&self, name: &str) -> Result<custody::vault::VaultAddress, OpError> {
+        self.next_address_by(name, "treasury").await
+    }
+
+    /// As [`VaultService::next_address`], recording `actor` as who asked (the API's caller).
+    ///
+    /// # Errors
+    /// As [`VaultService::next_address`].
+    pub async fn next_address_by(
+        &self,
+        name: &str,
+        actor: &str,
+    ) -> Result<custody::vault::VaultAddress, OpError> {
         let mut vault = self.vaults.load(name).await?;
         let addr = vault.next_receive_address()?;
         self.vaults.persist(&mut vault).await?;
@@ -635,7 +647,7 @@ impl VaultService {
         self.ledger
             .append(custody::vault::ledger_record(
                 custody::ledger::Kind::AddressIssued,
-                "treasury",
+                actor,
                 &body,
                 now_ms(),
             )?)

@@ -14,10 +14,16 @@
 
 pub mod auth;
 pub mod config;
+pub mod json;
+pub mod ledger;
 pub mod metrics;
+pub mod openapi;
+pub mod policies;
 pub mod problem;
 pub mod ratelimit;
 pub mod server;
+pub mod spends;
+pub mod vaults;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +34,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use bdk_wallet::bitcoin::Network;
 use custody::ledger::KeyFileSigner;
@@ -93,13 +99,15 @@ struct Inner {
     network: Option<Network>,
     policy_signer: Option<SharedSigner>,
     ledger_origin: String,
-    ledger_key: Option<Arc<KeyFileSigner>>,
+    ledger_key: Option<Arc<zeroize::Zeroizing<String>>>,
     limits: Limits,
     require_client_cert: bool,
     tokens: auth::TokenCache,
     rate: ratelimit::RateLimiter,
     metrics: metrics::Metrics,
     shutdown: tokio::sync::watch::Sender<bool>,
+    vault_cache: vaults::VaultCache,
+    fee_caps: custody::vault::spend::FeeCaps,
 }
 
 /// Everything the handlers share: the database, the services over it, the node, the policy
@@ -132,12 +140,20 @@ pub struct AppStateBuilder {
     node: Option<(NodeConfig, Network)>,
     policy_signer: Option<SharedSigner>,
     ledger_origin: Option<String>,
-    ledger_key: Option<KeyFileSigner>,
+    ledger_key: Option<zeroize::Zeroizing<String>>,
     limits: Limits,
     require_client_cert: bool,
+    fee_caps: Option<custody::vault::spend::FeeCaps>,
 }
 
 impl AppStateBuilder {
+    /// The fee caps of PSBTs built through the API (default: 1 000 000 sat, 500 sat/vB, as
+    /// the CLI).
+    pub fn fee_caps(mut self, caps: custody::vault::spend::FeeCaps) -> Self {
+        self.fee_caps = Some(caps);
+        self
+    }
+
     /// The node the service follows and broadcasts through, and its network.
     pub fn node(mut self, node: NodeConfig, network: Network) -> Self {
         self.node = Some((node, network));
@@ -150,8 +166,9 @@ impl AppStateBuilder {
         self
     }
 
-    /// The ledger origin and the key checkpoints are signed with.
-    pub fn ledger(mut self, origin: &str, key: Option<KeyFileSigner>) -> Self {
+    /// The ledger origin and the key checkpoints are signed with (the text of a ledger key
+    /// file, `treasury ledger keygen`).
+    pub fn ledger(mut self, origin: &str, key: Option<zeroize::Zeroizing<String>>) -> Self {
         self.ledger_origin = Some(origin.to_owned());
         self.ledger_key = key;
         self
@@ -194,6 +211,11 @@ impl AppStateBuilder {
                 tokens: auth::TokenCache::new(Duration::from_secs(5)),
                 metrics: metrics::Metrics::default(),
                 shutdown,
+                vault_cache: vaults::VaultCache::default(),
+                fee_caps: self.fee_caps.unwrap_or(custody::vault::spend::FeeCaps {
+                    max_fee: bdk_wallet::bitcoin::Amount::from_sat(1_000_000),
+                    max_fee_rate: bdk_wallet::bitcoin::FeeRate::from_sat_per_vb_u32(500),
+                }),
             }),
         }
     }
@@ -232,12 +254,14 @@ impl AppState {
                         reason: format!("{}: {e}", p.display()),
                     })
                 })?);
-                Some(KeyFileSigner::from_key_file(&text).map_err(|e| {
+                // Checked now, so a bad key fails at start-up and not at the first checkpoint.
+                KeyFileSigner::from_key_file(&text).map_err(|e| {
                     ServeError::Config(config::ConfigError::Secret {
                         what: "ledger key file".into(),
                         reason: format!("{}: {e}", p.display()),
                     })
-                })?)
+                })?;
+                Some(text)
             }
             None => None,
         };
@@ -538,6 +562,15 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /v1/openapi.json`: the OpenAPI 3.1 document (public, like the health checks).
+async fn openapi_doc() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::openapi_json(),
+    )
+        .into_response()
+}
+
 async fn not_found() -> Problem {
     Problem::not_found("no such route")
 }
@@ -563,6 +596,45 @@ async fn whoami(caller: Caller) -> impl IntoResponse {
 fn v1_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/whoami", get(whoami))
+        .route("/v1/vaults", get(vaults::list))
+        .route("/v1/vaults/{name}", get(vaults::show))
+        .route("/v1/vaults/{name}/balance", get(vaults::balance))
+        .route("/v1/vaults/{name}/utxos", get(vaults::utxos))
+        .route("/v1/vaults/{name}/export", get(vaults::export))
+        .route("/v1/vaults/{name}/addresses", post(vaults::next_address))
+        .route(
+            "/v1/vaults/{name}/addresses/{address}",
+            get(vaults::verify_address),
+        )
+        .route("/v1/vaults/{name}/sync", post(vaults::sync))
+        .route("/v1/spends", post(spends::create).get(spends::list))
+        .route("/v1/spends/{id}", get(spends::show))
+        .route("/v1/spends/{id}/approvals", post(spends::approve))
+        .route("/v1/spends/{id}/psbts", post(spends::submit_psbt))
+        .route("/v1/spends/{id}/policy-sign", post(spends::policy_sign))
+        .route("/v1/spends/{id}/broadcast", post(spends::broadcast))
+        .route("/v1/spends/{id}/follow", post(spends::follow))
+        .route("/v1/spends/{id}/cancel", post(spends::cancel))
+        .route("/v1/spends/{id}/bump", post(spends::bump))
+        .route("/v1/policies", get(policies::list))
+        .route("/v1/policies/active", get(policies::active))
+        .route("/v1/policies/proposals", post(policies::propose))
+        .route(
+            "/v1/policies/proposals/{hash}/approvals",
+            post(policies::approve),
+        )
+        .route("/v1/policies/simulate", post(policies::simulate))
+        .route("/v1/ledger/entries", get(ledger::entries))
+        .route("/v1/ledger/entries/{seq}", get(ledger::entry))
+        .route("/v1/ledger/head", get(ledger::head))
+        .route("/v1/ledger/checkpoints", post(ledger::checkpoint))
+        .route(
+            "/v1/ledger/checkpoints/latest",
+            get(ledger::latest_checkpoint),
+        )
+        .route("/v1/ledger/proofs/inclusion", get(ledger::inclusion))
+        .route("/v1/ledger/proofs/consistency", get(ledger::consistency))
+        .route("/v1/events", get(ledger::events))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
 }
 
@@ -573,6 +645,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi_doc))
         .merge(v1_routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
