@@ -59,7 +59,7 @@ fn view(v: &PolicyVersion) -> ApiResult<PolicyView> {
     };
     Ok(PolicyView {
         hash: v.hash.to_string(),
-        version: u64::from(v.policy.version()),
+        version: v.policy.version(),
         name: v.policy.name().to_owned(),
         status: v.status.as_str().to_owned(),
         base: v.base.as_ref().map(ToString::to_string),
