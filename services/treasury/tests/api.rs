@@ -90,7 +90,7 @@ impl World {
         path: &str,
         token: Option<&str>,
         body: Option<String>,
-    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    ) -> (StatusCode, http::HeaderMap, Vec<u8>) {
         let mut b = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
