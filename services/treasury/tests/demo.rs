@@ -187,6 +187,55 @@ async fn check_running(dir: &Path, url: &str, tokens: &Tokens) {
     let (status, _) = get(&c, &whoami, Some("tsy_not-a-token")).await;
     assert_eq!(status, 401, "a wrong token");
 
+    // Roles, on the routes of the API (docs/api.md): the integrator reads the funded vault's
+    // balance but may not sign checkpoints; the auditor signs a checkpoint (the demo's ledger
+    // key) but may not hand out deposit addresses.
+    let integrator = &tokens["demo-integrator"].token;
+    let auditor = &tokens["demo-auditor"].token;
+    let (status, body) = get(
+        &c,
+        &format!("{url}/v1/vaults/reserve/balance"),
+        Some(integrator),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["confirmed_sat"].as_u64(),
+        Some(FUNDED_SAT),
+        "the vault is funded: {body}"
+    );
+    let post = |path: &str, token: &str| {
+        c.post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+    };
+    let status = post("/v1/ledger/checkpoints", integrator)
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 403, "an integrator does not sign checkpoints");
+    let resp = post("/v1/ledger/checkpoints", auditor).await.unwrap();
+    let status = resp.status();
+    assert!(
+        status.is_success(),
+        "the auditor signs a checkpoint: {status} {}",
+        resp.text().await.unwrap()
+    );
+    let status = post("/v1/vaults/reserve/addresses", auditor)
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 403, "an auditor hands out no deposit address");
+    let (status, body) = get(
+        &c,
+        &format!("{url}/v1/vaults/reserve"),
+        Some(&tokens["alice"].token),
+    )
+    .await;
+    assert_eq!(status, 200, "an officer sees the vault: {body}");
+
     // A plain client without the demo's CA refuses the self-signed certificate.
     let plain = reqwest::Client::builder().build().unwrap();
     assert!(plain.get(format!("{url}/healthz")).send().await.is_err());
