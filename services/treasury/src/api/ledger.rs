@@ -218,19 +218,27 @@ pub async fn latest_checkpoint(
     caller: Caller,
 ) -> ApiResult<Json<CheckpointView>> {
     require_unscoped(&caller)?;
+    let (seq, note) = latest(&state)
+        .await?
+        .ok_or_else(|| Problem::not_found("no checkpoint yet"))?;
+    Ok(Json(CheckpointView { note, seq }))
+}
+
+/// The latest checkpoint entry's seq and note, if any.
+async fn latest(state: &AppState) -> ApiResult<Option<(u64, String)>> {
     let q = "SELECT MAX(seq) FROM ledger_entries WHERE kind = $1";
-    let code = i64::from(Kind::Checkpoint.code());
+    let code = i32::from(Kind::Checkpoint.code());
     let seq: Option<i64> = on_db!(state.store().db(), p => {
         sqlx::query(q)
-            .bind(code as i32)
+            .bind(code)
             .fetch_one(p)
             .await
             .and_then(|r| r.try_get::<Option<i64>, _>(0))
             .map_err(Problem::internal)?
     });
-    let seq = seq
-        .and_then(|s| u64::try_from(s).ok())
-        .ok_or_else(|| Problem::not_found("no checkpoint yet"))?;
+    let Some(seq) = seq.and_then(|s| u64::try_from(s).ok()) else {
+        return Ok(None);
+    };
     let e = state.store().entries_range(seq, seq + 1).await?;
     let e = e
         .first()
@@ -241,7 +249,15 @@ pub async fn latest_checkpoint(
         .map_err(Problem::internal)?
         .note()
         .to_owned();
-    Ok(Json(CheckpointView { note, seq }))
+    Ok(Some((seq, note)))
+}
+
+/// The latest signed checkpoint note, if any.
+///
+/// # Errors
+/// A problem when the store fails.
+pub async fn latest_note(state: &AppState) -> ApiResult<Option<String>> {
+    Ok(latest(state).await?.map(|(_, n)| n))
 }
 
 /// Sign a checkpoint of the whole log with the ledger key and store it.

@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod policies;
 pub mod problem;
 pub mod ratelimit;
+pub mod reserves;
 pub mod server;
 pub mod spends;
 pub mod vaults;
@@ -423,7 +424,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
     let timeout = state.inner.limits.timeout;
-    let mut resp = {
+    let resp = {
         use tracing::Instrument;
         match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await {
             Ok(r) => r,
@@ -438,6 +439,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
             }
         }
     };
+    let mut resp = as_problem(resp).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -447,6 +449,42 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let _g = span.enter();
     tracing::info!(status, took_us = took.as_micros() as u64, "done");
     resp
+}
+
+/// Turns an error response that is not a problem (axum's own rejections of a path or query,
+/// for instance) into one, keeping its status and its text as the detail.
+async fn as_problem(resp: Response) -> Response {
+    let status = resp.status();
+    // Problems, and JSON bodies of our own (`/readyz`), stay as they are.
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes() == problem::PROBLEM_JSON.as_bytes() || v.as_bytes() == b"application/json"
+    });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let kind = match status {
+        StatusCode::NOT_FOUND => ProblemKind::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ProblemKind::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ProblemKind::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemKind::UnsupportedMediaType,
+        StatusCode::UNPROCESSABLE_ENTITY => ProblemKind::Validation,
+        StatusCode::UNAUTHORIZED => ProblemKind::Unauthorized,
+        StatusCode::FORBIDDEN => ProblemKind::Forbidden,
+        s if s.is_server_error() => ProblemKind::Internal,
+        _ => ProblemKind::BadRequest,
+    };
+    let text = match axum::body::to_bytes(resp.into_body(), 4096).await {
+        Ok(b) if kind != ProblemKind::Internal => String::from_utf8_lossy(&b).into_owned(),
+        _ => String::new(),
+    };
+    let detail = if text.is_empty() {
+        kind.title().to_owned()
+    } else {
+        text
+    };
+    let mut p = Problem::new(kind, detail).into_response();
+    *p.status_mut() = status;
+    p
 }
 
 /// `/v1` layer: authenticates the bearer token and applies its rate limit.
@@ -635,6 +673,7 @@ fn v1_routes(state: &AppState) -> Router<AppState> {
         .route("/v1/ledger/proofs/inclusion", get(ledger::inclusion))
         .route("/v1/ledger/proofs/consistency", get(ledger::consistency))
         .route("/v1/events", get(ledger::events))
+        .route("/v1/reserves/proofs", post(reserves::request_proof))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
 }
 

@@ -7,7 +7,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ledger, policies, problem, spends, vaults};
+use super::{ledger, policies, problem, reserves, spends, vaults};
 
 struct Bearer;
 
@@ -43,6 +43,7 @@ impl Modify for Bearer {
         policies::active, policies::list, policies::propose, policies::approve, policies::simulate,
         ledger::entries, ledger::entry, ledger::head, ledger::latest_checkpoint, ledger::checkpoint,
         ledger::inclusion, ledger::consistency, ledger::events,
+        reserves::request_proof,
     ),
     components(schemas(problem::ProblemBody, super::auth::Role)),
     modifiers(&Bearer),
@@ -52,6 +53,7 @@ impl Modify for Bearer {
         (name = "policies", description = "Spending policies and their governance"),
         (name = "ledger", description = "The reserve ledger and its proofs"),
         (name = "events", description = "Server-Sent Events of ledger entries"),
+        (name = "reserves", description = "Proofs of reserves"),
     )
 )]
 pub struct ApiDoc;
