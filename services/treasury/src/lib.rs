@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod demo;
 pub mod governance;
 pub mod hsm_checkpoint;
 pub mod hsm_cli;

@@ -4,7 +4,8 @@
 //! every other part stands on, runs the reserve ledger (`ledger`), the vaults and the PSBT builder
 //! (`vault`, `psbt`), spend requests (`spend`), policies and their governance (`policy`), the
 //! freeze (`freeze`), officers' offline tools (`officer`), the liabilities tree (`reserves`),
-//! and verifies a ledger and liability proofs offline (`audit`).
+//! and verifies a ledger and liability proofs offline (`audit`); `demo` runs all of it on one
+//! machine.
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -119,6 +120,20 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The whole reserve on this machine: a regtest node, database, TLS, HSM keys, officers,
+    /// a funded vault and the API, with copy-paste commands; Ctrl-C stops it, a second run
+    /// continues where the first ended.
+    Demo {
+        /// The demo directory (default: ~/.local/share/strategic-reserve/demo).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Where the API listens (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// Set up and print, then stop instead of serving (scripts and tests).
+        #[arg(long)]
+        exit_after_setup: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -190,6 +205,18 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Audit { command } => {
             print!("{}", run_audit(command)?);
             Ok(())
+        }
+        Command::Demo {
+            dir,
+            listen,
+            exit_after_setup,
+        } => {
+            let opts = treasury::demo::DemoOptions {
+                dir: dir.unwrap_or_else(treasury::demo::DemoOptions::default_dir),
+                listen,
+                exit_after_setup,
+            };
+            treasury::demo::run(&opts).map_err(|e| e.to_string())
         }
         Command::Hashcore => {
             for b in Backend::ALL {

@@ -112,7 +112,7 @@ pub enum OfficerCommand {
     },
 }
 
-fn passphrase(file: Option<&PathBuf>) -> Result<Zeroizing<String>, String> {
+pub(crate) fn passphrase(file: Option<&PathBuf>) -> Result<Zeroizing<String>, String> {
     let text = match file {
         Some(f) => Zeroizing::new(
             std::fs::read_to_string(f)

@@ -147,7 +147,9 @@ pub enum SpendCommand {
         files: Vec<PathBuf>,
     },
     /// The policy key (PKCS#11 token) signs through the policy signer, which re-checks the
-    /// request itself; prints the PSBT signed so far. The PIN comes from `TREASURY_HSM_PIN`.
+    /// request itself; prints the PSBT signed so far. The PIN comes from a PIN file
+    /// (`--pin-file`, `TREASURY_HSM_PIN_FILE`) or `TREASURY_HSM_PIN`. With `--keystore` the
+    /// policy key is a software keystore instead (the demo without SoftHSM2; not an HSM).
     SignPolicy {
         /// Request id.
         #[arg(long)]
@@ -165,6 +167,15 @@ pub enum SpendCommand {
         /// The policy key's label.
         #[arg(long, default_value = "policy-key")]
         key_label: String,
+        /// A file holding the user PIN (one line); otherwise `TREASURY_HSM_PIN`.
+        #[arg(long, env = "TREASURY_HSM_PIN_FILE")]
+        pin_file: Option<PathBuf>,
+        /// A software keystore holding the policy key instead of the token.
+        #[arg(long, env = "TREASURY_POLICY_KEYSTORE")]
+        keystore: Option<PathBuf>,
+        /// The keystore's passphrase file (default: TREASURY_KEYSTORE_PASSPHRASE).
+        #[arg(long, env = "TREASURY_POLICY_PASSPHRASE_FILE", requires = "keystore")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Print the request's PSBT with every signature accepted so far.
     Psbt {
@@ -422,33 +433,33 @@ async fn spend_db(
             module,
             token,
             key_label,
+            pin_file,
+            keystore,
+            passphrase_file,
         } => {
-            let pin = std::env::var("TREASURY_HSM_PIN")
-                .map(Pkcs11Pin::new)
-                .map_err(|_| "no PIN: set TREASURY_HSM_PIN".to_string())?;
+            if let Some(path) = keystore {
+                let pass = crate::officer_cli::passphrase(passphrase_file.as_ref())?;
+                let key =
+                    tokio::task::spawn_blocking(move || hsm::SoftwareKeystore::load(&path, &pass))
+                        .await
+                        .map_err(|err| format!("keystore task: {err}"))?
+                        .map_err(|err| err.to_string())?;
+                return sign_policy_with(opts, svc, &id, key, at).await;
+            }
+            let pin = match pin_file {
+                Some(f) => crate::hsm_cli::pin(Some(&f))?,
+                None => std::env::var("TREASURY_HSM_PIN")
+                    .map(Pkcs11Pin::new)
+                    .map_err(|_| {
+                        "no PIN: set TREASURY_HSM_PIN or TREASURY_HSM_PIN_FILE".to_string()
+                    })?,
+            };
             let cfg = Pkcs11Config::new(module, token, key_label, pin);
             let key = tokio::task::spawn_blocking(move || Pkcs11Signer::open(cfg))
                 .await
                 .map_err(|err| format!("hsm task: {err}"))?
                 .map_err(|err| err.to_string())?;
-            let mut signer = svc
-                .policy_signer(key, opts.network, at.now_ms)
-                .await
-                .map_err(|err| err.to_string())?;
-            let sig = svc
-                .policy_sign(&id, &mut signer, at)
-                .await
-                .map_err(|err| err.to_string())?;
-            eprintln!(
-                "policy key {} signed inputs {:?} of {} (tier {}, counted {})",
-                sig.key,
-                sig.inputs,
-                sig.txid,
-                sig.tier.as_deref().unwrap_or("-"),
-                sig.counted.join(", ")
-            );
-            let signed = svc.signed_psbt(&id).await.map_err(|err| err.to_string())?;
-            Ok(format!("{}\n", signed.psbt))
+            sign_policy_with(opts, svc, &id, key, at).await
         }
         SpendCommand::Psbt { id } => {
             let signed = svc.signed_psbt(&id).await.map_err(|err| err.to_string())?;
@@ -474,6 +485,34 @@ async fn spend_db(
             ))
         }
     }
+}
+
+/// The policy signer over `key` signs request `id`; returns the PSBT signed so far.
+async fn sign_policy_with<S: hsm::Signer>(
+    opts: &VaultOpts,
+    svc: &SpendService,
+    id: &str,
+    key: S,
+    at: At,
+) -> Result<String, String> {
+    let mut signer = svc
+        .policy_signer(key, opts.network, at.now_ms)
+        .await
+        .map_err(|err| err.to_string())?;
+    let sig = svc
+        .policy_sign(id, &mut signer, at)
+        .await
+        .map_err(|err| err.to_string())?;
+    eprintln!(
+        "policy key {} signed inputs {:?} of {} (tier {}, counted {})",
+        sig.key,
+        sig.inputs,
+        sig.txid,
+        sig.tier.as_deref().unwrap_or("-"),
+        sig.counted.join(", ")
+    );
+    let signed = svc.signed_psbt(id).await.map_err(|err| err.to_string())?;
+    Ok(format!("{}\n", signed.psbt))
 }
 
 /// Runs a `treasury freeze` command; returns what to print on standard output.

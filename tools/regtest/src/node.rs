@@ -5,6 +5,9 @@
 //! every node gets its own datadir and ports and never talks to another node or the network.
 //! The node is stopped by `Drop`, which also runs when a test panics; the process stays in the
 //! test's process group, so a Ctrl-C of the test run reaches it too.
+//!
+//! The demo needs a node whose chain outlives the process (a second run reuses it):
+//! [`RegtestNode::start_in`] runs the same isolated node on a datadir the caller keeps.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -26,12 +29,27 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// also when a test panics.
 pub struct RegtestNode {
     child: Option<Child>,
-    datadir: tempfile::TempDir,
+    datadir: DataDir,
     rpc_port: u16,
     p2p_port: u16,
     next_key: AtomicU64,
     client: Client,
     binaries: Binaries,
+}
+
+/// Where a node keeps its chain: a temporary directory removed on drop, or one the caller keeps.
+enum DataDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Temp(t) => t.path(),
+            DataDir::Kept(p) => p,
+        }
+    }
 }
 
 impl std::fmt::Debug for RegtestNode {
@@ -114,6 +132,42 @@ impl RegtestNode {
             .prefix("regtest-node-")
             .tempdir()
             .map_err(|e| Error::io("create a temporary datadir", e))?;
+        Self::spawn(binaries, DataDir::Temp(datadir))
+    }
+
+    /// Starts a node on the datadir `datadir` (created if missing) and keeps it: the chain,
+    /// the indexes and the node's state survive the node and the process, so a later call on
+    /// the same directory continues the same chain (the demo's second run). Each start gets
+    /// fresh free ports and a fresh cookie; read them from the node, not from a file of an
+    /// earlier run.
+    ///
+    /// # Errors
+    /// As [`RegtestNode::start`]; [`Error::Exited`] also when another node already runs on
+    /// `datadir` (its debug.log then says it cannot lock the directory).
+    pub fn start_in(binaries: Binaries, datadir: &Path) -> Result<RegtestNode, Error> {
+        std::fs::create_dir_all(datadir)
+            .map_err(|e| Error::io(format!("create {}", datadir.display()), e))?;
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::spawn(binaries.clone(), DataDir::Kept(datadir.to_path_buf())) {
+                Ok(node) => return Ok(node),
+                Err(e @ Error::Exited { .. }) => {
+                    // A second node on the same directory is not a port race: do not retry.
+                    if e.to_string().contains("Cannot obtain a lock") {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::WaitTimeout {
+            what: "a free port".into(),
+            secs: 0,
+        }))
+    }
+
+    fn spawn(binaries: Binaries, datadir: DataDir) -> Result<RegtestNode, Error> {
         let rpc_port = free_port()?;
         let p2p_port = free_port()?;
         let child = Command::new(&binaries.bitcoind)
@@ -251,7 +305,8 @@ impl RegtestNode {
         self.datadir.path().join("regtest").join(".cookie")
     }
 
-    /// The node's data directory (removed when the node is dropped).
+    /// The node's data directory (removed when the node is dropped, unless the node was
+    /// started with [`RegtestNode::start_in`]).
     pub fn datadir(&self) -> &Path {
         self.datadir.path()
     }

@@ -1,0 +1,315 @@
+//! `treasury demo` end to end, as a user runs it: the binary in a fresh directory builds every
+//! part (regtest node, database, TLS certificate, HSM keys, officers, the vault under the
+//! example policy, funds, tokens) and serves the API. The test checks `/healthz` over TLS
+//! with the generated certificate, that a token works for its role and not beyond it, that
+//! the vault is funded, then stops the demo with SIGINT (as Ctrl-C does) and checks that the
+//! node is gone. A second run on the same directory must reuse everything: same tokens
+//! accepted, the same funded vault, no new funding.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use treasury::demo::Tokens;
+
+/// The demo's funding: 5 coinbases of 50 BTC.
+const FUNDED_SAT: u64 = 5 * 50 * 100_000_000;
+
+struct DemoRun {
+    child: Child,
+    url: String,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl DemoRun {
+    fn start(dir: &Path) -> DemoRun {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_treasury"))
+            .args(["demo", "--dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("TREASURY_DB")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let copy = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                copy.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(url) = line.strip_prefix("demo ready: ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let copy = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("  | {line}");
+                copy.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        // The first run on a fresh machine may build bitcoind; the test runs after the test
+        // set-up found it, so set-up is keys, chain and sync only.
+        let url = match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(url) => url,
+            Err(e) => {
+                let _ = child.kill();
+                panic!(
+                    "the demo did not get ready ({e}); stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        DemoRun {
+            child,
+            url,
+            stderr,
+            stdout,
+        }
+    }
+
+    /// SIGINT, as Ctrl-C; the demo must exit on its own, successfully.
+    fn interrupt(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let err = self.stderr.lock().unwrap().clone();
+                assert!(
+                    status.success(),
+                    "demo exited with {status}; stderr:\n{err}"
+                );
+                return err;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("the demo did not stop within 60 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn client(dir: &Path) -> reqwest::Client {
+    let pem = std::fs::read(dir.join("tls/cert.pem")).unwrap();
+    let cert = reqwest::Certificate::from_pem(&pem).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(cert)
+        .https_only(true)
+        .build()
+        .unwrap()
+}
+
+fn tokens(dir: &Path) -> Tokens {
+    let path = dir.join("tokens.json");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "tokens.json must be private");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn bitcoind_pid(dir: &Path) -> u32 {
+    let text = std::fs::read_to_string(dir.join("bitcoind/regtest/bitcoind.pid")).unwrap();
+    text.trim().parse().unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+async fn get(c: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = c.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// The vault's confirmed balance, read by the CLI from the demo's database.
+fn cli_balance(dir: &Path) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_treasury"))
+        .args(["vault", "balance", "--vault", "reserve", "--db"])
+        .arg(format!("sqlite://{}", dir.join("treasury.db").display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["confirmed_sat"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no confirmed_sat in {v}"))
+}
+
+/// The checks of one running demo: TLS health, every token for its role, the funded vault.
+async fn check_running(dir: &Path, url: &str, tokens: &Tokens) {
+    let c = client(dir);
+    let (status, _) = get(&c, &format!("{url}/healthz"), None).await;
+    assert_eq!(status, 200, "healthz over TLS with the demo's certificate");
+    let (status, body) = get(&c, &format!("{url}/readyz"), None).await;
+    assert_eq!(status, 200, "readyz: database and node reachable: {body}");
+
+    let whoami = format!("{url}/v1/whoami");
+    for t in tokens.values() {
+        let (status, body) = get(&c, &whoami, Some(&t.token)).await;
+        assert_eq!(status, 200, "{}: {body}", t.principal);
+        assert_eq!(body["principal"], t.principal.as_str(), "{body}");
+        assert_eq!(body["role"], t.role.as_str(), "{body}");
+    }
+    let (status, _) = get(&c, &whoami, None).await;
+    assert_eq!(status, 401, "no token");
+    let (status, _) = get(&c, &whoami, Some("tsy_not-a-token")).await;
+    assert_eq!(status, 401, "a wrong token");
+
+    // Roles, on the routes of the API (docs/api.md): the integrator reads the funded vault's
+    // balance but may not sign checkpoints; the auditor signs a checkpoint (the demo's ledger
+    // key) but may not hand out deposit addresses.
+    let integrator = &tokens["demo-integrator"].token;
+    let auditor = &tokens["demo-auditor"].token;
+    let (status, body) = get(
+        &c,
+        &format!("{url}/v1/vaults/reserve/balance"),
+        Some(integrator),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["confirmed_sat"].as_u64(),
+        Some(FUNDED_SAT),
+        "the vault is funded: {body}"
+    );
+    let post = |path: &str, token: &str| {
+        c.post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+    };
+    let status = post("/v1/ledger/checkpoints", integrator)
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 403, "an integrator does not sign checkpoints");
+    let resp = post("/v1/ledger/checkpoints", auditor).await.unwrap();
+    let status = resp.status();
+    assert!(
+        status.is_success(),
+        "the auditor signs a checkpoint: {status} {}",
+        resp.text().await.unwrap()
+    );
+    let status = post("/v1/vaults/reserve/addresses", auditor)
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 403, "an auditor hands out no deposit address");
+    let (status, body) = get(
+        &c,
+        &format!("{url}/v1/vaults/reserve"),
+        Some(&tokens["alice"].token),
+    )
+    .await;
+    assert_eq!(status, 200, "an officer sees the vault: {body}");
+
+    // A plain client without the demo's CA refuses the self-signed certificate.
+    let plain = reqwest::Client::builder().build().unwrap();
+    assert!(plain.get(format!("{url}/healthz")).send().await.is_err());
+
+    assert_eq!(cli_balance(dir), FUNDED_SAT, "the vault is funded");
+
+    // The configuration the demo wrote is one `treasury serve` accepts.
+    treasury::api::config::ServeConfig::load(&dir.join("treasury.toml")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_then_a_second_run_reuses_everything() {
+    if let Err(e) = regtest::find_bitcoind() {
+        regtest::skip_or_fail("bitcoind", "demo", &e);
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+
+    // First run: everything is made.
+    let run = DemoRun::start(&dir);
+    let first_out = run.stdout.lock().unwrap().clone();
+    let first_tokens = tokens(&dir);
+    assert_eq!(
+        first_tokens.len(),
+        6,
+        "admin, auditor, integrator, 3 officers"
+    );
+    for t in first_tokens.values() {
+        assert!(
+            first_out.contains(&t.token),
+            "the walk-through prints every token"
+        );
+    }
+    assert!(first_out.contains("curl"), "{first_out}");
+    assert!(first_out.contains("--cacert"), "{first_out}");
+    check_running(&dir, &run.url, &first_tokens).await;
+    let node_pid = bitcoind_pid(&dir);
+    assert!(alive(node_pid));
+    let err = run.interrupt();
+    assert!(err.contains("funding the vault"), "{err}");
+    if regtest::require("softhsm") {
+        assert!(
+            !err.contains("SoftHSM2 is not installed"),
+            "SoftHSM2 is required here: {err}"
+        );
+        assert!(dir.join("hsm/ceremony.json").exists());
+    }
+    let started = Instant::now();
+    while alive(node_pid) && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!alive(node_pid), "bitcoind {node_pid} outlived the demo");
+    assert!(
+        !dir.join("bitcoind/regtest/.cookie").exists(),
+        "bitcoind shut down cleanly (it removes its cookie)"
+    );
+
+    // Second run: the same chain, database, keys, vault and tokens.
+    let run = DemoRun::start(&dir);
+    assert_eq!(tokens(&dir), first_tokens, "the tokens are kept");
+    check_running(&dir, &run.url, &first_tokens).await;
+    let err = run.interrupt();
+    assert!(
+        !err.contains("funding the vault"),
+        "no second funding: {err}"
+    );
+    assert!(err.contains("(reused)"), "{err}");
+    for fresh in [
+        "officer keygen",
+        "key ceremony",
+        "vault create",
+        "issuing an API token",
+    ] {
+        assert!(!err.contains(fresh), "{fresh} ran again: {err}");
+    }
+}
