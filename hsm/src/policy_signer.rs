@@ -41,7 +41,7 @@
 //! sighash type but `ALL`, a message for another network, an input outside its vaults. A
 //! well-formed proof spends an outpoint that does not exist (its txid is a hash of the
 //! message), so a signature over it can never move a coin; what the proof proves still needs
-//! the officers' quorum, which the vault's script demands (ADR 0009).
+//! the officers' quorum, which the vault's script demands (ADR 0010).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

@@ -12,7 +12,7 @@
 //! there and reuses it: the second run continues the same chain, database, keys, vault and
 //! tokens. API tokens are shown once by the service and stored only as hashes, so the demo
 //! keeps the plain tokens it issued in `tokens.json` (mode 0600) in the demo directory and
-//! reuses them; delete that file to have fresh ones issued (ADR 0010).
+//! reuses them; delete that file to have fresh ones issued (ADR 0012).
 //!
 //! The node is Bitcoin Core in regtest mode on loopback with its datadir in the demo directory;
 //! it is stopped through RPC `stop` when the demo ends (Ctrl-C or SIGTERM), after the API

@@ -12,7 +12,7 @@
 //!   the last entry of the ledger ([`CheckpointSource::Latest`]); otherwise the request is
 //!   refused ([`ReserveServiceError::StaleCheckpoint`]) rather than bind an old state of the
 //!   ledger. The note travels base64-encoded (the message is one line per field).
-//! - **Signing is the normal signer path** under the policy's reserve-proof rule (ADR 0009):
+//! - **Signing is the normal signer path** under the policy's reserve-proof rule (ADR 0010):
 //!   officers' PSBTs are combined with every partial signature verified on arrival
 //!   ([`custody::vault::combine`]) and the shape re-checked; the HSM policy key signs through
 //!   [`hsm::PolicySigner::sign_proof`], which checks the shape itself. No spend approvals.

@@ -3,7 +3,7 @@
 //! Why per instance and not in the database: a shared counter would put a database write in
 //! front of every request, reads included, and the limit is there to stop a runaway client,
 //! not to meter it exactly. With N instances behind a balancer a token gets at most N times
-//! its rate (ADR 0010 records this choice).
+//! its rate (ADR 0011 records this choice).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
