@@ -38,10 +38,12 @@
 //! signer checks the proof's shape itself with [`policies::proof::check_proof_shape`] and
 //! refuses anything that could be broadcast: a real outpoint in position 0, a commitment that
 //! does not match the message in the PSBT, a second output or a spendable one, any fee, any
-//! sighash type but `ALL`, a message for another network, an input outside its vaults. A
-//! well-formed proof spends an outpoint that does not exist (its txid is a hash of the
-//! message), so a signature over it can never move a coin; what the proof proves still needs
-//! the officers' quorum, which the vault's script demands (ADR 0010).
+//! sighash type but `ALL`, a message for another network, an input outside its vaults. And what
+//! the proof proves needs the quorum of the policy's `proof_quorum` group (ADR 0013, amending
+//! ADR 0010): the signer re-derives the form-independent [`ProofSubject`] from the PSBT alone
+//! (network, commitment, the set of real outpoints, amount, request id and expiry) and counts
+//! only approvals that verify against it, from distinct members of that group
+//! ([`PolicySigner::check_proof_approvals`], which the BIP-322 form's signer calls too).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -50,14 +52,17 @@ use bitcoin::bip32::{ChildNumber, KeySource};
 use bitcoin::{Address, Amount, FeeRate, Network, Psbt, ScriptBuf, Txid, Weight};
 use miniscript::descriptor::{DescriptorPublicKey, SinglePubKey};
 use miniscript::{Descriptor, ForEachKey};
-use policies::approval::{ApprovalSubject, Verdict};
+use policies::approval::{Approval, ApprovalSubject, Verdict};
 use policies::evaluate::{
-    evaluate, Context, Decision, DenyReason, Ignored, Missing, PastSpend, ReceivedApproval,
-    RequestKind, SpendRequestFacts, SpendState,
+    evaluate, evaluate_proof, Context, Decision, DenyReason, Ignored, Missing, PastSpend,
+    ReceivedApproval, RequestKind, SpendRequestFacts, SpendState,
 };
 use policies::freeze::{AdminSignature, FreezeError, FreezeOrder, FreezeState};
 use policies::governance::{activate, Activation, ChangeOrder, GovernanceError};
-use policies::proof::{check_proof_shape, message_network, ProofError, PSBT_IN_POR_COMMITMENT};
+use policies::proof::{
+    check_proof_shape, message_network, verify_proof_approval, ProofError, ProofSubject,
+    SubjectError, PSBT_IN_POR_COMMITMENT,
+};
 use policies::{Policy, PolicyHash};
 
 use crate::{HeldKey, HsmError, SignReport, Signer};
@@ -141,6 +146,30 @@ pub enum PolicySignerError {
     /// Asked to sign a reserve proof that is not a well-formed, unbroadcastable proof.
     #[error("not a well-formed reserve proof: {0}")]
     NotAProof(#[from] ProofError),
+    /// The proof's subject (request id, expiry) cannot be derived from the PSBT.
+    #[error("reserve proof subject: {0}")]
+    ProofSubject(SubjectError),
+    /// The proof PSBT is for another proof request than the one named.
+    #[error("the psbt is for proof request {psbt:?}, not {asked:?}")]
+    ProofRequestMismatch {
+        /// The request id the PSBT carries.
+        psbt: String,
+        /// The request id the caller named.
+        asked: String,
+    },
+    /// The reserve-proof rule is not met: too few valid approvals from the `proof_quorum`
+    /// group.
+    #[error("reserve proof approvals missing: {have} of {need} approvals from group {group}{}", ignored_note(.ignored))]
+    ProofApprovalsMissing {
+        /// Distinct members of the group whose approvals counted.
+        have: usize,
+        /// The group's threshold.
+        need: u32,
+        /// The `proof_quorum` group.
+        group: String,
+        /// Approvals that did not count, with why.
+        ignored: Vec<(String, String)>,
+    },
     /// The policy key signed no input.
     #[error("the policy key signs no input of this transaction")]
     NothingSigned,
@@ -282,6 +311,10 @@ pub struct ProofSignature {
     pub commitment: String,
     /// The policy version in force when it signed.
     pub policy: PolicyHash,
+    /// The digest of the proof subject the approvals signed ([`ProofSubject::digest`]).
+    pub subject: [u8; 32],
+    /// The people of the `proof_quorum` group whose approvals counted.
+    pub counted: Vec<String>,
     /// When (Unix ms, the signer's clock).
     pub at_ms: i64,
 }
@@ -736,19 +769,130 @@ impl<S: Signer> PolicySigner<S> {
         Ok(amount)
     }
 
-    /// Checks (see [`PolicySigner::check_proof`]) and, when the PSBT is a well-formed proof,
-    /// adds the policy key's signatures (all-or-nothing; the PSBT is untouched on a refusal).
+    /// Checks that `approvals` meet the policy's reserve-proof rule for `subject`, without
+    /// signing: the subject is for the signer's network and its active policy and has not
+    /// expired; each approval is verified ([`verify_proof_approval`]: a key of the policy and of
+    /// the person named, the subject's request, digest and BIP-340 signature); and
+    /// [`evaluate_proof`] (the [`RequestKind::ReserveProof`] rule: `k` distinct members of the
+    /// `proof_quorum` group, each counted once) allows it. Approvals that do not count are named
+    /// in the error. The caller derives `subject` from the PSBT it is about to sign
+    /// ([`ProofSubject::from_bip127_psbt`] for the BIP-127 form; the BIP-322 form derives the
+    /// same subject from its `to_sign` PSBT), never from the service's word.
     ///
     /// # Errors
-    /// As [`PolicySigner::check_proof`]; [`PolicySignerError::NothingSigned`] when the key is
-    /// in no input; [`PolicySignerError::Signer`] when the key fails.
+    /// [`PolicySignerError::NotAProof`] for another network, [`PolicySignerError::PolicyNotActive`],
+    /// [`PolicySignerError::Expired`], [`PolicySignerError::Denied`] (e.g. an expiry beyond the
+    /// policy's approval max age), [`PolicySignerError::ProofApprovalsMissing`] ("1 of 2
+    /// approvals from group officers", with the approvals not counted and why).
+    pub fn check_proof_approvals(
+        &self,
+        subject: &ProofSubject,
+        approvals: &[Approval],
+        now_ms: i64,
+    ) -> Result<(), PolicySignerError> {
+        self.proof_quorum(subject, approvals, now_ms).map(|_| ())
+    }
+
+    /// [`PolicySigner::check_proof_approvals`], returning the persons counted.
+    fn proof_quorum(
+        &self,
+        subject: &ProofSubject,
+        approvals: &[Approval],
+        now_ms: i64,
+    ) -> Result<Vec<String>, PolicySignerError> {
+        if subject.network != self.network {
+            return Err(ProofError::Message(format!(
+                "the proof subject is for {}, the signer is on {}",
+                subject.network, self.network
+            ))
+            .into());
+        }
+        if subject.policy != self.policy.hash() {
+            return Err(PolicySignerError::PolicyNotActive {
+                request: subject.policy,
+                active: self.policy.hash(),
+            });
+        }
+        if now_ms >= subject.expires_at_ms {
+            return Err(PolicySignerError::Expired(format!(
+                "the proof's approvals expired at {} ms, now {now_ms} ms",
+                subject.expires_at_ms
+            )));
+        }
+        let received: Vec<ReceivedApproval> = approvals
+            .iter()
+            .map(|a| ReceivedApproval {
+                approval: a.clone(),
+                received_ms: now_ms,
+            })
+            .collect();
+        let ctx = Context {
+            now_ms,
+            tip_height: 0,
+            frozen: self.freeze.frozen,
+        };
+        let ev = evaluate_proof(&self.policy, subject, &received, &ctx);
+        match ev.decision {
+            Decision::Allow { .. } => Ok(ev.counted),
+            Decision::Deny { reasons } => Err(PolicySignerError::Denied(reasons)),
+            Decision::Pending { .. } => {
+                let group_name = self.policy.proof_quorum().to_owned();
+                let group = self.policy.group(&group_name);
+                let mut ignored: Vec<(String, String)> = ev
+                    .ignored
+                    .iter()
+                    .map(|(p, why)| (p.clone(), ignored_text(why)))
+                    .collect();
+                for a in approvals {
+                    let outside = verify_proof_approval(&self.policy, subject, a, now_ms)
+                        .ok()
+                        .filter(|v| !group.is_some_and(|g| g.has(&v.person)));
+                    if let Some(v) = outside {
+                        ignored.push((v.person, format!("not a member of group {group_name}")));
+                    }
+                }
+                ignored.dedup();
+                Err(PolicySignerError::ProofApprovalsMissing {
+                    have: ev.counted.len(),
+                    need: group.map_or(1, |g| g.k),
+                    group: group_name,
+                    ignored,
+                })
+            }
+        }
+    }
+
+    /// Checks the proof's shape and inputs (see [`PolicySigner::check_proof`]), re-derives its
+    /// subject from the PSBT alone ([`ProofSubject::from_bip127_psbt`] under the active
+    /// policy), checks that it is for `request_id` and that `approvals` meet the reserve-proof
+    /// rule ([`PolicySigner::check_proof_approvals`]); then adds the policy key's signatures
+    /// (all-or-nothing; the PSBT is untouched on any refusal).
+    ///
+    /// # Errors
+    /// As [`PolicySigner::check_proof`] and [`PolicySigner::check_proof_approvals`];
+    /// [`PolicySignerError::ProofSubject`] when the PSBT carries no valid proof terms,
+    /// [`PolicySignerError::ProofRequestMismatch`], [`PolicySignerError::NothingSigned`] when
+    /// the key is in no input; [`PolicySignerError::Signer`] when the key fails.
     pub fn sign_proof(
         &mut self,
         psbt: &mut Psbt,
         request_id: &str,
+        approvals: &[Approval],
         now_ms: i64,
     ) -> Result<ProofSignature, PolicySignerError> {
         let amount = self.check_proof(psbt)?;
+        let subject =
+            ProofSubject::from_bip127_psbt(psbt, self.policy.hash()).map_err(|e| match e {
+                SubjectError::Proof(p) => PolicySignerError::NotAProof(p),
+                other => PolicySignerError::ProofSubject(other),
+            })?;
+        if subject.request_id != request_id {
+            return Err(PolicySignerError::ProofRequestMismatch {
+                psbt: subject.request_id,
+                asked: request_id.to_owned(),
+            });
+        }
+        let counted = self.proof_quorum(&subject, approvals, now_ms)?;
         let mut copy = psbt.clone();
         let report: SignReport = self.key.sign_psbt(&mut copy)?;
         if report.is_empty() {
@@ -756,16 +900,6 @@ impl<S: Signer> PolicySigner<S> {
         }
         // The signatures made must pass the same shape check (SIGHASH_ALL only).
         self.check_proof(&copy)?;
-        let commitment = copy
-            .inputs
-            .first()
-            .and_then(|i| {
-                i.unknown
-                    .iter()
-                    .find(|(k, _)| k.type_value == PSBT_IN_POR_COMMITMENT)
-            })
-            .map(|(_, v)| hex::encode(policies::proof::commitment_hash(v)))
-            .unwrap_or_default();
         *psbt = copy;
         Ok(ProofSignature {
             signer: self.key.id().to_owned(),
@@ -774,8 +908,10 @@ impl<S: Signer> PolicySigner<S> {
             txid: psbt.unsigned_tx.compute_txid(),
             inputs: report.inputs(),
             amount,
-            commitment,
+            commitment: hex::encode(subject.commitment),
             policy: self.policy.hash(),
+            subject: subject.digest(),
+            counted,
             at_ms: now_ms,
         })
     }

@@ -30,7 +30,8 @@ use policies::approval::{sign, ApprovalSubject, Verdict};
 use policies::evaluate::{PastSpend, ReceivedApproval, SpendState};
 use policies::freeze::{AdminSignature, FreezeAction, FreezeOrder};
 use policies::governance::ChangeOrder;
-use policies::Policy;
+use policies::proof::{ProofSubject, ProofTerms};
+use policies::{Approval, Policy};
 
 const EXAMPLE: &str = include_str!("../../policies/examples/strategic-reserve.toml");
 const PERSONS: &[(&str, u8)] = &[
@@ -720,7 +721,26 @@ fn proof_psbt(f: &Fixture, message: &str) -> Psbt {
     for (i, src) in spend.inputs.iter().enumerate() {
         p.inputs[i + 1] = src.clone();
     }
+    ProofTerms {
+        request_id: "por-1".to_owned(),
+        expires_at_ms: NOW + HOUR,
+    }
+    .write_to(&mut p)
+    .unwrap();
     p
+}
+
+/// The proof subject of `p` under the fixture's policy, re-derived from the PSBT.
+fn proof_subject(f: &Fixture, p: &Psbt) -> ProofSubject {
+    ProofSubject::from_bip127_psbt(p, f.policy.hash()).unwrap()
+}
+
+/// Approvals of `subject` by `people`.
+fn proof_approvals(subject: &ProofSubject, people: &[&str]) -> Vec<Approval> {
+    people
+        .iter()
+        .map(|p| subject.sign(p, &secret_of(p)))
+        .collect()
 }
 
 const PROOF_MESSAGE: &str = "strategic-reserve proof of reserves v1\nnetwork: regtest\nheight: 1";
@@ -743,8 +763,12 @@ fn signs_a_well_formed_proof_and_refuses_one_that_could_be_broadcast() {
 
     // Each way a "proof" could be broadcast (or lifted into a spend) is refused, naming the
     // reason, and the PSBT stays unsigned.
+    let quorum = proof_approvals(&proof_subject(&f, &good), &["alice", "bob", "carol"]);
     let refuse = |f: &mut Fixture, mut p: Psbt| -> PolicySignerError {
-        let err = f.signer.sign_proof(&mut p, "por-bad", NOW).unwrap_err();
+        let err = f
+            .signer
+            .sign_proof(&mut p, "por-1", &quorum, NOW)
+            .unwrap_err();
         assert!(no_signatures(&p), "{err}");
         err
     };
@@ -838,8 +862,10 @@ fn signs_a_well_formed_proof_and_refuses_one_that_could_be_broadcast() {
     // policy key's satisfy the vault's script: miniscript finalizes every real input and its
     // interpreter accepts them with all spent outputs (the commitment's included).
     let mut p = good.clone();
-    let sig = f.signer.sign_proof(&mut p, "por-1", NOW).unwrap();
+    let sig = f.signer.sign_proof(&mut p, "por-1", &quorum, NOW).unwrap();
     assert_eq!(sig.inputs, vec![1, 2]);
+    assert_eq!(sig.counted, vec!["alice", "bob", "carol"]);
+    assert_eq!(sig.subject, proof_subject(&f, &good).digest());
     assert_eq!(sig.amount, Amount::from_sat(300 * BTC));
     assert_eq!(sig.txid, good.unsigned_tx.compute_txid());
     assert_eq!(
@@ -872,4 +898,177 @@ fn signs_a_well_formed_proof_and_refuses_one_that_could_be_broadcast() {
         let steps: Vec<_> = interp.iter(&secp, &tx, i, &all).collect();
         assert!(steps.iter().all(Result::is_ok), "input {i}: {steps:?}");
     }
+}
+
+#[test]
+fn a_proof_needs_the_proof_quorum_of_approvals_for_exactly_this_subject() {
+    use policies::proof::outpoints_digest;
+    let Some(mut f) = fixture("policy-proof-quorum") else {
+        return;
+    };
+    let good = proof_psbt(&f, PROOF_MESSAGE);
+    let subject = proof_subject(&f, &good);
+    assert_eq!(subject.request_id, "por-1");
+    assert_eq!(subject.amount, Amount::from_sat(300 * BTC));
+
+    // Refused with `approvals`, the PSBT untouched; returns the error.
+    let refuse = |f: &mut Fixture, approvals: &[Approval], now: i64| -> PolicySignerError {
+        let mut p = good.clone();
+        let err = f
+            .signer
+            .sign_proof(&mut p, "por-1", approvals, now)
+            .unwrap_err();
+        assert_eq!(p, good, "{err}");
+        err
+    };
+    let missing = |e: &PolicySignerError| match e {
+        PolicySignerError::ProofApprovalsMissing {
+            have, need, group, ..
+        } => (*have, *need, group.clone()),
+        other => panic!("expected missing approvals, got {other}"),
+    };
+
+    // No approvals at all: the reserve-proof rule is not met.
+    let e = refuse(&mut f, &[], NOW);
+    assert_eq!(missing(&e), (0, 3, "officers".to_owned()));
+    assert!(
+        e.to_string()
+            .contains("0 of 3 approvals from group officers"),
+        "{e}"
+    );
+    // Too few.
+    let two = proof_approvals(&subject, &["alice", "bob"]);
+    let e = refuse(&mut f, &two, NOW);
+    assert!(
+        e.to_string()
+            .contains("2 of 3 approvals from group officers"),
+        "{e}"
+    );
+    // The same officer twice counts once.
+    let mut dup = two.clone();
+    dup.push(subject.sign("bob", &secret_of("bob")));
+    let e = refuse(&mut f, &dup, NOW);
+    assert_eq!(missing(&e).0, 2, "{e}");
+    assert!(e.to_string().contains("bob: a repeated approval"), "{e}");
+    // A person of the policy outside the proof_quorum group (the CFO) does not count.
+    let mut cfo = two.clone();
+    cfo.push(subject.sign("frank", &secret_of("frank")));
+    let e = refuse(&mut f, &cfo, NOW);
+    assert_eq!(missing(&e).0, 2, "{e}");
+    assert!(
+        e.to_string()
+            .contains("frank: not a member of group officers"),
+        "{e}"
+    );
+    // Approvals of another proof request, of other UTXOs, of another message do not count.
+    let mut other_request = subject.clone();
+    other_request.request_id = "por-2".to_owned();
+    let mut other_utxos = subject.clone();
+    other_utxos.outpoints = outpoints_digest([good.unsigned_tx.input[1].previous_output]).unwrap();
+    let mut other_message = subject.clone();
+    other_message.commitment = policies::proof::commitment_hash(b"another message");
+    for foreign in [&other_request, &other_utxos, &other_message] {
+        let mut approvals = two.clone();
+        approvals.push(foreign.sign("carol", &secret_of("carol")));
+        let e = refuse(&mut f, &approvals, NOW);
+        assert_eq!(missing(&e).0, 2, "{e}");
+        assert!(e.to_string().contains("carol:"), "{e}");
+    }
+    // A forged signature does not count.
+    let mut forged = proof_approvals(&subject, &["alice", "bob", "carol"]);
+    forged[2].signature[0] ^= 1;
+    let e = refuse(&mut f, &forged, NOW);
+    assert!(e.to_string().contains("carol: bad signature"), "{e}");
+    // Expired: the terms in the PSBT say until NOW + 1 h.
+    let three = proof_approvals(&subject, &["alice", "bob", "carol"]);
+    let e = refuse(&mut f, &three, NOW + HOUR);
+    assert!(matches!(e, PolicySignerError::Expired(_)), "{e}");
+    // The PSBT names another request than the one asked for.
+    let mut p = good.clone();
+    let e = f
+        .signer
+        .sign_proof(&mut p, "por-9", &three, NOW)
+        .unwrap_err();
+    assert!(
+        matches!(e, PolicySignerError::ProofRequestMismatch { .. }),
+        "{e}"
+    );
+    assert_eq!(p, good);
+    // A PSBT without terms has no subject to approve.
+    let mut p = good.clone();
+    p.proprietary.clear();
+    let e = f
+        .signer
+        .sign_proof(&mut p, "por-1", &three, NOW)
+        .unwrap_err();
+    assert!(matches!(e, PolicySignerError::ProofSubject(_)), "{e}");
+    assert!(no_signatures(&p));
+    // Terms changed in the PSBT (a later expiry) void the approvals of the original subject.
+    let mut p = good.clone();
+    ProofTerms {
+        request_id: "por-1".to_owned(),
+        expires_at_ms: NOW + 2 * HOUR,
+    }
+    .write_to(&mut p)
+    .unwrap();
+    let e = f
+        .signer
+        .sign_proof(&mut p, "por-1", &three, NOW)
+        .unwrap_err();
+    assert_eq!(missing(&e).0, 0, "{e}");
+    assert!(no_signatures(&p));
+
+    // check_proof_approvals (the BIP-322 form's entry point) agrees, and checks the subject's
+    // network and policy against the signer's own.
+    f.signer
+        .check_proof_approvals(&subject, &three, NOW)
+        .unwrap();
+    assert!(f.signer.check_proof_approvals(&subject, &two, NOW).is_err());
+    let mut mainnet = subject.clone();
+    mainnet.network = Network::Bitcoin;
+    let e = f
+        .signer
+        .check_proof_approvals(
+            &mainnet,
+            &proof_approvals(&mainnet, &["alice", "bob", "carol"]),
+            NOW,
+        )
+        .unwrap_err();
+    assert!(matches!(e, PolicySignerError::NotAProof(_)), "{e}");
+    let mut old_policy = subject.clone();
+    old_policy.policy = policies::PolicyHash([5; 32]);
+    let e = f
+        .signer
+        .check_proof_approvals(
+            &old_policy,
+            &proof_approvals(&old_policy, &["alice", "bob", "carol"]),
+            NOW,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, PolicySignerError::PolicyNotActive { .. }),
+        "{e}"
+    );
+
+    // Three distinct officers: signed, even while the reserve is frozen (auditing goes on).
+    let freeze = FreezeOrder {
+        action: FreezeAction::Freeze,
+        policy: f.policy.hash(),
+        seq: 0,
+        issued_at_ms: NOW,
+        reason: "incident 8".to_owned(),
+    };
+    f.signer
+        .apply_freeze(&freeze, &admin_sigs(freeze.digest(), &["heidi"]))
+        .unwrap();
+    let mut p = good.clone();
+    let mut with_noise = three.clone();
+    with_noise.push(subject.sign("frank", &secret_of("frank")));
+    let sig = f
+        .signer
+        .sign_proof(&mut p, "por-1", &with_noise, NOW)
+        .unwrap();
+    assert_eq!(sig.counted, vec!["alice", "bob", "carol"]);
+    assert_eq!(sig.inputs, vec![1, 2]);
+    assert!(!no_signatures(&p));
 }

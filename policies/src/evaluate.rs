@@ -48,6 +48,7 @@ use crate::approval::{secs_to_ms, verify, Approval, ApprovalError, ApprovalSubje
 use crate::canonical::PolicyHash;
 use crate::encode::amount_sat;
 use crate::model::{GroupRequirement, Policy};
+use crate::proof::{verify_proof_approval, ProofSubject};
 use crate::quorum::cover;
 
 /// What a request asks for.
@@ -459,29 +460,99 @@ pub fn evaluate(
     approvals: &[ReceivedApproval],
     ctx: &Context,
 ) -> Evaluation {
-    let (alternatives, delay_secs, tier): (Vec<Vec<GroupRequirement>>, u64, Option<String>) =
-        match request.kind {
-            RequestKind::ReserveProof => {
-                let k = policy.group(policy.proof_quorum()).map_or(1, |g| g.k);
-                (
-                    vec![vec![GroupRequirement {
-                        group: policy.proof_quorum().to_owned(),
-                        k,
-                    }]],
-                    0,
-                    None,
-                )
-            }
-            RequestKind::Spend => match policy.tier_for(request.amount) {
-                Some(t) => (
-                    t.requirement.alternatives.clone(),
-                    t.delay_secs,
-                    Some(t.name.clone()),
-                ),
-                None => (Vec::new(), 0, None),
-            },
-        };
+    let rules: Rules = match request.kind {
+        RequestKind::ReserveProof => proof_rules(policy),
+        RequestKind::Spend => match policy.tier_for(request.amount) {
+            Some(t) => (
+                t.requirement.alternatives.clone(),
+                t.delay_secs,
+                Some(t.name.clone()),
+            ),
+            None => (Vec::new(), 0, None),
+        },
+    };
+    let reasons = deny_checks(policy, request, history, ctx);
+    decide(
+        policy,
+        rules,
+        Some(&request.initiator),
+        approvals,
+        |a| {
+            let subject = request.subject.with_decision(a.decision);
+            verify(policy, &subject, a, ctx.now_ms, ctx.tip_height)
+        },
+        reasons,
+    )
+}
 
+/// Evaluates the approvals of a reserve proof under the policy's reserve-proof rule
+/// ([`RequestKind::ReserveProof`]: the quorum of the `proof_quorum` group, no tier, delay,
+/// allowlist or velocity, not blocked by a freeze). Each approval is verified against `subject`
+/// ([`verify_proof_approval`], its approve or reject twin); repeated approvals of one person
+/// count once. Denied when the subject is not an approve subject, is bound to another policy
+/// version, or expires later than the policy's approval max age from `ctx.now_ms`.
+pub fn evaluate_proof(
+    policy: &Policy,
+    subject: &ProofSubject,
+    approvals: &[ReceivedApproval],
+    ctx: &Context,
+) -> Evaluation {
+    let mut reasons = Vec::new();
+    if subject.decision != Verdict::Approve {
+        reasons.push(DenyReason::SubjectMismatch(
+            "decision must be approve".to_owned(),
+        ));
+    }
+    if subject.policy != policy.hash() {
+        reasons.push(DenyReason::PolicyMismatch {
+            subject: subject.policy,
+            policy: policy.hash(),
+        });
+    }
+    let max_ms = ctx
+        .now_ms
+        .saturating_add(secs_to_ms(policy.approval_rules().max_age_secs));
+    if subject.expires_at_ms > max_ms {
+        reasons.push(DenyReason::ExpiryTooLate(format!(
+            "expires at {} ms, max {max_ms} ms (now + max age)",
+            subject.expires_at_ms
+        )));
+    }
+    decide(
+        policy,
+        proof_rules(policy),
+        None,
+        approvals,
+        |a| verify_proof_approval(policy, &subject.with_decision(a.decision), a, ctx.now_ms),
+        reasons,
+    )
+}
+
+/// The alternatives, the delay and the tier name that apply.
+type Rules = (Vec<Vec<GroupRequirement>>, u64, Option<String>);
+
+/// The reserve-proof rule: `k` of the `proof_quorum` group, no delay, no tier.
+fn proof_rules(policy: &Policy) -> Rules {
+    let k = policy.group(policy.proof_quorum()).map_or(1, |g| g.k);
+    (
+        vec![vec![GroupRequirement {
+            group: policy.proof_quorum().to_owned(),
+            k,
+        }]],
+        0,
+        None,
+    )
+}
+
+/// Verifies the approvals (earliest first), then applies the deny reasons and the quorum.
+fn decide(
+    policy: &Policy,
+    (alternatives, delay_secs, tier): Rules,
+    initiator: Option<&str>,
+    approvals: &[ReceivedApproval],
+    verify_one: impl Fn(&Approval) -> Result<crate::approval::Verified, ApprovalError>,
+    mut reasons: Vec<DenyReason>,
+) -> Evaluation {
     // Verify approvals: earliest first, one per person and verdict.
     let mut order: Vec<&ReceivedApproval> = approvals.iter().collect();
     order.sort_by(|a, b| {
@@ -497,15 +568,14 @@ pub fn evaluate(
     let mut seen: BTreeSet<(String, Verdict)> = BTreeSet::new();
     for ra in order {
         let a = &ra.approval;
-        let subject = request.subject.with_decision(a.decision);
-        match verify(policy, &subject, a, ctx.now_ms, ctx.tip_height) {
+        match verify_one(a) {
             Err(e) => ignored.push((a.approver.clone(), Ignored::Invalid(e))),
             Ok(v) => {
                 if !seen.insert((v.person.clone(), v.decision)) {
                     ignored.push((v.person, Ignored::Repeated));
                 } else if v.decision == Verdict::Reject {
                     rejections.insert(v.person);
-                } else if v.person == request.initiator {
+                } else if initiator == Some(v.person.as_str()) {
                     ignored.push((v.person, Ignored::Initiator));
                 } else {
                     approvers.push((v.person, ra.received_ms));
@@ -515,7 +585,6 @@ pub fn evaluate(
     }
     let rejections: Vec<String> = rejections.into_iter().collect();
 
-    let mut reasons = deny_checks(policy, request, history, ctx);
     if alternatives.is_empty() {
         reasons.push(DenyReason::NoTier);
     }

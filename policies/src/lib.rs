@@ -27,7 +27,8 @@ mod quorum;
 
 pub use approval::{sign, verify, Approval, ApprovalError, ApprovalSubject, Verdict, Verified};
 pub use canonical::{PolicyHash, POLICY_TAG};
-pub use evaluate::{evaluate, Decision, Evaluation, SpendRequestFacts};
+pub use evaluate::{evaluate, evaluate_proof, Decision, Evaluation, SpendRequestFacts};
 pub use freeze::FreezeState;
 pub use governance::{activate, compare, propose, ChangeKind};
 pub use model::{Policy, PolicyError};
+pub use proof::{ProofSubject, ProofTerms};

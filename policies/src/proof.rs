@@ -367,3 +367,11 @@ pub fn check_signature_types(i: usize, input: &Input) -> Result<(), ProofError> 
     }
     Ok(())
 }
+
+mod subject;
+
+pub use subject::{
+    check_request_id, outpoints_digest, verify_proof_approval, ProofSubject, ProofSubjectDocument,
+    ProofTerms, SubjectError, DOCUMENT_KIND, MAX_REQUEST_ID_LEN, OUTPOINTS_TAG, PROOF_SUBJECT_TAG,
+    TERMS_PREFIX, TERMS_SUBTYPE_EXPIRY, TERMS_SUBTYPE_REQUEST,
+};

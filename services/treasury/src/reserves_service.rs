@@ -1074,7 +1074,7 @@ impl ReserveService {
         let p = self.load(id).await?;
         Self::require_signing(&p)?;
         let mut psbt = p.signed.clone();
-        let sig = signer.sign_proof(&mut psbt, id, now_ms)?;
+        let sig = signer.sign_proof(&mut psbt, id, &[], now_ms)?;
         let body = json!({
             "type": SIGNATURE_TYPE, "proof_request": id, "txid": sig.txid.to_string(),
             "by": POLICY_SIGNER_ACTOR, "key": sig.key, "signer": sig.signer,
