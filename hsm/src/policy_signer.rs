@@ -44,12 +44,20 @@
 //! (network, commitment, the set of real outpoints, amount, request id and expiry) and counts
 //! only approvals that verify against it, from distinct members of that group
 //! ([`PolicySigner::check_proof_approvals`], which the BIP-322 form's signer calls too).
+//!
+//! The BIP-322 proof-of-funds form of the same proof (`to_sign`, ADR 0014) takes
+//! [`PolicySigner::sign_proof_of_funds`] under the same rule: the shape is checked with
+//! [`policies::proof_of_funds::check_proof_of_funds_psbt`] (input 0 spends `to_spend:0` of
+//! exactly this message and challenge, one `OP_RETURN` output of value 0, `SIGHASH_ALL` only),
+//! every input (the challenge included) must be a script of the signer's vaults, and the same
+//! [`ProofSubject`] is re-derived from the `to_sign` PSBT (message commitment, sorted outpoints,
+//! amount, the proof terms it carries) and checked with the same quorum.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use bitcoin::bip32::{ChildNumber, KeySource};
-use bitcoin::{Address, Amount, FeeRate, Network, Psbt, ScriptBuf, Txid, Weight};
+use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Psbt, Script, ScriptBuf, Txid, Weight};
 use miniscript::descriptor::{DescriptorPublicKey, SinglePubKey};
 use miniscript::{Descriptor, ForEachKey};
 use policies::approval::{Approval, ApprovalSubject, Verdict};
@@ -61,7 +69,10 @@ use policies::freeze::{AdminSignature, FreezeError, FreezeOrder, FreezeState};
 use policies::governance::{activate, Activation, ChangeOrder, GovernanceError};
 use policies::proof::{
     check_proof_shape, message_network, verify_proof_approval, ProofError, ProofSubject,
-    SubjectError, PSBT_IN_POR_COMMITMENT,
+    ProofTerms, SubjectError, PSBT_IN_POR_COMMITMENT,
+};
+use policies::proof_of_funds::{
+    check_proof_of_funds_psbt, proven_outpoints, psbt_message, Bip322Error,
 };
 use policies::{Policy, PolicyHash};
 
@@ -170,6 +181,9 @@ pub enum PolicySignerError {
         /// Approvals that did not count, with why.
         ignored: Vec<(String, String)>,
     },
+    /// Asked to sign a BIP-322 proof of funds that is not a well-formed `to_sign`.
+    #[error("not a well-formed bip-322 proof of funds: {0}")]
+    NotAProofOfFunds(#[from] Bip322Error),
     /// The policy key signed no input.
     #[error("the policy key signs no input of this transaction")]
     NothingSigned,
@@ -560,7 +574,8 @@ impl<S: Signer> PolicySigner<S> {
     ) -> Result<Checked, PolicySignerError> {
         if psbt_is_reserve_proof(psbt) {
             return Err(PolicySignerError::NotASpend(
-                "the psbt carries a proof-of-reserves commitment".to_owned(),
+                "the psbt is a proof of reserves (bip-127 commitment or bip-322 to_sign)"
+                    .to_owned(),
             ));
         }
         let vault = self
@@ -740,32 +755,7 @@ impl<S: Signer> PolicySigner<S> {
             .into());
         }
         let amount = check_proof_shape(psbt, &message)?;
-        for (i, input) in psbt.inputs.iter().enumerate().skip(1) {
-            let spk = input
-                .witness_utxo
-                .as_ref()
-                .map(|u| &u.script_pubkey)
-                .ok_or_else(|| PolicySignerError::Input {
-                    input: i,
-                    reason: "missing witness_utxo".to_owned(),
-                })?;
-            let idx = indices(
-                input.bip32_derivation.values(),
-                input.tap_key_origins.values().map(|(_, s)| s),
-            );
-            let ours = self.vaults.values().any(|v| {
-                [&v.external, &v.internal]
-                    .iter()
-                    .any(|d| idx.iter().any(|&n| derives_to(d, n, spk)))
-            });
-            if !ours {
-                return Err(PolicySignerError::Input {
-                    input: i,
-                    reason: "does not spend a script of a vault the policy key cosigns for"
-                        .to_owned(),
-                });
-            }
-        }
+        self.inputs_are_ours(psbt, 1)?;
         Ok(amount)
     }
 
@@ -908,6 +898,178 @@ impl<S: Signer> PolicySigner<S> {
             txid: psbt.unsigned_tx.compute_txid(),
             inputs: report.inputs(),
             amount,
+            commitment: hex::encode(subject.commitment),
+            policy: self.policy.hash(),
+            subject: subject.digest(),
+            counted,
+            at_ms: now_ms,
+        })
+    }
+
+    /// Checks that every input from `from` on spends a script of a vault the signer cosigns
+    /// for, at the index its key paths state.
+    fn inputs_are_ours(&self, psbt: &Psbt, from: usize) -> Result<(), PolicySignerError> {
+        for (i, input) in psbt.inputs.iter().enumerate().skip(from) {
+            let spk = input
+                .witness_utxo
+                .as_ref()
+                .map(|u| &u.script_pubkey)
+                .ok_or_else(|| PolicySignerError::Input {
+                    input: i,
+                    reason: "missing witness_utxo".to_owned(),
+                })?;
+            let idx = indices(
+                input.bip32_derivation.values(),
+                input.tap_key_origins.values().map(|(_, s)| s),
+            );
+            let ours = self.vaults.values().any(|v| {
+                [&v.external, &v.internal]
+                    .iter()
+                    .any(|d| idx.iter().any(|&n| derives_to(d, n, spk)))
+            });
+            if !ours {
+                return Err(PolicySignerError::Input {
+                    input: i,
+                    reason: "does not spend a script of a vault the policy key cosigns for"
+                        .to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `psbt` is a well-formed BIP-322 proof of funds (`to_sign`) this key may
+    /// sign, without checking approvals or signing: the message (`message`, or the one the
+    /// PSBT carries in its proprietary field; when both are there they must agree) is for the
+    /// signer's network; the shape holds for exactly that message and `challenge`
+    /// ([`check_proof_of_funds_psbt`]: input 0 spends `to_spend:0` with sequence 0, version 0
+    /// or 2, lock time 0, one `OP_RETURN` output of value 0, `SIGHASH_ALL` only); every input,
+    /// the challenge's included, spends a script of a vault the signer cosigns for. Returns
+    /// the amount the proof would prove (the sum of inputs 1..).
+    ///
+    /// # Errors
+    /// [`PolicySignerError::NotAProofOfFunds`] naming the shape violation,
+    /// [`PolicySignerError::NotAProof`] for a missing, conflicting or wrong-network message,
+    /// [`PolicySignerError::Input`] for an input outside the signer's vaults.
+    pub fn check_proof_of_funds(
+        &self,
+        psbt: &Psbt,
+        message: Option<&[u8]>,
+        challenge: &Script,
+    ) -> Result<Amount, PolicySignerError> {
+        Ok(self.proof_of_funds_shape(psbt, message, challenge)?.1)
+    }
+
+    /// The message and the amount of a well-formed `to_sign` PSBT (see
+    /// [`PolicySigner::check_proof_of_funds`]).
+    fn proof_of_funds_shape<'m>(
+        &self,
+        psbt: &'m Psbt,
+        message: Option<&'m [u8]>,
+        challenge: &Script,
+    ) -> Result<(&'m [u8], Amount), PolicySignerError> {
+        let carried = psbt_message(psbt);
+        let message = match (message, carried) {
+            (Some(given), Some(c)) if given != c => {
+                return Err(ProofError::Message(
+                    "the message given differs from the one the psbt carries".to_owned(),
+                )
+                .into())
+            }
+            (Some(m), _) | (None, Some(m)) => m,
+            (None, None) => {
+                return Err(ProofError::Message(
+                    "no message given and the psbt carries none".to_owned(),
+                )
+                .into())
+            }
+        };
+        let network = message_network(message)?;
+        if network != self.network {
+            return Err(ProofError::Message(format!(
+                "the message is for {network}, the signer is on {}",
+                self.network
+            ))
+            .into());
+        }
+        let amount = check_proof_of_funds_psbt(psbt, message, challenge)?;
+        self.inputs_are_ours(psbt, 0)?;
+        Ok((message, amount))
+    }
+
+    /// The proof subject re-derived from a well-formed `to_sign` PSBT alone, under the active
+    /// policy: the same [`ProofSubject`] as the BIP-127 form of the same proof (message
+    /// commitment, the set of outpoints of inputs 1.., the amount, the [`ProofTerms`] the PSBT
+    /// carries).
+    ///
+    /// # Errors
+    /// As [`PolicySigner::check_proof_of_funds`]; [`PolicySignerError::ProofSubject`] when the
+    /// PSBT carries no valid proof terms.
+    pub fn proof_of_funds_subject(
+        &self,
+        psbt: &Psbt,
+        message: Option<&[u8]>,
+        challenge: &Script,
+    ) -> Result<ProofSubject, PolicySignerError> {
+        let (message, amount) = self.proof_of_funds_shape(psbt, message, challenge)?;
+        let subject_err = |e: SubjectError| match e {
+            SubjectError::Proof(p) => PolicySignerError::NotAProof(p),
+            other => PolicySignerError::ProofSubject(other),
+        };
+        let terms = ProofTerms::from_psbt(psbt).map_err(subject_err)?;
+        ProofSubject::new(
+            self.network,
+            message,
+            proven_outpoints(&psbt.unsigned_tx),
+            amount,
+            &terms,
+            self.policy.hash(),
+        )
+        .map_err(subject_err)
+    }
+
+    /// Checks (see [`PolicySigner::check_proof_of_funds`]), re-derives the proof's subject
+    /// from the `to_sign` PSBT ([`PolicySigner::proof_of_funds_subject`]), checks that it is
+    /// for `request_id` and that `approvals` meet the reserve-proof rule
+    /// ([`PolicySigner::check_proof_approvals`], exactly as [`PolicySigner::sign_proof`]
+    /// does); then adds the policy key's signatures (all-or-nothing; the PSBT is untouched on
+    /// any refusal) and checks the result again (the signatures made must be `SIGHASH_ALL`).
+    ///
+    /// # Errors
+    /// As [`PolicySigner::proof_of_funds_subject`] and [`PolicySigner::check_proof_approvals`];
+    /// [`PolicySignerError::ProofRequestMismatch`], [`PolicySignerError::NothingSigned`] when the
+    /// key is in no input; [`PolicySignerError::Signer`] when the key fails.
+    pub fn sign_proof_of_funds(
+        &mut self,
+        psbt: &mut Psbt,
+        message: Option<&[u8]>,
+        challenge: &Script,
+        request_id: &str,
+        approvals: &[Approval],
+        now_ms: i64,
+    ) -> Result<ProofSignature, PolicySignerError> {
+        let subject = self.proof_of_funds_subject(psbt, message, challenge)?;
+        if subject.request_id != request_id {
+            return Err(PolicySignerError::ProofRequestMismatch {
+                psbt: subject.request_id,
+                asked: request_id.to_owned(),
+            });
+        }
+        let counted = self.proof_quorum(&subject, approvals, now_ms)?;
+        let mut copy = psbt.clone();
+        let report: SignReport = self.key.sign_psbt(&mut copy)?;
+        if report.is_empty() {
+            return Err(PolicySignerError::NothingSigned);
+        }
+        self.proof_of_funds_shape(&copy, message, challenge)?;
+        *psbt = copy;
+        Ok(ProofSignature {
+            signer: self.key.id().to_owned(),
+            key: self.key_text.clone(),
+            request_id: request_id.to_owned(),
+            txid: psbt.unsigned_tx.compute_txid(),
+            inputs: report.inputs(),
+            amount: subject.amount,
             commitment: hex::encode(subject.commitment),
             policy: self.policy.hash(),
             subject: subject.digest(),
@@ -1071,13 +1233,21 @@ fn ignored_text(i: &Ignored) -> String {
     }
 }
 
-/// Whether input 0 carries a PSBT_IN_POR_COMMITMENT (BIP-127, input key type 0x09).
+/// Whether input 0 carries a PSBT_IN_POR_COMMITMENT (BIP-127, input key type 0x09), or the
+/// PSBT is a BIP-322 proof (it carries the proof message, or input 0's previous transaction
+/// spends the null outpoint as `to_spend` does).
 fn psbt_is_reserve_proof(psbt: &Psbt) -> bool {
-    psbt.inputs.first().is_some_and(|i| {
-        i.unknown
-            .keys()
-            .any(|k| k.type_value == PSBT_IN_POR_COMMITMENT)
-    })
+    psbt_message(psbt).is_some()
+        || psbt.inputs.first().is_some_and(|i| {
+            i.unknown
+                .keys()
+                .any(|k| k.type_value == PSBT_IN_POR_COMMITMENT)
+                || i.non_witness_utxo.as_ref().is_some_and(|t| {
+                    t.input
+                        .first()
+                        .is_some_and(|txin| txin.previous_output == OutPoint::null())
+                })
+        })
 }
 
 /// The normal child indices that end the key paths of an input or output.

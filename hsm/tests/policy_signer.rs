@@ -1072,3 +1072,305 @@ fn a_proof_needs_the_proof_quorum_of_approvals_for_exactly_this_subject() {
     assert_eq!(sig.inputs, vec![1, 2]);
     assert!(!no_signatures(&p));
 }
+
+/// The challenge of the BIP-322 form: the vault's first receive address.
+fn challenge(f: &Fixture) -> ScriptBuf {
+    f.external.at_derivation_index(0).unwrap().script_pubkey()
+}
+
+/// A BIP-322 proof-of-funds `to_sign` PSBT over the same two vault coins `psbt` spends, for
+/// `message` and the challenge `challenge_script` (input 0 described by the external
+/// descriptor at index 0 when the challenge is the vault's).
+fn to_sign_psbt(f: &Fixture, message: &str, challenge_script: &ScriptBuf) -> Psbt {
+    use policies::proof_of_funds::{set_psbt_message, to_sign, to_spend};
+    let spend = small(f);
+    let msg = message.as_bytes();
+    let to_spend_tx = to_spend(msg, challenge_script);
+    let utxos: Vec<OutPoint> = spend
+        .unsigned_tx
+        .input
+        .iter()
+        .map(|i| i.previous_output)
+        .collect();
+    let tx = to_sign(to_spend_tx.compute_txid(), &utxos);
+    let mut p = Psbt::from_unsigned_tx(tx).unwrap();
+    set_psbt_message(&mut p, msg);
+    ProofTerms {
+        request_id: "por-1".to_owned(),
+        expires_at_ms: NOW + HOUR,
+    }
+    .write_to(&mut p)
+    .unwrap();
+    p.inputs[0].witness_utxo = Some(to_spend_tx.output[0].clone());
+    p.inputs[0].non_witness_utxo = Some(to_spend_tx.clone());
+    p.inputs[0].sighash_type = Some(bitcoin::psbt::PsbtSighashType::from(
+        bitcoin::EcdsaSighashType::All,
+    ));
+    if *challenge_script == challenge(f) {
+        p.update_input_with_descriptor(0, &f.external.at_derivation_index(0).unwrap())
+            .unwrap();
+    }
+    for (i, src) in spend.inputs.iter().enumerate() {
+        p.inputs[i + 1] = src.clone();
+    }
+    p
+}
+
+#[test]
+fn signs_a_well_formed_bip322_proof_of_funds_and_refuses_every_other_shape() {
+    use policies::proof::ProofError;
+    use policies::proof_of_funds::{to_spend_outpoint, Bip322Error};
+    let Some(mut f) = fixture("policy-bip322") else {
+        return;
+    };
+    let ch = challenge(&f);
+    let good = to_sign_psbt(&f, PROOF_MESSAGE, &ch);
+    // One subject for both forms: the to_sign PSBT gives the BIP-127 proof's subject, so the
+    // officers' approvals of the proof cover both.
+    let subject = f.signer.proof_of_funds_subject(&good, None, &ch).unwrap();
+    assert_eq!(subject, proof_subject(&f, &proof_psbt(&f, PROOF_MESSAGE)));
+    let quorum = proof_approvals(&subject, &["alice", "bob", "carol"]);
+    assert_eq!(
+        f.signer.check_proof_of_funds(&good, None, &ch).unwrap(),
+        Amount::from_sat(300 * BTC)
+    );
+    assert_eq!(
+        f.signer
+            .check_proof_of_funds(&good, Some(PROOF_MESSAGE.as_bytes()), &ch)
+            .unwrap(),
+        Amount::from_sat(300 * BTC)
+    );
+
+    let refuse = |f: &mut Fixture, mut p: Psbt, message: Option<&[u8]>| -> PolicySignerError {
+        let before = p.clone();
+        let err = f
+            .signer
+            .sign_proof_of_funds(&mut p, message, &ch, "por-1", &quorum, NOW)
+            .unwrap_err();
+        assert_eq!(p, before, "the psbt changed on a refusal: {err}");
+        err
+    };
+    let shape = |e: &PolicySignerError| match e {
+        PolicySignerError::NotAProofOfFunds(b) => b.clone(),
+        other => panic!("expected a bip-322 shape refusal, got {other}"),
+    };
+
+    // A real outpoint in position 0 (a vault coin instead of to_spend:0).
+    let mut p = good.clone();
+    p.unsigned_tx.input[0].previous_output = OutPoint::new(Txid::from_byte_array([5; 32]), 0);
+    let e = refuse(&mut f, p, None);
+    assert!(matches!(shape(&e), Bip322Error::NotToSpend { .. }), "{e}");
+    // Input 0 with a sequence (a proof "valid later").
+    let mut p = good.clone();
+    p.unsigned_tx.input[0].sequence = Sequence::MAX;
+    let e = refuse(&mut f, p, None);
+    assert_eq!(shape(&e), Bip322Error::Sequence(0xffff_ffff), "{e}");
+    // A lock time, and a version other than 0 or 2.
+    let mut p = good.clone();
+    p.unsigned_tx.lock_time = LockTime::from_consensus(500);
+    let e = refuse(&mut f, p, None);
+    assert_eq!(shape(&e), Bip322Error::LockTime(500), "{e}");
+    let mut p = good.clone();
+    p.unsigned_tx.version = Version::ONE;
+    let e = refuse(&mut f, p, None);
+    assert_eq!(shape(&e), Bip322Error::Version(1), "{e}");
+    // A second output, and an output that pays something or is not OP_RETURN alone.
+    let mut p = good.clone();
+    p.unsigned_tx.output.push(TxOut {
+        value: Amount::from_sat(10_000),
+        script_pubkey: elsewhere(),
+    });
+    p.outputs.push(Default::default());
+    let e = refuse(&mut f, p, None);
+    assert_eq!(shape(&e), Bip322Error::OutputCount(2), "{e}");
+    let mut p = good.clone();
+    p.unsigned_tx.output[0].value = Amount::from_sat(1);
+    let e = refuse(&mut f, p, None);
+    assert!(matches!(shape(&e), Bip322Error::Output(_)), "{e}");
+    let mut p = good.clone();
+    p.unsigned_tx.output[0].script_pubkey = elsewhere();
+    let e = refuse(&mut f, p, None);
+    assert!(matches!(shape(&e), Bip322Error::Output(_)), "{e}");
+    // Another input spending to_spend too, and an outpoint twice.
+    let mut p = good.clone();
+    p.unsigned_tx.input[2].previous_output =
+        OutPoint::new(p.unsigned_tx.input[0].previous_output.txid, 1);
+    let e = refuse(&mut f, p, None);
+    assert_eq!(shape(&e), Bip322Error::ToSpendReused(2), "{e}");
+    let mut p = good.clone();
+    p.unsigned_tx.input[2].previous_output = p.unsigned_tx.input[1].previous_output;
+    let e = refuse(&mut f, p, None);
+    assert!(matches!(shape(&e), Bip322Error::DuplicateInput(_)), "{e}");
+    // Input 0's spent output is not to_spend's.
+    let mut p = good.clone();
+    p.inputs[0].witness_utxo.as_mut().unwrap().value = Amount::from_sat(1);
+    let e = refuse(&mut f, p, None);
+    assert!(
+        matches!(shape(&e), Bip322Error::PsbtInput { input: 0, .. }),
+        "{e}"
+    );
+    // A sighash type other than ALL.
+    let mut p = good.clone();
+    p.inputs[1].sighash_type = Some(bitcoin::psbt::PsbtSighashType::from(
+        bitcoin::EcdsaSighashType::AllPlusAnyoneCanPay,
+    ));
+    let e = refuse(&mut f, p, None);
+    assert!(
+        matches!(shape(&e), Bip322Error::SighashNotAll { input: 1, .. }),
+        "{e}"
+    );
+    // A message other than the one to_spend commits to (given, or carried by the PSBT).
+    let other = format!("{PROOF_MESSAGE}0");
+    let mut p = good.clone();
+    policies::proof_of_funds::set_psbt_message(&mut p, other.as_bytes());
+    let e = refuse(&mut f, p, None);
+    match shape(&e) {
+        Bip322Error::NotToSpend { found, expected } => {
+            assert_eq!(found, to_spend_outpoint(PROOF_MESSAGE.as_bytes(), &ch));
+            assert_eq!(expected, to_spend_outpoint(other.as_bytes(), &ch));
+        }
+        other => panic!("{other}"),
+    }
+    let e = refuse(&mut f, good.clone(), Some(other.as_bytes()));
+    assert!(
+        matches!(e, PolicySignerError::NotAProof(ProofError::Message(_))),
+        "{e}"
+    );
+    // No message at all.
+    let mut p = good.clone();
+    p.proprietary
+        .retain(|k, _| k.prefix != policies::proof_of_funds::PSBT_PROPRIETARY_PREFIX);
+    let e = refuse(&mut f, p, None);
+    assert!(
+        matches!(e, PolicySignerError::NotAProof(ProofError::Message(_))),
+        "{e}"
+    );
+    // A message for another network.
+    let mainnet = PROOF_MESSAGE.replace("regtest", "bitcoin");
+    let p = to_sign_psbt(&f, &mainnet, &ch);
+    let e = refuse(&mut f, p, None);
+    assert!(
+        matches!(e, PolicySignerError::NotAProof(ProofError::Message(_))),
+        "{e}"
+    );
+    // An input outside the vaults the key cosigns for, and a challenge outside them.
+    let mut p = good.clone();
+    p.inputs[2].bip32_derivation.clear();
+    let e = refuse(&mut f, p, None);
+    assert!(
+        matches!(e, PolicySignerError::Input { input: 2, .. }),
+        "{e}"
+    );
+    let stranger = elsewhere();
+    let p = to_sign_psbt(&f, PROOF_MESSAGE, &stranger);
+    let mut q = p.clone();
+    let e = f
+        .signer
+        .sign_proof_of_funds(&mut q, None, &stranger, "por-1", &quorum, NOW)
+        .unwrap_err();
+    assert_eq!(q, p);
+    assert!(
+        matches!(e, PolicySignerError::Input { input: 0, .. }),
+        "{e}"
+    );
+    // The spend path refuses a to_sign PSBT, and the BIP-127 path does too.
+    let mut a = auth(&f, "spend-bip322", &good);
+    approve(&mut a, &["alice", "bob"], NOW - HOUR);
+    let mut p = good.clone();
+    let e = f.signer.sign(&mut p, &a, NOW, TIP).unwrap_err();
+    assert!(matches!(e, PolicySignerError::NotASpend(_)), "{e}");
+    let mut p = good.clone();
+    let e = f
+        .signer
+        .sign_proof(&mut p, "por-1", &quorum, NOW)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PolicySignerError::NotAProof(ProofError::MissingCommitmentField)
+        ),
+        "{e}"
+    );
+
+    // The reserve-proof rule exactly as for the BIP-127 form: too few approvals, another
+    // request, no terms.
+    let two = proof_approvals(&subject, &["alice", "bob"]);
+    let mut p = good.clone();
+    let e = f
+        .signer
+        .sign_proof_of_funds(&mut p, None, &ch, "por-1", &two, NOW)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("2 of 3 approvals from group officers"),
+        "{e}"
+    );
+    assert_eq!(p, good);
+    let e = f
+        .signer
+        .sign_proof_of_funds(&mut p, None, &ch, "por-9", &quorum, NOW)
+        .unwrap_err();
+    assert!(
+        matches!(e, PolicySignerError::ProofRequestMismatch { .. }),
+        "{e}"
+    );
+    let e = f
+        .signer
+        .sign_proof_of_funds(&mut p, None, &ch, "por-1", &quorum, NOW + HOUR)
+        .unwrap_err();
+    assert!(matches!(e, PolicySignerError::Expired(_)), "{e}");
+    let mut q = good.clone();
+    q.proprietary
+        .retain(|k, _| k.prefix == policies::proof_of_funds::PSBT_PROPRIETARY_PREFIX);
+    let e = f
+        .signer
+        .sign_proof_of_funds(&mut q, None, &ch, "por-1", &quorum, NOW)
+        .unwrap_err();
+    assert!(matches!(e, PolicySignerError::ProofSubject(_)), "{e}");
+    assert_eq!(p, good);
+
+    // The well-formed proof is signed on every input (the challenge's too); with two officers'
+    // signatures every input finalizes and miniscript's interpreter accepts each against all
+    // spent outputs (to_spend's output and the two coins).
+    let mut p = good.clone();
+    let sig = f
+        .signer
+        .sign_proof_of_funds(&mut p, None, &ch, "por-1", &quorum, NOW)
+        .unwrap();
+    assert_eq!(sig.counted, vec!["alice", "bob", "carol"]);
+    assert_eq!(sig.subject, subject.digest());
+    assert_eq!(sig.inputs, vec![0, 1, 2]);
+    assert_eq!(sig.amount, Amount::from_sat(300 * BTC));
+    assert_eq!(sig.txid, good.unsigned_tx.compute_txid());
+    assert_eq!(
+        sig.commitment,
+        hex::encode(policies::proof::commitment_hash(PROOF_MESSAGE.as_bytes()))
+    );
+    assert!(p.inputs.iter().all(|i| i.partial_sigs.len() == 1));
+    for o in &f.officers[..2] {
+        assert_eq!(o.sign_psbt(&mut p).unwrap().inputs(), vec![0, 1, 2]);
+    }
+    let secp = Secp256k1::verification_only();
+    for i in 0..3 {
+        p.finalize_inp_mut(&secp, i).unwrap();
+    }
+    let tx = p.clone().extract_tx_unchecked_fee_rate();
+    let prevouts: Vec<TxOut> = p
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
+    for i in 0..3 {
+        let interp = miniscript::Interpreter::from_txdata(
+            &prevouts[i].script_pubkey,
+            &tx.input[i].script_sig,
+            &tx.input[i].witness,
+            tx.input[i].sequence,
+            tx.lock_time,
+        )
+        .unwrap();
+        let all = bitcoin::sighash::Prevouts::All(&prevouts);
+        let steps: Vec<_> = interp.iter(&secp, &tx, i, &all).collect();
+        assert!(steps.iter().all(Result::is_ok), "input {i}: {steps:?}");
+    }
+}

@@ -23,6 +23,7 @@ pub mod freeze;
 pub mod governance;
 pub mod model;
 pub mod proof;
+pub mod proof_of_funds;
 mod quorum;
 
 pub use approval::{sign, verify, Approval, ApprovalError, ApprovalSubject, Verdict, Verified};

@@ -22,7 +22,7 @@ use custody::liabilities::{
 use crate::hsm_cli::HsmKeyOpts;
 use crate::ledger_cli::{runtime, LedgerSigner, DEFAULT_ORIGIN};
 use crate::reserves_service::{
-    Bundle, BundleOptions, CheckpointSource, ProveRequest, ReserveService, StoredProof,
+    Bundle, BundleOptions, CheckpointSource, ProofForm, ProveRequest, ReserveService, StoredProof,
 };
 use crate::spend::SpendService;
 use crate::store::LedgerStore;
@@ -65,7 +65,9 @@ impl CheckpointKeyOpts {
 #[derive(Debug, Clone, Subcommand)]
 pub enum ReservesCommand {
     /// Create a proof request: sync the vaults, take H = their tip, every confirmed UTXO,
-    /// bind the signed ledger checkpoint, build the BIP-127 PSBT; prints the id and the PSBT.
+    /// bind the signed ledger checkpoint, build the BIP-127 PSBT and the BIP-322 to_sign PSBT
+    /// over the same UTXOs; prints the id and the BIP-127 PSBT (`reserves psbt ID --form
+    /// bip322` prints the other).
     Prove {
         /// A vault to prove (repeat for several).
         #[arg(long = "vault", required = true)]
@@ -94,8 +96,12 @@ pub enum ReservesCommand {
     Psbt {
         /// The request id.
         id: String,
+        /// Which form: `bip127` (the commitment-input proof) or `bip322` (to_sign).
+        #[arg(long, default_value = "bip127", value_parser = parse_form)]
+        form: ProofForm,
     },
-    /// Accept an officer's signed PSBT of the proof (every signature verified on arrival).
+    /// Accept an officer's signed PSBT of the proof, of either form (told by input 0; every
+    /// signature verified on arrival).
     SubmitPsbt {
         /// The request id.
         id: String,
@@ -106,10 +112,14 @@ pub enum ReservesCommand {
         #[arg(long)]
         by: String,
     },
-    /// Have the HSM policy key sign the proof (the policy signer checks the proof's shape).
+    /// Have the HSM policy key sign the proof (the policy signer checks the proof's shape):
+    /// the BIP-127 form, and the BIP-322 form once officers have started it.
     SignPolicy {
         /// The request id.
         id: String,
+        /// Sign only this form (`bip127` or `bip322`).
+        #[arg(long, value_parser = parse_form)]
+        form: Option<ProofForm>,
         /// The PKCS#11 module.
         #[arg(
             long,
@@ -163,6 +173,11 @@ pub enum ReservesCommand {
         #[arg(long, default_value = "liabilities")]
         actor: String,
     },
+}
+
+fn parse_form(s: &str) -> Result<ProofForm, String> {
+    s.parse()
+        .map_err(|e: crate::reserves_service::ReserveServiceError| e.to_string())
 }
 
 fn now_ms() -> i64 {
@@ -312,6 +327,29 @@ txid: {}
             tx.compute_txid()
         ));
     }
+    if let Some(b) = &p.bip322 {
+        out.push_str(&format!(
+            "bip-322 form: {}
+bip-322 challenge: {} (vault {})
+bip-322 to_spend txid: {}
+bip-322 to_sign txid: {}
+bip-322 signatures: {}
+",
+            b.state.as_str(),
+            b.challenge_address,
+            b.challenge_vault,
+            b.to_spend_txid().map(|t| t.to_string()).unwrap_or_default(),
+            b.txid(),
+            b.signatures
+        ));
+        if let Some(tx) = &b.final_tx {
+            out.push_str(&format!(
+                "bip-322 final txid: {}
+",
+                tx.compute_txid()
+            ));
+        }
+    }
     out
 }
 
@@ -381,23 +419,29 @@ async fn run_proof(
             }
             Ok(out)
         }
-        ReservesCommand::Psbt { id } => {
-            Ok(format!("{}\n", svc.load(&id).await.map_err(err)?.signed))
+        ReservesCommand::Psbt { id, form } => {
+            let p = svc.load(&id).await.map_err(err)?;
+            Ok(format!("{}\n", p.signed_psbt(form).map_err(err)?))
         }
         ReservesCommand::SubmitPsbt { id, psbt, by } => {
             let incoming = read_psbt(&psbt)?;
-            let added = svc
-                .submit_psbt(&id, incoming, &by, now_ms())
+            let (form, added) = svc
+                .submit_psbt_form(&id, incoming, &by, now_ms())
                 .await
                 .map_err(err)?;
             let p = svc.load(&id).await.map_err(err)?;
+            let holds = match form {
+                ProofForm::Bip127 => p.signatures,
+                ProofForm::Bip322 => p.bip322.as_ref().map_or(0, |b| b.signatures),
+            };
             Ok(format!(
-                "accepted {added} new signatures from {by}; the proof holds {}\n",
-                p.signatures
+                "accepted {added} new signatures from {by}; the proof holds {holds} ({} form)\n",
+                form.as_str()
             ))
         }
         ReservesCommand::SignPolicy {
             id,
+            form,
             module,
             token,
             key_label,
@@ -413,15 +457,39 @@ async fn run_proof(
                 .policy_signer(key, opts.vault.network, now)
                 .await
                 .map_err(err)?;
-            let sig = svc.policy_sign(&id, &mut signer, now).await.map_err(err)?;
-            eprintln!(
-                "policy key {} signed inputs {:?} of proof {} ({} sat)",
-                sig.key,
-                sig.inputs,
-                sig.txid,
-                sig.amount.to_sat()
-            );
-            Ok(format!("{}\n", svc.load(&id).await.map_err(err)?.signed))
+            let sigs = match form {
+                Some(f) => svc
+                    .policy_sign_forms(&id, &[f], &mut signer, now)
+                    .await
+                    .map_err(err)?,
+                None => {
+                    let p = svc.load(&id).await.map_err(err)?;
+                    let mut forms = vec![ProofForm::Bip127];
+                    if p.bip322
+                        .as_ref()
+                        .is_some_and(|b| b.state == crate::reserves_service::Bip322State::Signing)
+                    {
+                        forms.push(ProofForm::Bip322);
+                    }
+                    svc.policy_sign_forms(&id, &forms, &mut signer, now)
+                        .await
+                        .map_err(err)?
+                }
+            };
+            let p = svc.load(&id).await.map_err(err)?;
+            let mut out = String::new();
+            for (f, sig) in &sigs {
+                eprintln!(
+                    "policy key {} signed inputs {:?} of proof {} ({} sat, {} form)",
+                    sig.key,
+                    sig.inputs,
+                    sig.txid,
+                    sig.amount.to_sat(),
+                    f.as_str()
+                );
+                out.push_str(&format!("{}\n", p.signed_psbt(*f).map_err(err)?));
+            }
+            Ok(out)
         }
         ReservesCommand::Finalize { id } => {
             let p = svc.finalize(&id, now_ms()).await.map_err(err)?;

@@ -20,6 +20,12 @@
 //!   (`reserve_proof` entries for the request and the finalization, `signature` entries for
 //!   each signer), each naming `"proof_request": ID`, so that the bundle can carry inclusion
 //!   proofs of all of them.
+//! - **Two forms of one proof** (ADR 0014): besides the BIP-127 PSBT, [`ReserveService::prove`]
+//!   builds the BIP-322 proof-of-funds `to_sign` PSBT over exactly the same UTXOs and message,
+//!   with the first vault's first receive address as the challenge. Every step takes either
+//!   form ([`ProofForm`], told apart by input 0: `PSBT_IN_POR_COMMITMENT` or `to_spend:0`).
+//!   The BIP-322 form is optional for the signers: it stays `unsigned` until an officer submits
+//!   a signature for it, and once started it must be complete before the proof finalizes.
 //! - **The bundle** ([`ReserveService::bundle`]) is a set of files in memory ([`Bundle`]) that
 //!   the CLI writes to a directory and the API can serve as JSON: descriptors with key origins,
 //!   the BIP-127 proof file (protobuf and JSON), H, the signed checkpoint covering the proof's
@@ -35,6 +41,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bdk_wallet::bitcoin::consensus::encode::{deserialize, serialize_hex};
 use bdk_wallet::bitcoin::psbt::Psbt;
+use bdk_wallet::bitcoin::ScriptBuf;
 use bdk_wallet::bitcoin::{Amount, BlockHash, Network, OutPoint, Transaction, Txid};
 use custody::ledger::checkpoint::parse_note;
 use custody::ledger::{
@@ -42,13 +49,19 @@ use custody::ledger::{
     Checkpoint, CheckpointError, ConsistencyProofJson, Entry, EntryError, InclusionProofJson, Kind,
     VerifierKey,
 };
+use custody::reserves::bip322::{
+    self, build_proof_of_funds, check_proof_of_funds_psbt, encode_full, spends_to_spend,
+    to_spend_outpoint, Bip322Error, Challenge,
+};
 use custody::reserves::file::{FinalProof, OutputMeta, ProofFile};
 use custody::reserves::{
     build_proof, check_proof_shape, commitment_hash, finalize_proof, ProofMessage, ReserveError,
+    PSBT_IN_POR_COMMITMENT,
 };
 use custody::vault::{combine, ledger_record, Vault, VaultUtxo};
 use hsm::policy_signer::{PolicySigner, PolicySignerError, ProofSignature};
 use hsm::Signer;
+use policies::proof::ProofTerms;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -62,6 +75,12 @@ use crate::vaults::{NodeConfig, OpError};
 pub const BUNDLE_FORMAT: &str = "strategic-reserve/reserves-bundle/v1";
 /// The manifest's file name in a bundle.
 pub const MANIFEST: &str = "manifest.json";
+/// The format tag of a bundle's `bip322/proof.json`.
+pub const BIP322_FORMAT: &str = "strategic-reserve/bip322-proof-of-funds/v1";
+/// Path of the BIP-322 form's final `to_sign` ("full" encoding, base64) in a bundle.
+pub const BIP322_FULL_PATH: &str = "bip322/to_sign.base64";
+/// Path of the BIP-322 form's JSON rendering in a bundle.
+pub const BIP322_JSON_PATH: &str = "bip322/proof.json";
 /// `type` of the ledger entry recording a proof request.
 pub const REQUESTED_TYPE: &str = "reserve_proof_requested";
 /// `type` of the ledger entry recording a signature on a proof.
@@ -133,6 +152,17 @@ pub enum ReserveServiceError {
     /// The proof was refused (shape, message, finalization, verification).
     #[error("proof: {0}")]
     Proof(#[from] ReserveError),
+    /// The BIP-322 form was refused (shape, finalization, verification).
+    #[error("bip-322 form: {0}")]
+    Bip322(#[from] Bip322Error),
+    /// A PSBT that is neither form of the proof.
+    #[error("proof request {id}: {reason}")]
+    UnknownForm {
+        /// The request.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// The proof file could not be built.
     #[error("proof file: {0}")]
     File(#[from] custody::reserves::file::ProofFileError),
@@ -239,6 +269,32 @@ pub struct ProofOutput {
     pub vault: String,
 }
 
+/// The JSON rendering of the BIP-322 form in a bundle ([`BIP322_JSON_PATH`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bip322ProofJson {
+    /// [`BIP322_FORMAT`].
+    pub format: String,
+    /// The network.
+    pub network: String,
+    /// The message (the same canonical text as the BIP-127 proof's).
+    pub message: String,
+    /// The vault whose address is the challenge.
+    pub challenge_vault: String,
+    /// The challenge address (the first vault's first receive address).
+    pub challenge_address: String,
+    /// The challenge scriptPubKey (hex).
+    pub challenge_script: String,
+    /// The `to_spend` txid.
+    pub to_spend_txid: String,
+    /// The `to_sign` txid.
+    pub to_sign_txid: String,
+    /// The sum of the UTXOs (integer satoshis).
+    pub total_sat: u64,
+    /// The UTXOs, in input order (inputs 1..).
+    pub utxos: Vec<ProofOutput>,
+}
+
 /// A declared descriptor (public, with key origins and checksum).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -278,6 +334,108 @@ impl ProofState {
     }
 }
 
+/// The two forms of one proof (ADR 0014).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofForm {
+    /// BIP-127: input 0 is the commitment input carrying `PSBT_IN_POR_COMMITMENT`.
+    Bip127,
+    /// BIP-322 proof of funds: `to_sign`, input 0 spends `to_spend:0`.
+    Bip322,
+}
+
+impl ProofForm {
+    /// `bip127` or `bip322`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProofForm::Bip127 => "bip127",
+            ProofForm::Bip322 => "bip322",
+        }
+    }
+}
+
+impl FromStr for ProofForm {
+    type Err = ReserveServiceError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "bip127" => Ok(ProofForm::Bip127),
+            "bip322" => Ok(ProofForm::Bip322),
+            other => Err(ReserveServiceError::Invalid {
+                what: "form",
+                reason: format!("{other:?} is not bip127 or bip322"),
+            }),
+        }
+    }
+}
+
+/// Where the BIP-322 form of a proof stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bip322State {
+    /// No officer has signed it yet: the proof may finalize without it.
+    Unsigned,
+    /// Signatures are being collected: the proof finalizes only with this form complete.
+    Signing,
+    /// Finalized and verified with the BIP-127 form.
+    Finalized,
+}
+
+impl Bip322State {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bip322State::Unsigned => "unsigned",
+            Bip322State::Signing => "signing",
+            Bip322State::Finalized => "finalized",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "unsigned" => Ok(Bip322State::Unsigned),
+            "signing" => Ok(Bip322State::Signing),
+            "finalized" => Ok(Bip322State::Finalized),
+            other => Err(corrupt(format!("unknown bip-322 state {other:?}"))),
+        }
+    }
+}
+
+/// The BIP-322 proof-of-funds form of a stored proof.
+#[derive(Debug, Clone)]
+pub struct StoredBip322 {
+    /// The vault whose address is the challenge.
+    pub challenge_vault: String,
+    /// The challenge address.
+    pub challenge_address: String,
+    /// The challenge scriptPubKey.
+    pub challenge: ScriptBuf,
+    /// The unsigned `to_sign` PSBT.
+    pub psbt: Psbt,
+    /// The PSBT with every signature accepted so far.
+    pub signed: Psbt,
+    /// Partial signatures in `signed`.
+    pub signatures: usize,
+    /// Where it stands.
+    pub state: Bip322State,
+    /// The finalized `to_sign` transaction.
+    pub final_tx: Option<Transaction>,
+}
+
+impl StoredBip322 {
+    /// The unsigned `to_sign` txid.
+    pub fn txid(&self) -> Txid {
+        self.psbt.unsigned_tx.compute_txid()
+    }
+
+    /// The `to_spend` txid (input 0's previous txid).
+    pub fn to_spend_txid(&self) -> Option<Txid> {
+        self.psbt
+            .unsigned_tx
+            .input
+            .first()
+            .map(|i| i.previous_output.txid)
+    }
+}
+
 /// A stored proof request.
 #[derive(Debug, Clone)]
 pub struct StoredProof {
@@ -313,12 +471,76 @@ pub struct StoredProof {
     pub final_tx: Option<Transaction>,
     /// Created (Unix ms).
     pub created_ms: i64,
+    /// The BIP-322 form (absent for requests made before it existed).
+    pub bip322: Option<StoredBip322>,
 }
 
 impl StoredProof {
     /// The unsigned proof transaction's txid.
     pub fn txid(&self) -> Txid {
         self.psbt.unsigned_tx.compute_txid()
+    }
+
+    /// Which form of this proof `psbt` is: BIP-127 when input 0 carries
+    /// `PSBT_IN_POR_COMMITMENT`, BIP-322 when input 0 spends `to_spend:0` of this proof's
+    /// message and challenge.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::UnknownForm`] for anything else.
+    pub fn form_of(&self, psbt: &Psbt) -> Result<ProofForm> {
+        let commitment = psbt.inputs.first().is_some_and(|i| {
+            i.unknown
+                .keys()
+                .any(|k| k.type_value == PSBT_IN_POR_COMMITMENT)
+        });
+        if commitment {
+            return Ok(ProofForm::Bip127);
+        }
+        match &self.bip322 {
+            Some(b)
+                if spends_to_spend(&psbt.unsigned_tx, self.message.as_bytes(), &b.challenge) =>
+            {
+                Ok(ProofForm::Bip322)
+            }
+            Some(b) => Err(ReserveServiceError::UnknownForm {
+                id: self.id.clone(),
+                reason: format!(
+                    "neither form: input 0 carries no psbt_in_por_commitment (bip-127) and does \
+                     not spend {} (to_spend:0 of this proof, bip-322)",
+                    to_spend_outpoint(self.message.as_bytes(), &b.challenge)
+                ),
+            }),
+            None => Err(ReserveServiceError::UnknownForm {
+                id: self.id.clone(),
+                reason: "input 0 carries no psbt_in_por_commitment and the request has no \
+                         bip-322 form"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The BIP-322 form, or [`ReserveServiceError::UnknownForm`].
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::UnknownForm`] for a request made before the BIP-322 form existed.
+    pub fn bip322_form(&self) -> Result<&StoredBip322> {
+        self.bip322
+            .as_ref()
+            .ok_or_else(|| ReserveServiceError::UnknownForm {
+                id: self.id.clone(),
+                reason: "the request has no bip-322 form (made before it existed)".into(),
+            })
+    }
+
+    /// The PSBT of `form` with every signature accepted so far.
+    ///
+    /// # Errors
+    /// As [`StoredProof::bip322_form`].
+    pub fn signed_psbt(&self, form: ProofForm) -> Result<&Psbt> {
+        match form {
+            ProofForm::Bip127 => Ok(&self.signed),
+            ProofForm::Bip322 => Ok(&self.bip322_form()?.signed),
+        }
     }
 
     /// The commitment hash of the message (hex).
@@ -375,6 +597,18 @@ fn check_id(s: &str) -> Result<()> {
             what: "proof request id",
             reason: format!("{s:?} must be 1 to 64 of A-Z a-z 0-9 . _ - (not starting with .)"),
         })
+    }
+}
+
+fn decode_tx(hex_text: Option<&str>) -> Result<Option<Transaction>> {
+    match hex_text {
+        Some(h) => Ok(Some(
+            hex::decode(h)
+                .ok()
+                .and_then(|b| deserialize::<Transaction>(&b).ok())
+                .ok_or_else(|| corrupt("a final transaction does not decode"))?,
+        )),
+        None => Ok(None),
     }
 }
 
@@ -613,6 +847,17 @@ struct ProofRow {
     state: String,
     final_tx: Option<String>,
     created_ms: i64,
+    bip322: Option<Bip322Row>,
+}
+
+struct Bip322Row {
+    challenge_vault: String,
+    challenge_address: String,
+    challenge_script: String,
+    psbt: String,
+    signed_psbt: String,
+    state: String,
+    final_tx: Option<String>,
 }
 
 /// The proof-of-reserves service over the spend service (vaults, ledger, governance; one
@@ -795,6 +1040,37 @@ impl ReserveService {
             .collect();
         let built = build_proof(&pairs, &message)?;
         let text = message.encode();
+        // The BIP-322 form over exactly the same UTXOs and message (ADR 0014).
+        let challenge = Challenge::first_receive(first);
+        let challenge_address = first
+            .peek_address(challenge.keychain, challenge.index)
+            .address
+            .to_string();
+        let mut funds = build_proof_of_funds(&challenge, &pairs, &message)?;
+        if funds.inputs != built.inputs || funds.total != built.total {
+            return Err(corrupt(
+                "the bip-322 form does not spend exactly the bip-127 proof's utxos",
+            ));
+        }
+        // The proof terms (request id, approvals' expiry; ADR 0013), the same in both forms so
+        // that one set of approvals covers both. Without an active policy there are none (the
+        // policy signer then refuses, naming the missing terms).
+        let mut built = built;
+        if let Ok(v) = self.spend.governance.active_stored().await {
+            let max_ms = v.policy.approval_rules().max_age_secs.saturating_mul(1000);
+            let terms = ProofTerms {
+                request_id: id.clone(),
+                expires_at_ms: now_ms.saturating_add(i64::try_from(max_ms).unwrap_or(i64::MAX)),
+            };
+            for psbt in [&mut built.psbt, &mut funds.psbt] {
+                terms
+                    .write_to(psbt)
+                    .map_err(|e| ReserveServiceError::Invalid {
+                        what: "proof request id",
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
 
         let mut outputs = Vec::new();
         for (v, us) in &pairs {
@@ -838,13 +1114,22 @@ impl ReserveService {
             "txid": txid.to_string(), "total_sat": built.total.to_sat(),
             "inputs": outputs.len(), "unconfirmed_excluded": unconfirmed,
             "checkpoint_size": checkpoint_size, "statement": req.statement,
+            "bip322": {
+                "challenge_vault": first.name().to_string(),
+                "challenge_address": challenge_address,
+                "challenge_script": funds.challenge.to_hex_string(),
+                "to_spend_txid": funds.to_spend.compute_txid().to_string(),
+                "txid": funds.psbt.unsigned_tx.compute_txid().to_string(),
+            },
         });
         let draft = ledger_record(Kind::ReserveProof, &req.actor, &body, now_ms)?;
         let insert = Write::new(
             "INSERT INTO reserve_proofs (id, vaults, network, height, block_hash, message, psbt, \
              signed_psbt, signatures, outputs, descriptors, total_sat, checkpoint_size, state, \
-             final_tx, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, \
-             $10, $11, $12, 'signing', NULL, $13, $13)",
+             final_tx, created_ms, updated_ms, bip322_challenge_vault, bip322_challenge_address, \
+             bip322_challenge_script, bip322_psbt, bip322_signed_psbt, bip322_signatures, \
+             bip322_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11, $12, \
+             'signing', NULL, $13, $13, $14, $15, $16, $17, $17, 0, 'unsigned')",
             vec![
                 SqlValue::Text(id.clone()),
                 SqlValue::Text(json!(req.vaults).to_string()),
@@ -859,6 +1144,10 @@ impl ReserveService {
                 SqlValue::Int(to_i64(built.total.to_sat())),
                 SqlValue::Int(to_i64(checkpoint_size)),
                 SqlValue::Int(now_ms),
+                SqlValue::Text(first.name().to_string()),
+                SqlValue::Text(challenge_address),
+                SqlValue::Text(funds.challenge.to_hex_string()),
+                SqlValue::Text(funds.psbt.to_string()),
             ],
         );
         self.ledger()
@@ -880,7 +1169,9 @@ impl ReserveService {
 
     async fn row(&self, id: &str) -> Result<Option<ProofRow>> {
         let q = "SELECT id, vaults, network, height, block_hash, message, psbt, signed_psbt, \
-                 outputs, descriptors, total_sat, checkpoint_size, state, final_tx, created_ms \
+                 outputs, descriptors, total_sat, checkpoint_size, state, final_tx, created_ms, \
+                 bip322_challenge_vault, bip322_challenge_address, bip322_challenge_script, \
+                 bip322_psbt, bip322_signed_psbt, bip322_state, bip322_final_tx \
                  FROM reserve_proofs WHERE id = $1";
         let row = on_db!(self.ledger().db(), p => {
             match sqlx::query(q).bind(id).fetch_optional(p).await? {
@@ -900,6 +1191,27 @@ impl ReserveService {
                     state: r.try_get(12)?,
                     final_tx: r.try_get(13)?,
                     created_ms: r.try_get(14)?,
+                    bip322: match (
+                        r.try_get::<Option<String>, _>(15)?,
+                        r.try_get::<Option<String>, _>(16)?,
+                        r.try_get::<Option<String>, _>(17)?,
+                        r.try_get::<Option<String>, _>(18)?,
+                        r.try_get::<Option<String>, _>(19)?,
+                        r.try_get::<Option<String>, _>(20)?,
+                    ) {
+                        (Some(v), Some(a), Some(c), Some(p), Some(sp), Some(st)) => {
+                            Some(Bip322Row {
+                                challenge_vault: v,
+                                challenge_address: a,
+                                challenge_script: c,
+                                psbt: p,
+                                signed_psbt: sp,
+                                state: st,
+                                final_tx: r.try_get(21)?,
+                            })
+                        }
+                        _ => None,
+                    },
                 }),
                 None => None,
             }
@@ -918,13 +1230,21 @@ impl ReserveService {
             .ok_or_else(|| ReserveServiceError::NotFound(id.to_owned()))?;
         let psbt = Psbt::from_str(&r.psbt).map_err(corrupt)?;
         let signed = Psbt::from_str(&r.signed_psbt).map_err(corrupt)?;
-        let final_tx = match &r.final_tx {
-            Some(h) => Some(
-                hex::decode(h)
-                    .ok()
-                    .and_then(|b| deserialize::<Transaction>(&b).ok())
-                    .ok_or_else(|| corrupt("final_tx does not decode"))?,
-            ),
+        let final_tx = decode_tx(r.final_tx.as_deref())?;
+        let bip322 = match &r.bip322 {
+            Some(b) => {
+                let signed = Psbt::from_str(&b.signed_psbt).map_err(corrupt)?;
+                Some(StoredBip322 {
+                    challenge_vault: b.challenge_vault.clone(),
+                    challenge_address: b.challenge_address.clone(),
+                    challenge: ScriptBuf::from_hex(&b.challenge_script).map_err(corrupt)?,
+                    psbt: Psbt::from_str(&b.psbt).map_err(corrupt)?,
+                    signatures: count_signatures(&signed),
+                    signed,
+                    state: Bip322State::parse(&b.state)?,
+                    final_tx: decode_tx(b.final_tx.as_deref())?,
+                })
+            }
             None => None,
         };
         Ok(StoredProof {
@@ -944,6 +1264,7 @@ impl ReserveService {
             state: ProofState::parse(&r.state)?,
             final_tx,
             created_ms: r.created_ms,
+            bip322,
         })
     }
 
@@ -1002,14 +1323,35 @@ impl ReserveService {
         Ok(())
     }
 
-    /// Accepts an officer's PSBT for proof `id` (from Bitcoin Core, a hardware wallet or
-    /// `treasury officer sign`): it must be for the proof's exact transaction, every partial
-    /// signature is verified on arrival and the proof's shape is checked again. Records a
-    /// `signature` ledger entry naming `by`. Returns how many signatures were new.
+    fn bip322_signed_write(p: &StoredProof, b: &StoredBip322, psbt: &Psbt, now_ms: i64) -> Write {
+        Write::new(
+            "UPDATE reserve_proofs SET bip322_signed_psbt = $1, bip322_signatures = $2, \
+             bip322_state = 'signing', updated_ms = $3 WHERE id = $4 AND bip322_signatures = $5 \
+             AND state = 'signing'",
+            vec![
+                SqlValue::Text(psbt.to_string()),
+                SqlValue::Int(i64::try_from(count_signatures(psbt)).unwrap_or(i64::MAX)),
+                SqlValue::Int(now_ms),
+                SqlValue::Text(p.id.clone()),
+                SqlValue::Int(i64::try_from(b.signatures).unwrap_or(i64::MAX)),
+            ],
+        )
+        .exactly(
+            1,
+            "the proof's bip-322 psbt was changed by another writer; try again",
+        )
+    }
+
+    /// Accepts an officer's PSBT for proof `id`, of either form (from Bitcoin Core, a hardware
+    /// wallet or `treasury officer sign`): the form is told by input 0 ([`StoredProof::form_of`]);
+    /// it must be for that form's exact transaction, every partial signature is verified on
+    /// arrival and the form's shape is checked again. Records a `signature` ledger entry naming
+    /// `by` and the form. Returns how many signatures were new.
     ///
     /// # Errors
-    /// [`ReserveServiceError::OtherTransaction`], [`ReserveServiceError::Combine`] naming the
-    /// input and key of a bad signature, [`ReserveServiceError::Proof`] for a PSBT that breaks
+    /// [`ReserveServiceError::UnknownForm`], [`ReserveServiceError::OtherTransaction`],
+    /// [`ReserveServiceError::Combine`] naming the input and key of a bad signature,
+    /// [`ReserveServiceError::Proof`] / [`ReserveServiceError::Bip322`] for a PSBT that breaks
     /// the shape, [`ReserveServiceError::WrongState`]. Nothing is stored on any error.
     pub async fn submit_psbt(
         &self,
@@ -1018,32 +1360,64 @@ impl ReserveService {
         by: &str,
         now_ms: i64,
     ) -> Result<usize> {
+        Ok(self.submit_psbt_form(id, incoming, by, now_ms).await?.1)
+    }
+
+    /// As [`ReserveService::submit_psbt`], also returning the form the PSBT was.
+    ///
+    /// # Errors
+    /// As [`ReserveService::submit_psbt`].
+    pub async fn submit_psbt_form(
+        &self,
+        id: &str,
+        incoming: Psbt,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<(ProofForm, usize)> {
         let p = self.load(id).await?;
         Self::require_signing(&p)?;
+        let form = p.form_of(&incoming)?;
+        let (want, base, before) = match form {
+            ProofForm::Bip127 => (p.txid(), &p.signed, p.signatures),
+            ProofForm::Bip322 => {
+                let b = p.bip322_form()?;
+                (b.txid(), &b.signed, b.signatures)
+            }
+        };
         let got = incoming.unsigned_tx.compute_txid();
-        if got != p.txid() {
+        if got != want {
             return Err(ReserveServiceError::OtherTransaction {
                 id: id.to_owned(),
-                want: p.txid(),
+                want,
                 got,
             });
         }
-        let mut merged = p.signed.clone();
+        let mut merged = base.clone();
         combine::combine(&mut merged, incoming)?;
-        check_proof_shape(&merged, p.message.as_bytes())?;
-        let added = count_signatures(&merged).saturating_sub(p.signatures);
+        let write = match form {
+            ProofForm::Bip127 => {
+                check_proof_shape(&merged, p.message.as_bytes())?;
+                Self::signed_write(&p, &merged, now_ms)
+            }
+            ProofForm::Bip322 => {
+                let b = p.bip322_form()?;
+                check_proof_of_funds_psbt(&merged, p.message.as_bytes(), &b.challenge)?;
+                Self::bip322_signed_write(&p, b, &merged, now_ms)
+            }
+        };
+        let added = count_signatures(&merged).saturating_sub(before);
         if added == 0 {
-            return Ok(0);
+            return Ok((form, 0));
         }
         let body = json!({
-            "type": SIGNATURE_TYPE, "proof_request": id, "txid": p.txid().to_string(),
-            "by": by, "added": added,
+            "type": SIGNATURE_TYPE, "proof_request": id, "form": form.as_str(),
+            "txid": want.to_string(), "by": by, "added": added,
         });
         let draft = ledger_record(Kind::Signature, by, &body, now_ms)?;
         self.ledger()
-            .append_with_writes(vec![draft], &[Self::signed_write(&p, &merged, now_ms)])
+            .append_with_writes(vec![draft], &[write])
             .await?;
-        Ok(added)
+        Ok((form, added))
     }
 
     /// The policy signer for `key`, built from what the service stores (as for spends).
@@ -1059,9 +1433,34 @@ impl ReserveService {
         Ok(self.spend.policy_signer(key, network, now_ms).await?)
     }
 
-    /// Asks the policy signer to sign proof `id` ([`PolicySigner::sign_proof`] checks the
-    /// shape itself and refuses anything that could be broadcast). Records a `signature`
-    /// ledger entry.
+    /// The officers' approvals of proof `id` the service holds (`reserve_proof_approvals`,
+    /// ADR 0013), for the policy signer, which verifies each again against the subject it
+    /// re-derives from the PSBT of either form.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Db`], [`ReserveServiceError::Corrupt`].
+    pub async fn proof_approvals(&self, id: &str) -> Result<Vec<policies::approval::Approval>> {
+        let q = "SELECT approval FROM reserve_proof_approvals WHERE proof_id = $1 \
+                 ORDER BY received_ms, approver";
+        let rows: Vec<String> = on_db!(self.ledger().db(), p => {
+            sqlx::query(q)
+                .bind(id)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, sqlx::Error>>()?
+        });
+        rows.iter()
+            .map(|t| serde_json::from_str(t).map_err(corrupt))
+            .collect()
+    }
+
+    /// Asks the policy signer to sign proof `id`: the BIP-127 form
+    /// ([`PolicySigner::sign_proof`] checks the shape itself and refuses anything that could be
+    /// broadcast) and, when officers have started it, the BIP-322 form
+    /// ([`PolicySigner::sign_proof_of_funds`]). Both are checked before anything is stored, and
+    /// each signature is a `signature` ledger entry. Returns the BIP-127 form's signature.
     ///
     /// # Errors
     /// [`ReserveServiceError::Refused`] with the signer's reason, [`ReserveServiceError::WrongState`].
@@ -1072,48 +1471,136 @@ impl ReserveService {
         now_ms: i64,
     ) -> Result<ProofSignature> {
         let p = self.load(id).await?;
+        let mut forms = vec![ProofForm::Bip127];
+        if p.bip322
+            .as_ref()
+            .is_some_and(|b| b.state == Bip322State::Signing)
+        {
+            forms.push(ProofForm::Bip322);
+        }
+        let sigs = self.policy_sign_forms(id, &forms, signer, now_ms).await?;
+        sigs.into_iter()
+            .find(|(f, _)| *f == ProofForm::Bip127)
+            .map(|(_, s)| s)
+            .ok_or_else(|| corrupt("the bip-127 form was not signed"))
+    }
+
+    /// Asks the policy signer to sign the given forms of proof `id` (see
+    /// [`ReserveService::policy_sign`]), all or nothing: every form is signed in memory first,
+    /// then all are stored with their ledger entries in one transaction.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Refused`] with the signer's reason, [`ReserveServiceError::WrongState`],
+    /// [`ReserveServiceError::UnknownForm`] for a request without a BIP-322 form.
+    pub async fn policy_sign_forms<S: Signer>(
+        &self,
+        id: &str,
+        forms: &[ProofForm],
+        signer: &mut PolicySigner<S>,
+        now_ms: i64,
+    ) -> Result<Vec<(ProofForm, ProofSignature)>> {
+        let p = self.load(id).await?;
         Self::require_signing(&p)?;
-        let mut psbt = p.signed.clone();
-        let sig = signer.sign_proof(&mut psbt, id, &[], now_ms)?;
-        let body = json!({
-            "type": SIGNATURE_TYPE, "proof_request": id, "txid": sig.txid.to_string(),
-            "by": POLICY_SIGNER_ACTOR, "key": sig.key, "signer": sig.signer,
-            "inputs": sig.inputs, "amount_sat": sig.amount.to_sat(),
-            "commitment": sig.commitment, "policy": sig.policy.to_string(),
-        });
-        let draft = ledger_record(Kind::Signature, POLICY_SIGNER_ACTOR, &body, now_ms)?;
-        self.ledger()
-            .append_with_writes(vec![draft], &[Self::signed_write(&p, &psbt, now_ms)])
-            .await?;
-        Ok(sig)
+        let approvals = self.proof_approvals(id).await?;
+        let mut drafts = Vec::new();
+        let mut writes = Vec::new();
+        let mut out = Vec::new();
+        for form in forms {
+            let mut psbt = p.signed_psbt(*form)?.clone();
+            let sig = match form {
+                ProofForm::Bip127 => signer.sign_proof(&mut psbt, id, &approvals, now_ms)?,
+                ProofForm::Bip322 => {
+                    let b = p.bip322_form()?;
+                    signer.sign_proof_of_funds(
+                        &mut psbt,
+                        Some(p.message.as_bytes()),
+                        &b.challenge,
+                        id,
+                        &approvals,
+                        now_ms,
+                    )?
+                }
+            };
+            let body = json!({
+                "type": SIGNATURE_TYPE, "proof_request": id, "form": form.as_str(),
+                "txid": sig.txid.to_string(), "by": POLICY_SIGNER_ACTOR, "key": sig.key,
+                "signer": sig.signer, "inputs": sig.inputs, "amount_sat": sig.amount.to_sat(),
+                "commitment": sig.commitment, "policy": sig.policy.to_string(),
+                "subject": hex::encode(sig.subject), "counted": sig.counted,
+            });
+            drafts.push(ledger_record(
+                Kind::Signature,
+                POLICY_SIGNER_ACTOR,
+                &body,
+                now_ms,
+            )?);
+            writes.push(match form {
+                ProofForm::Bip127 => Self::signed_write(&p, &psbt, now_ms),
+                ProofForm::Bip322 => Self::bip322_signed_write(&p, p.bip322_form()?, &psbt, now_ms),
+            });
+            out.push((*form, sig));
+        }
+        self.ledger().append_with_writes(drafts, &writes).await?;
+        Ok(out)
     }
 
     /// Finalizes proof `id` (every real input through miniscript's finalizer, then the full
     /// verification of [`custody::reserves::verify_proof_tx`], taproot included) and records
-    /// a `reserve_proof` ledger entry with the final txid. A finalized proof is returned as is.
+    /// a `reserve_proof` ledger entry with the final txid. The BIP-322 form is finalized with
+    /// it ([`custody::reserves::bip322::finalize`], every input verified against all spent
+    /// outputs) when officers started it; a started but incomplete BIP-322 form stops the
+    /// finalization with the input that lacks signatures. A finalized proof is returned as is.
     ///
     /// # Errors
-    /// [`ReserveServiceError::Proof`] naming the input that lacks signatures or fails.
+    /// [`ReserveServiceError::Proof`] / [`ReserveServiceError::Bip322`] naming the form and
+    /// the input that lacks signatures or fails.
     pub async fn finalize(&self, id: &str, now_ms: i64) -> Result<StoredProof> {
         let p = self.load(id).await?;
         if p.state == ProofState::Finalized {
             return Ok(p);
         }
         let tx = finalize_proof(p.signed.clone(), p.message.as_bytes())?;
+        let funds = match &p.bip322 {
+            Some(b) if b.state == Bip322State::Signing => Some((
+                b,
+                bip322::finalize(b.signed.clone(), p.message.as_bytes(), &b.challenge)?,
+            )),
+            _ => None,
+        };
+        let bip322_body = match &funds {
+            Some((b, t)) => json!({
+                "txid": t.compute_txid().to_string(), "wtxid": t.compute_wtxid().to_string(),
+                "to_spend_txid": b.to_spend_txid().map(|x| x.to_string()),
+                "challenge_address": b.challenge_address,
+            }),
+            None => json!(null),
+        };
         let body = json!({
             "type": FINALIZED_TYPE, "proof_request": id, "txid": tx.compute_txid().to_string(),
             "wtxid": tx.compute_wtxid().to_string(), "commitment": p.commitment_hex(),
             "total_sat": p.total.to_sat(), "height": p.height,
-            "block": p.block_hash.to_string(),
+            "block": p.block_hash.to_string(), "bip322": bip322_body,
         });
         let draft = ledger_record(Kind::ReserveProof, "treasury", &body, now_ms)?;
+        let (bip322_tx, bip322_state) = match &funds {
+            Some((_, t)) => (
+                SqlValue::OptText(Some(serialize_hex(t))),
+                SqlValue::OptText(Some(Bip322State::Finalized.as_str().into())),
+            ),
+            None => (
+                SqlValue::OptText(None),
+                SqlValue::OptText(p.bip322.as_ref().map(|b| b.state.as_str().into())),
+            ),
+        };
         let update = Write::new(
-            "UPDATE reserve_proofs SET state = 'finalized', final_tx = $1, updated_ms = $2 \
-             WHERE id = $3 AND state = 'signing'",
+            "UPDATE reserve_proofs SET state = 'finalized', final_tx = $1, updated_ms = $2, \
+             bip322_final_tx = $4, bip322_state = $5 WHERE id = $3 AND state = 'signing'",
             vec![
                 SqlValue::Text(serialize_hex(&tx)),
                 SqlValue::Int(now_ms),
                 SqlValue::Text(id.to_owned()),
+                bip322_tx,
+                bip322_state,
             ],
         )
         .exactly(1, "the proof was finalized by another writer");
@@ -1260,10 +1747,40 @@ impl ReserveService {
         let mut d = serde_json::to_string_pretty(&p.descriptors).map_err(corrupt)?;
         d.push('\n');
         files.insert("descriptors.json".into(), d.into_bytes());
+        let mut forms = vec![ProofForm::Bip127.as_str()];
+        let mut bip322_txid = None;
+        if let Some((b, t)) = p
+            .bip322
+            .as_ref()
+            .and_then(|b| b.final_tx.as_ref().map(|t| (b, t)))
+        {
+            forms.push(ProofForm::Bip322.as_str());
+            bip322_txid = Some(t.compute_txid().to_string());
+            files.insert(
+                BIP322_FULL_PATH.into(),
+                format!("{}\n", encode_full(t)).into_bytes(),
+            );
+            let doc = Bip322ProofJson {
+                format: BIP322_FORMAT.into(),
+                network: p.network.to_string(),
+                message: p.message.clone(),
+                challenge_vault: b.challenge_vault.clone(),
+                challenge_address: b.challenge_address.clone(),
+                challenge_script: b.challenge.to_hex_string(),
+                to_spend_txid: b.to_spend_txid().map(|x| x.to_string()).unwrap_or_default(),
+                to_sign_txid: t.compute_txid().to_string(),
+                total_sat: p.total.to_sat(),
+                utxos: p.outputs.clone(),
+            };
+            let mut j = serde_json::to_string_pretty(&doc).map_err(corrupt)?;
+            j.push('\n');
+            files.insert(BIP322_JSON_PATH.into(), j.into_bytes());
+        }
         let block = json!({
             "network": p.network.to_string(), "height": p.height,
             "hash": p.block_hash.to_string(), "proof_request": p.id,
             "total_sat": p.total.to_sat(), "txid": p.final_tx.as_ref().map(|t| t.compute_txid().to_string()),
+            "forms": forms, "bip322_txid": bip322_txid,
         });
         files.insert(
             "block.json".into(),

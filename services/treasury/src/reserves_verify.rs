@@ -137,6 +137,9 @@ pub struct UtxoReport {
     pub spent_height: Option<u32>,
     /// Which declared descriptor (index in the declared list) and derivation index.
     pub descriptor: Option<(usize, u32)>,
+    /// The output as the node has it (value and script): what the BIP-322 form of the same
+    /// proof is verified against.
+    pub spent_output: Option<TxOut>,
     /// What is wrong with it; empty when it counts.
     pub problems: Vec<UtxoProblem>,
 }
@@ -433,6 +436,7 @@ pub fn verify_reserves_with(
                 created_height: None,
                 spent_height: None,
                 descriptor: None,
+                spent_output: None,
                 problems: Vec::new(),
             };
             match node.main_chain_height(meta.block_hash)? {
@@ -450,6 +454,7 @@ pub fn verify_reserves_with(
             let txout = fetch_output(&mut node, op, meta.block_hash, &mut r)?;
             if let Some(out) = &txout {
                 r.value = Some(out.value);
+                r.spent_output = Some(out.clone());
                 match scripts.get(&out.script_pubkey) {
                     Some(at) => r.descriptor = Some(*at),
                     None => r.problems.push(UtxoProblem::OutsideDescriptors),
