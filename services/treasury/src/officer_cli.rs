@@ -4,7 +4,10 @@
 //! The same file holds the officer's approval key (BIP-340, at `hsm::APPROVAL_KEY_PATH`):
 //! `review` explains a spend request file in plain words, `approve` signs its approval subject,
 //! rebuilt from the request's own PSBT (a file whose claims differ from its PSBT is refused),
-//! and `sign-order` signs admin orders (policy changes, vetoes, freezes).
+//! and `sign-order` signs admin orders (policy changes, vetoes, freezes). `review` and `approve`
+//! also recognise a reserve proof subject file (`treasury reserves subject ID`): the proof
+//! subject is re-derived from the file's PSBT under the file's policy, and the approval signs
+//! that form-independent subject (ADR 0013).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -19,6 +22,7 @@ use policies::Verdict;
 use zeroize::Zeroizing;
 
 use crate::governance::OrderFile;
+use crate::reserves_service::ProofSubjectFile;
 use crate::spend::{utc, verdict_text, RequestFile};
 use crate::spend_cli::read_json;
 
@@ -172,6 +176,9 @@ pub fn run_officer(cmd: OfficerCommand) -> Result<String, String> {
             Ok(format!("{}\n", ks.descriptor_key()))
         }
         OfficerCommand::Review { file, now_ms } => {
+            if let Some(p) = proof_subject_file(&file)? {
+                return review_proof(&p, now_ms.unwrap_or_else(crate::vaults::now_ms));
+            }
             let f: RequestFile = read_json(&file)?;
             review(&f, now_ms.unwrap_or_else(crate::vaults::now_ms))
         }
@@ -181,6 +188,38 @@ pub fn run_officer(cmd: OfficerCommand) -> Result<String, String> {
             passphrase_file,
             reject,
         } => {
+            if let Some(p) = proof_subject_file(&file)? {
+                if reject {
+                    return Err(
+                        "a reserve proof is approved or left unapproved: there is no \
+                                rejection of a proof subject"
+                            .into(),
+                    );
+                }
+                let (subject, policy) = p.rebuild()?;
+                let pass = passphrase(passphrase_file.as_ref())?;
+                let ks = SoftwareKeystore::load(&key, &pass).map_err(|e| e.to_string())?;
+                let pk = ks.approval_public_key().map_err(|e| e.to_string())?;
+                let person = policy.person_of(&pk).ok_or_else(|| {
+                    format!(
+                        "approval key {pk} is not an approver of policy {}",
+                        policy.hash()
+                    )
+                })?;
+                let group = policy.proof_quorum();
+                if !policy.group(group).is_some_and(|g| g.has(person)) {
+                    return Err(format!(
+                        "{person} is not a member of group {group}, whose quorum approves \
+                         reserve proofs"
+                    ));
+                }
+                let approval = ks
+                    .with_approval_secret(|sk| subject.sign(person, sk))
+                    .map_err(|e| e.to_string())?;
+                let text = serde_json::to_string_pretty(&approval)
+                    .map_err(|e| format!("cannot print the approval: {e}"))?;
+                return Ok(format!("{text}\n"));
+            }
             let f: RequestFile = read_json(&file)?;
             let (request, policy) = f.rebuild().map_err(|e| e.to_string())?;
             let pass = passphrase(passphrase_file.as_ref())?;
@@ -251,6 +290,65 @@ pub fn run_officer(cmd: OfficerCommand) -> Result<String, String> {
             Ok(format!("{p}\n"))
         }
     }
+}
+
+/// Reads `path` as a reserve proof subject file when its `kind` says so (`None` otherwise).
+fn proof_subject_file(path: &PathBuf) -> Result<Option<ProofSubjectFile>, String> {
+    let v: serde_json::Value = read_json(path)?;
+    if v.get("kind").and_then(serde_json::Value::as_str) != Some(policies::proof::DOCUMENT_KIND) {
+        return Ok(None);
+    }
+    serde_json::from_value(v)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A reserve proof subject file in plain words: what the proof proves, the message it binds,
+/// and what approving it means.
+///
+/// # Errors
+/// A message when the file's subject is not the one its PSBT and policy give.
+pub fn review_proof(f: &ProofSubjectFile, now_ms: i64) -> Result<String, String> {
+    let (s, policy) = f.rebuild()?;
+    let group = policy.proof_quorum();
+    let k = policy.group(group).map_or(1, |g| g.k);
+    let mut out = format!(
+        "Reserve proof request {} on {}: it proves {} sat ({} BTC) held in {} coin(s):\n",
+        s.request_id,
+        s.network,
+        s.amount.to_sat(),
+        s.amount.to_btc(),
+        f.document.outpoints.len()
+    );
+    for op in &f.document.outpoints {
+        out.push_str(&format!("  - {op}\n"));
+    }
+    out.push_str("The message it commits to (block, descriptor checksums, ledger checkpoint):\n");
+    for line in f.document.message.lines() {
+        out.push_str(&format!("  | {line}\n"));
+    }
+    out.push_str(&format!(
+        "It can never be broadcast (its first input spends the message's commitment {}).\n",
+        hex::encode(s.commitment)
+    ));
+    out.push_str(&format!(
+        "Under policy \"{}\" version {} ({}), {k} approval(s) of group {group} are needed; \
+         one approval covers both the BIP-127 and the BIP-322 form of this proof.\n",
+        policy.name(),
+        policy.version(),
+        policy.hash()
+    ));
+    let state = if now_ms >= s.expires_at_ms {
+        " (EXPIRED)"
+    } else {
+        ""
+    };
+    out.push_str(&format!(
+        "Approvals expire at {}{state}.\nSubject digest: {}.\n",
+        utc(s.expires_at_ms),
+        hex::encode(s.digest())
+    ));
+    Ok(out)
 }
 
 /// A spend request file in plain words, with the policy's verdict at `now_ms`.

@@ -24,7 +24,13 @@
 //! 5. **Liabilities** (when the ledger has a root): its total does not exceed the proven
 //!    amount; a `liabilities/root.json` must be that root, and every account proof in
 //!    `liabilities/proofs/` must verify against it (an altered sum in a tree node fails).
-//! 6. **The BIP-322 form** (when the bundle carries it, and it must when `block.json` lists
+//! 6. **The reserve-proof rule** (ADR 0013): `policy.toml` is the policy version the proven
+//!    request entry names; the proof subject is re-derived from the proof file (network,
+//!    message, outpoints, amount) and the request entry (id, approvals' expiry); the proven
+//!    `reserve_proof_approval` entries carry the officers' signatures, and
+//!    [`policies::evaluate_proof`] must allow them at the time the policy key signed (or the
+//!    proof was finalized): `k` distinct members of the `proof_quorum` group.
+//! 7. **The BIP-322 form** (when the bundle carries it, and it must when `block.json` lists
 //!    it; ADR 0014): `bip322/to_sign.base64` decodes strictly (BIP-322 "full" encoding) and
 //!    `bip322/proof.json` says the same; the message is the BIP-127 proof's, byte for byte; the
 //!    challenge is the first declared descriptor's first receive address; the UTXOs are exactly
@@ -50,8 +56,9 @@ use custody::reserves::{commitment_hash, ProofMessage};
 use serde_json::Value;
 
 use crate::reserves_service::{
-    decode_checkpoint_field, Bip322ProofJson, Bundle, DeclaredDescriptor, Manifest, BIP322_FORMAT,
-    BIP322_FULL_PATH, BIP322_JSON_PATH, BUNDLE_FORMAT, FINALIZED_TYPE, MANIFEST, REQUESTED_TYPE,
+    decode_checkpoint_field, Bip322ProofJson, Bundle, DeclaredDescriptor, Manifest, APPROVAL_TYPE,
+    BIP322_FORMAT, BIP322_FULL_PATH, BIP322_JSON_PATH, BUNDLE_FORMAT, FINALIZED_TYPE, MANIFEST,
+    REQUESTED_TYPE, SIGNATURE_TYPE,
 };
 use crate::reserves_verify::{verify_reserves_with, ReserveReport, SpendSearch, VerifyError};
 
@@ -101,6 +108,10 @@ pub enum BundleProblem {
     /// A ledger entry the proof needs is not in the bundle.
     #[error("ledger: {0}")]
     MissingEntry(String),
+    /// The reserve-proof rule of the request's policy is not met by the proven approvals (or
+    /// cannot be checked: no policy, another policy than the ledger names).
+    #[error("reserve-proof rule: {0}")]
+    ProofQuorum(String),
     /// Liabilities above the proven reserves.
     #[error("liabilities of {liabilities} exceed the proven reserves of {reserves}")]
     LiabilitiesExceedReserves {
@@ -197,6 +208,9 @@ pub struct BundleAudit {
     pub ledger_key_source: &'static str,
     /// Ledger entries proven included.
     pub entries_included: usize,
+    /// The officers whose proven approvals met the reserve-proof rule, with the group and its
+    /// threshold (empty when the rule was not met).
+    pub approvals: (Vec<String>, String, u32),
     /// Problems of the bundle.
     pub problems: Vec<BundleProblem>,
     /// The BIP-322 form's audit, when the bundle carries that form.
@@ -306,6 +320,17 @@ impl BundleAudit {
             None => {
                 let _ = writeln!(s, "liabilities:    no liabilities root in the ledger");
             }
+        }
+        if self.approvals.0.is_empty() {
+            let _ = writeln!(s, "approvals:      reserve-proof rule not met");
+        } else {
+            let _ = writeln!(
+                s,
+                "approvals:      {} of group {} (k = {})",
+                self.approvals.0.join(", "),
+                self.approvals.1,
+                self.approvals.2
+            );
         }
         let _ = writeln!(
             s,
@@ -533,6 +558,7 @@ pub fn audit_bundle(
     let bundle_note = text(bundle, "ledger/checkpoint.txt", &mut problems).map(str::to_string);
     let mut checkpoints = (None, None);
     let mut entries_included = 0usize;
+    let mut approvals: (Vec<String>, String, u32) = (Vec::new(), String::new(), 0);
     let mut liabilities = None;
     let mut liability_proofs = 0usize;
     if let Some(key) = &key {
@@ -641,6 +667,10 @@ pub fn audit_bundle(
                     "no proven reserve_proof_finalized entry for this proof transaction".into(),
                 ));
             }
+            match check_proof_quorum(bundle, f, &commitment, &proven_entries) {
+                Ok(a) => approvals = a,
+                Err(reason) => problems.push(BundleProblem::ProofQuorum(reason)),
+            }
         }
         // The latest liabilities root among the proven entries.
         if let Some((seq, b)) = bodies
@@ -737,13 +767,14 @@ pub fn audit_bundle(
         checkpoints,
         ledger_key_source,
         entries_included,
+        approvals,
         problems,
         bip322,
     })
 }
 
 /// Audits the BIP-322 form of the bundle against its BIP-127 proof and the BIP-127 check's
-/// view of every UTXO (see the module docs, step 6). `None` when the bundle carries no
+/// view of every UTXO (see the module docs, step 7). `None` when the bundle carries no
 /// BIP-322 form and `block.json` does not list one.
 fn audit_bip322(
     bundle: &Bundle,
@@ -925,4 +956,150 @@ fn audit_bip322(
         }
     }
     Some(a)
+}
+
+fn body_of(e: &Entry) -> Option<Value> {
+    serde_json::from_slice::<Value>(e.payload().as_bytes()).ok()
+}
+
+/// Step 6 of the audit: the reserve-proof rule of the policy the request names, over the
+/// proven approval entries. Returns who was counted, the group and its threshold.
+fn check_proof_quorum(
+    bundle: &Bundle,
+    f: &ProofFile,
+    commitment: &str,
+    entries: &[&Entry],
+) -> Result<(Vec<String>, String, u32), String> {
+    use policies::evaluate::{evaluate_proof, Context, Decision, ReceivedApproval};
+    use policies::proof::{ProofSubject, ProofTerms};
+    let request = entries
+        .iter()
+        .filter_map(|e| body_of(e))
+        .find(|b| b["type"] == REQUESTED_TYPE && b["commitment"] == commitment)
+        .ok_or("no proven request entry to take the policy and the terms from")?;
+    let id = request["proof_request"]
+        .as_str()
+        .ok_or("the request entry names no proof request")?
+        .to_owned();
+    let (Some(policy_hash), Some(expires_at_ms)) = (
+        request["policy"].as_str(),
+        request["approvals_expire_ms"].as_i64(),
+    ) else {
+        return Err(
+            "the request entry names no policy and approval expiry (a proof requested before the reserve-proof rule was enforced)"
+                .into(),
+        );
+    };
+    let doc = bundle
+        .text("policy.toml")
+        .ok_or("the bundle carries no policy.toml")?;
+    let policy = policies::Policy::from_toml(doc).map_err(|e| format!("policy.toml: {e}"))?;
+    if policy.hash().to_string() != policy_hash {
+        return Err(format!(
+            "policy.toml is policy {}, the request entry names {policy_hash}",
+            policy.hash()
+        ));
+    }
+    let proof = f
+        .final_proofs()
+        .first()
+        .ok_or("the proof file holds no final proof")?;
+    let tx = proof.proof_tx();
+    let mut amount = Amount::ZERO;
+    for o in &tx.output {
+        amount = amount.checked_add(o.value).ok_or("amounts overflow")?;
+    }
+    let terms = ProofTerms {
+        request_id: id.clone(),
+        expires_at_ms,
+    };
+    let subject = ProofSubject::new(
+        f.network(),
+        f.message().as_bytes(),
+        tx.input.iter().skip(1).map(|i| i.previous_output),
+        amount,
+        &terms,
+        policy.hash(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut approvals = Vec::new();
+    let mut signed_at = None;
+    let mut finalized_at = None;
+    for e in entries {
+        let Some(b) = body_of(e) else { continue };
+        if b["proof_request"] != id.as_str() {
+            continue;
+        }
+        if b["type"] == SIGNATURE_TYPE && b["by"] == crate::signing::POLICY_SIGNER_ACTOR {
+            signed_at = Some(e.time_ms());
+        }
+        if b["type"] == FINALIZED_TYPE {
+            finalized_at = Some(e.time_ms());
+        }
+        if b["type"] != APPROVAL_TYPE {
+            continue;
+        }
+        let hex32 = |k: &str| -> Option<[u8; 32]> {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(b[k].as_str()?, &mut out).ok()?;
+            Some(out)
+        };
+        let mut signature = [0u8; 64];
+        let (Some(approver), Some(pubkey), Some(digest), Some(sig)) = (
+            b["approver"].as_str(),
+            hex32("pubkey"),
+            hex32("subject"),
+            b["signature"].as_str(),
+        ) else {
+            return Err(format!("approval entry {} is malformed", e.seq()));
+        };
+        hex::decode_to_slice(sig, &mut signature)
+            .map_err(|_| format!("approval entry {}: malformed signature", e.seq()))?;
+        approvals.push(ReceivedApproval {
+            approval: policies::Approval {
+                request_id: id.clone(),
+                approver: approver.to_owned(),
+                pubkey,
+                decision: policies::Verdict::Approve,
+                digest,
+                signature,
+            },
+            received_ms: e.time_ms(),
+        });
+    }
+    let now_ms = signed_at
+        .or(finalized_at)
+        .ok_or("no policy-key signature or finalization entry to date the approvals")?;
+    let ctx = Context {
+        now_ms,
+        tip_height: 0,
+        frozen: false,
+    };
+    let group = policy.proof_quorum().to_owned();
+    let k = policy.group(&group).map_or(1, |g| g.k);
+    let ev = evaluate_proof(&policy, &subject, &approvals, &ctx);
+    match ev.decision {
+        Decision::Allow { .. } => Ok((ev.counted, group, k)),
+        Decision::Deny { reasons } => Err(reasons
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")),
+        Decision::Pending { .. } => {
+            let ignored: Vec<String> = ev
+                .ignored
+                .iter()
+                .map(|(p, why)| format!("{p}: {why:?}"))
+                .collect();
+            Err(format!(
+                "{} of {k} approvals from group {group}{}",
+                ev.counted.len(),
+                if ignored.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (not counted: {})", ignored.join("; "))
+                }
+            ))
+        }
+    }
 }

@@ -92,6 +92,24 @@ pub enum ReservesCommand {
     },
     /// List the proof requests.
     List,
+    /// Print the subject officers approve for the proof (JSON, with the PSBT and the policy
+    /// it is derived from), for `treasury officer review` / `treasury officer approve`.
+    Subject {
+        /// The request id.
+        id: String,
+    },
+    /// Submit an officer's approval of the proof (from `treasury officer approve`): verified
+    /// on arrival, recorded in the ledger; prints where the reserve-proof rule stands.
+    Approve {
+        /// The request id.
+        id: String,
+        /// The approval file (JSON).
+        #[arg(long)]
+        approval: PathBuf,
+        /// Who submits it (recorded as the ledger entry's principal).
+        #[arg(long, default_value = "treasury")]
+        actor: String,
+    },
     /// Print the proof's PSBT with every signature accepted so far.
     Psbt {
         /// The request id.
@@ -418,6 +436,39 @@ async fn run_proof(
                 ));
             }
             Ok(out)
+        }
+        ReservesCommand::Subject { id } => {
+            let f = svc.subject_file(&id, now_ms()).await.map_err(err)?;
+            let text = serde_json::to_string_pretty(&f)
+                .map_err(|e| format!("cannot print the subject: {e}"))?;
+            Ok(format!("{text}\n"))
+        }
+        ReservesCommand::Approve {
+            id,
+            approval,
+            actor,
+        } => {
+            let a: policies::Approval = crate::spend_cli::read_json(&approval)?;
+            let st = svc
+                .add_approval(&id, a, &actor, now_ms())
+                .await
+                .map_err(err)?;
+            Ok(format!(
+                "accepted; {} of {} approvals from group {}{}{}\n",
+                st.counted.len(),
+                st.need,
+                st.group,
+                if st.counted.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", st.counted.join(", "))
+                },
+                if st.complete() {
+                    ": the reserve-proof rule is met"
+                } else {
+                    ""
+                }
+            ))
         }
         ReservesCommand::Psbt { id, form } => {
             let p = svc.load(&id).await.map_err(err)?;

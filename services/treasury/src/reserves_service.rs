@@ -12,10 +12,15 @@
 //!   the last entry of the ledger ([`CheckpointSource::Latest`]); otherwise the request is
 //!   refused ([`ReserveServiceError::StaleCheckpoint`]) rather than bind an old state of the
 //!   ledger. The note travels base64-encoded (the message is one line per field).
-//! - **Signing is the normal signer path** under the policy's reserve-proof rule (ADR 0010):
-//!   officers' PSBTs are combined with every partial signature verified on arrival
+//! - **Signing is the normal signer path** under the policy's reserve-proof rule (ADR 0010,
+//!   amended by ADR 0013): the request's terms (its id and the approvals' expiry, the active
+//!   policy's approval max age from now) are written into the PSBT as proprietary fields, so
+//!   the proof's [`ProofSubject`] can be re-derived from the PSBT alone; officers of the
+//!   `proof_quorum` group approve that subject ([`ReserveService::add_approval`], verified on
+//!   arrival); officers' PSBTs are combined with every partial signature verified on arrival
 //!   ([`custody::vault::combine`]) and the shape re-checked; the HSM policy key signs through
-//!   [`hsm::PolicySigner::sign_proof`], which checks the shape itself. No spend approvals.
+//!   [`hsm::PolicySigner::sign_proof`], which checks the shape and the approvals itself. No
+//!   spend approvals.
 //! - **Every step is a ledger entry** written in the same transaction as the row it changes
 //!   (`reserve_proof` entries for the request and the finalization, `signature` entries for
 //!   each signer), each naming `"proof_request": ID`, so that the bundle can carry inclusion
@@ -61,7 +66,10 @@ use custody::reserves::{
 use custody::vault::{combine, ledger_record, Vault, VaultUtxo};
 use hsm::policy_signer::{PolicySigner, PolicySignerError, ProofSignature};
 use hsm::Signer;
-use policies::proof::ProofTerms;
+use policies::approval::{Approval, ApprovalError};
+use policies::proof::{
+    verify_proof_approval, ProofSubject, ProofSubjectDocument, ProofTerms, SubjectError,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -87,6 +95,8 @@ pub const REQUESTED_TYPE: &str = "reserve_proof_requested";
 pub const SIGNATURE_TYPE: &str = "reserve_proof_signature";
 /// `type` of the ledger entry recording a finalized proof.
 pub const FINALIZED_TYPE: &str = "reserve_proof_finalized";
+/// `type` of the ledger entry recording an officer's approval of a proof.
+pub const APPROVAL_TYPE: &str = "reserve_proof_approval";
 
 /// Errors of the proof-of-reserves service.
 #[derive(Debug, thiserror::Error)]
@@ -199,9 +209,115 @@ pub enum ReserveServiceError {
     /// Stored rows do not decode.
     #[error("corrupt reserve proof store: {0}")]
     Corrupt(String),
+    /// The proof's subject cannot be derived from its PSBT.
+    #[error("proof subject: {0}")]
+    Subject(#[from] SubjectError),
+    /// The active policy could not be read.
+    #[error("policy: {0}")]
+    Governance(#[from] crate::governance::GovernanceStoreError),
+    /// An approval does not verify against the proof's subject (tampered, for another proof,
+    /// other UTXOs or another message, under another policy, expired, unknown key).
+    #[error("approval refused: {0}")]
+    ApprovalRefused(ApprovalError),
+    /// The approver is not a member of the policy's `proof_quorum` group.
+    #[error("approval refused: {person:?} is not a member of group {group}, whose quorum approves reserve proofs")]
+    NotInProofQuorum {
+        /// The approver.
+        person: String,
+        /// The `proof_quorum` group.
+        group: String,
+    },
+    /// The approver already approved this subject.
+    #[error("approval refused: {person:?} already approved proof request {id}")]
+    DuplicateApproval {
+        /// The proof request.
+        id: String,
+        /// The approver.
+        person: String,
+    },
+}
+
+/// An officer's approval of a proof, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredProofApproval {
+    /// The signed approval.
+    pub approval: Approval,
+    /// The digest of the subject it approves (hex).
+    pub subject: String,
+    /// The principal who submitted it.
+    pub actor: String,
+    /// When the service received it (Unix ms).
+    pub received_ms: i64,
+}
+
+/// Where a proof's approvals stand under the active policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofApprovals {
+    /// The proof request.
+    pub id: String,
+    /// The `proof_quorum` group.
+    pub group: String,
+    /// Its threshold.
+    pub need: u32,
+    /// The digest of the subject under the active policy (hex).
+    pub subject: String,
+    /// The members whose approvals of that subject count (distinct, valid now).
+    pub counted: Vec<String>,
+    /// Every stored approval (of any subject of this proof).
+    pub approvals: Vec<StoredProofApproval>,
+}
+
+impl ProofApprovals {
+    /// True when the approvals meet the reserve-proof rule.
+    pub fn complete(&self) -> bool {
+        u32::try_from(self.counted.len()).unwrap_or(u32::MAX) >= self.need
+    }
 }
 
 type Result<T> = std::result::Result<T, ReserveServiceError>;
+
+/// What `treasury reserves subject ID` prints and `treasury officer review`/`approve` read: the
+/// proof's subject document, the proof PSBT it is derived from and the policy document it is
+/// bound to, so that an officer offline re-derives the subject from the PSBT under that policy
+/// instead of trusting the service ([`ProofSubjectFile::rebuild`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofSubjectFile {
+    /// Always [`policies::proof::DOCUMENT_KIND`] (`"reserve_proof"`).
+    pub kind: String,
+    /// The subject with its message and outpoints.
+    pub document: ProofSubjectDocument,
+    /// The proof PSBT (base64).
+    pub psbt: String,
+    /// The policy document (TOML) the subject is bound to.
+    pub policy: String,
+}
+
+impl ProofSubjectFile {
+    /// Re-derives the subject from the file's PSBT under the file's policy and checks that the
+    /// document says the same (its message, outpoints and every field).
+    ///
+    /// # Errors
+    /// A message naming what does not match or does not parse.
+    pub fn rebuild(&self) -> std::result::Result<(ProofSubject, policies::Policy), String> {
+        if self.kind != policies::proof::DOCUMENT_KIND {
+            return Err(format!(
+                "not a reserve proof subject file (kind {:?})",
+                self.kind
+            ));
+        }
+        let policy =
+            policies::Policy::from_toml(&self.policy).map_err(|e| format!("policy: {e}"))?;
+        let psbt = Psbt::from_str(self.psbt.trim()).map_err(|e| format!("psbt: {e}"))?;
+        let subject =
+            ProofSubject::from_bip127_psbt(&psbt, policy.hash()).map_err(|e| e.to_string())?;
+        let claimed = self.document.check().map_err(|e| e.to_string())?;
+        if *claimed != subject {
+            return Err("the subject in the file is not the one its psbt and policy give".into());
+        }
+        Ok((subject, policy))
+    }
+}
 
 fn corrupt(e: impl std::fmt::Display) -> ReserveServiceError {
     ReserveServiceError::Corrupt(e.to_string())
@@ -927,6 +1043,10 @@ impl ReserveService {
         if self.row(&id).await?.is_some() {
             return Err(ReserveServiceError::Exists(id));
         }
+        // The policy whose proof quorum approves the proof (and whose approval max age bounds
+        // the approvals' expiry); read first, so that activating a due change is recorded
+        // before the checkpoint the message binds.
+        let active = self.spend.governance.active(now_ms).await?;
 
         // Sync every vault; they must all stand at one block H.
         let mut vaults: Vec<Vault> = Vec::new();
@@ -1038,7 +1158,7 @@ impl ReserveService {
             .iter()
             .filter_map(|(i, us)| vaults.get(*i).map(|v| (v, us.as_slice())))
             .collect();
-        let built = build_proof(&pairs, &message)?;
+        let mut built = build_proof(&pairs, &message)?;
         let text = message.encode();
         // The BIP-322 form over exactly the same UTXOs and message (ADR 0014).
         let challenge = Challenge::first_receive(first);
@@ -1052,25 +1172,25 @@ impl ReserveService {
                 "the bip-322 form does not spend exactly the bip-127 proof's utxos",
             ));
         }
-        // The proof terms (request id, approvals' expiry; ADR 0013), the same in both forms so
-        // that one set of approvals covers both. Without an active policy there are none (the
-        // policy signer then refuses, naming the missing terms).
-        let mut built = built;
-        if let Ok(v) = self.spend.governance.active_stored().await {
-            let max_ms = v.policy.approval_rules().max_age_secs.saturating_mul(1000);
-            let terms = ProofTerms {
-                request_id: id.clone(),
-                expires_at_ms: now_ms.saturating_add(i64::try_from(max_ms).unwrap_or(i64::MAX)),
-            };
-            for psbt in [&mut built.psbt, &mut funds.psbt] {
-                terms
-                    .write_to(psbt)
-                    .map_err(|e| ReserveServiceError::Invalid {
-                        what: "proof request id",
-                        reason: e.to_string(),
-                    })?;
-            }
-        }
+        // The request's terms travel in the PSBTs of both forms (the same terms, so that one set
+        // of approvals covers both), so that the subject officers approve can be re-derived from
+        // either PSBT alone (the txids are unchanged).
+        let expires_at_ms = now_ms.saturating_add(
+            i64::try_from(
+                active
+                    .policy
+                    .approval_rules()
+                    .max_age_secs
+                    .saturating_mul(1000),
+            )
+            .unwrap_or(i64::MAX),
+        );
+        let terms = ProofTerms {
+            request_id: id.clone(),
+            expires_at_ms,
+        };
+        terms.write_to(&mut built.psbt)?;
+        terms.write_to(&mut funds.psbt)?;
 
         let mut outputs = Vec::new();
         for (v, us) in &pairs {
@@ -1121,6 +1241,7 @@ impl ReserveService {
                 "to_spend_txid": funds.to_spend.compute_txid().to_string(),
                 "txid": funds.psbt.unsigned_tx.compute_txid().to_string(),
             },
+            "approvals_expire_ms": expires_at_ms, "policy": active.hash.to_string(),
         });
         let draft = ledger_record(Kind::ReserveProof, &req.actor, &body, now_ms)?;
         let insert = Write::new(
@@ -1392,8 +1513,20 @@ impl ReserveService {
                 got,
             });
         }
+        // The proof terms are the request's (the same in both forms): an incoming PSBT with
+        // other terms is refused, and the stored terms are written again after the merge.
+        let terms = ProofTerms::from_psbt(&p.psbt)?;
+        if let Ok(t) = ProofTerms::from_psbt(&incoming) {
+            if t != terms {
+                return Err(ReserveServiceError::Invalid {
+                    what: "psbt",
+                    reason: "its proof terms (request id, expiry) differ from the request's".into(),
+                });
+            }
+        }
         let mut merged = base.clone();
         combine::combine(&mut merged, incoming)?;
+        terms.write_to(&mut merged)?;
         let write = match form {
             ProofForm::Bip127 => {
                 check_proof_shape(&merged, p.message.as_bytes())?;
@@ -1420,6 +1553,186 @@ impl ReserveService {
         Ok((form, added))
     }
 
+    /// The subject officers approve for proof `id` under the policy active at `now_ms`,
+    /// re-derived from the stored PSBT ([`ProofSubject::from_bip127_psbt`]), with the message
+    /// and outpoints an officer reviews offline (`treasury officer review`).
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::NotFound`], [`ReserveServiceError::Subject`] for a proof whose
+    /// PSBT carries no terms, [`ReserveServiceError::Governance`].
+    pub async fn proof_subject(&self, id: &str, now_ms: i64) -> Result<ProofSubjectDocument> {
+        let p = self.load(id).await?;
+        let active = self.spend.governance.active(now_ms).await?;
+        let subject = ProofSubject::from_bip127_psbt(&p.psbt, active.hash)?;
+        let outpoints = p
+            .psbt
+            .unsigned_tx
+            .input
+            .iter()
+            .skip(1)
+            .map(|i| i.previous_output);
+        Ok(ProofSubjectDocument::new(
+            subject,
+            p.message.clone(),
+            outpoints,
+        ))
+    }
+
+    /// The file officers review and approve offline for proof `id` (see [`ProofSubjectFile`]).
+    ///
+    /// # Errors
+    /// As [`ReserveService::proof_subject`].
+    pub async fn subject_file(&self, id: &str, now_ms: i64) -> Result<ProofSubjectFile> {
+        let document = self.proof_subject(id, now_ms).await?;
+        let p = self.load(id).await?;
+        let active = self.spend.governance.active(now_ms).await?;
+        Ok(ProofSubjectFile {
+            kind: policies::proof::DOCUMENT_KIND.to_owned(),
+            document,
+            psbt: p.psbt.to_string(),
+            policy: active.document,
+        })
+    }
+
+    /// Accepts an officer's approval of proof `id`: verified on arrival against the subject
+    /// under the active policy (key of the person named, this request, this exact subject, the
+    /// signature, not expired), from a member of the `proof_quorum` group, not a duplicate;
+    /// stored with an `approval` ledger entry naming `actor` (the principal who submitted it),
+    /// in one transaction. Returns where the approvals stand.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::ApprovalRefused`] (tampered, replayed from another proof, for
+    /// other UTXOs or another message, expired, unknown key),
+    /// [`ReserveServiceError::NotInProofQuorum`], [`ReserveServiceError::DuplicateApproval`],
+    /// [`ReserveServiceError::WrongState`] once finalized, [`ReserveServiceError::Entry`] for
+    /// a bad actor name. Nothing is stored on any error.
+    pub async fn add_approval(
+        &self,
+        id: &str,
+        approval: Approval,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<ProofApprovals> {
+        let actor = Actor::new(actor)?;
+        let p = self.load(id).await?;
+        Self::require_signing(&p)?;
+        let active = self.spend.governance.active(now_ms).await?;
+        let subject = ProofSubject::from_bip127_psbt(&p.psbt, active.hash)?;
+        let v = verify_proof_approval(&active.policy, &subject, &approval, now_ms)
+            .map_err(ReserveServiceError::ApprovalRefused)?;
+        let group = active.policy.proof_quorum().to_owned();
+        if !active
+            .policy
+            .group(&group)
+            .is_some_and(|g| g.has(&v.person))
+        {
+            return Err(ReserveServiceError::NotInProofQuorum {
+                person: v.person,
+                group,
+            });
+        }
+        let digest = hex::encode(subject.digest());
+        if self
+            .stored_approvals(id)
+            .await?
+            .iter()
+            .any(|a| a.approval.approver == v.person && a.subject == digest)
+        {
+            return Err(ReserveServiceError::DuplicateApproval {
+                id: id.to_owned(),
+                person: v.person,
+            });
+        }
+        let body = json!({
+            "type": APPROVAL_TYPE, "proof_request": id, "approver": v.person,
+            "decision": "approve", "subject": digest, "policy": active.hash.to_string(),
+            "pubkey": hex::encode(approval.pubkey),
+            "signature": hex::encode(approval.signature),
+        });
+        let draft = ledger_record(Kind::Approval, actor.as_str(), &body, now_ms)?;
+        let insert = Write::new(
+            "INSERT INTO reserve_proof_approvals (proof_id, approver, subject, approval, actor, \
+             received_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![
+                SqlValue::Text(id.to_owned()),
+                SqlValue::Text(v.person.clone()),
+                SqlValue::Text(digest),
+                SqlValue::Text(serde_json::to_string(&approval).map_err(corrupt)?),
+                SqlValue::Text(actor.as_str().to_owned()),
+                SqlValue::Int(now_ms),
+            ],
+        );
+        self.ledger()
+            .append_with_writes(vec![draft], &[insert])
+            .await?;
+        self.approvals(id, now_ms).await
+    }
+
+    /// Where proof `id`'s approvals stand under the policy active at `now_ms`: the subject,
+    /// the members counted (distinct, valid now, of the `proof_quorum` group) and every stored
+    /// approval.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::NotFound`], [`ReserveServiceError::Subject`],
+    /// [`ReserveServiceError::Governance`], [`ReserveServiceError::Db`].
+    pub async fn approvals(&self, id: &str, now_ms: i64) -> Result<ProofApprovals> {
+        let p = self.load(id).await?;
+        let active = self.spend.governance.active(now_ms).await?;
+        let subject = ProofSubject::from_bip127_psbt(&p.psbt, active.hash)?;
+        let stored = self.stored_approvals(id).await?;
+        let received: Vec<policies::evaluate::ReceivedApproval> = stored
+            .iter()
+            .map(|a| policies::evaluate::ReceivedApproval {
+                approval: a.approval.clone(),
+                received_ms: a.received_ms,
+            })
+            .collect();
+        let ctx = policies::evaluate::Context {
+            now_ms,
+            tip_height: 0,
+            frozen: false,
+        };
+        let ev = policies::evaluate_proof(&active.policy, &subject, &received, &ctx);
+        let group = active.policy.proof_quorum().to_owned();
+        let need = active.policy.group(&group).map_or(1, |g| g.k);
+        Ok(ProofApprovals {
+            id: id.to_owned(),
+            group,
+            need,
+            subject: hex::encode(subject.digest()),
+            counted: ev.counted,
+            approvals: stored,
+        })
+    }
+
+    /// Every stored approval of proof `id`, in the order received.
+    ///
+    /// # Errors
+    /// [`ReserveServiceError::Db`], [`ReserveServiceError::Corrupt`].
+    pub async fn stored_approvals(&self, id: &str) -> Result<Vec<StoredProofApproval>> {
+        let q = "SELECT approval, subject, actor, received_ms FROM reserve_proof_approvals \
+                 WHERE proof_id = $1 ORDER BY received_ms, approver, subject";
+        let rows: Vec<(String, String, String, i64)> = on_db!(self.ledger().db(), p => {
+            sqlx::query(q)
+                .bind(id)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                .collect::<std::result::Result<_, sqlx::Error>>()?
+        });
+        rows.into_iter()
+            .map(|(a, subject, actor, received_ms)| {
+                Ok(StoredProofApproval {
+                    approval: serde_json::from_str(&a).map_err(corrupt)?,
+                    subject,
+                    actor,
+                    received_ms,
+                })
+            })
+            .collect()
+    }
+
     /// The policy signer for `key`, built from what the service stores (as for spends).
     ///
     /// # Errors
@@ -1433,37 +1746,16 @@ impl ReserveService {
         Ok(self.spend.policy_signer(key, network, now_ms).await?)
     }
 
-    /// The officers' approvals of proof `id` the service holds (`reserve_proof_approvals`,
-    /// ADR 0013), for the policy signer, which verifies each again against the subject it
-    /// re-derives from the PSBT of either form.
-    ///
-    /// # Errors
-    /// [`ReserveServiceError::Db`], [`ReserveServiceError::Corrupt`].
-    pub async fn proof_approvals(&self, id: &str) -> Result<Vec<policies::approval::Approval>> {
-        let q = "SELECT approval FROM reserve_proof_approvals WHERE proof_id = $1 \
-                 ORDER BY received_ms, approver";
-        let rows: Vec<String> = on_db!(self.ledger().db(), p => {
-            sqlx::query(q)
-                .bind(id)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<std::result::Result<_, sqlx::Error>>()?
-        });
-        rows.iter()
-            .map(|t| serde_json::from_str(t).map_err(corrupt))
-            .collect()
-    }
-
     /// Asks the policy signer to sign proof `id`: the BIP-127 form
     /// ([`PolicySigner::sign_proof`] checks the shape itself and refuses anything that could be
     /// broadcast) and, when officers have started it, the BIP-322 form
-    /// ([`PolicySigner::sign_proof_of_funds`]). Both are checked before anything is stored, and
+    /// ([`PolicySigner::sign_proof_of_funds`]), each with every stored approval (the signer
+    /// re-derives the one subject from each PSBT and checks the reserve-proof rule). Both are checked before anything is stored, and
     /// each signature is a `signature` ledger entry. Returns the BIP-127 form's signature.
     ///
     /// # Errors
-    /// [`ReserveServiceError::Refused`] with the signer's reason, [`ReserveServiceError::WrongState`].
+    /// [`ReserveServiceError::Refused`] with the signer's reason (e.g. "1 of 2 approvals from
+    /// group officers"), [`ReserveServiceError::WrongState`].
     pub async fn policy_sign<S: Signer>(
         &self,
         id: &str,
@@ -1501,7 +1793,12 @@ impl ReserveService {
     ) -> Result<Vec<(ProofForm, ProofSignature)>> {
         let p = self.load(id).await?;
         Self::require_signing(&p)?;
-        let approvals = self.proof_approvals(id).await?;
+        let approvals: Vec<Approval> = self
+            .stored_approvals(id)
+            .await?
+            .into_iter()
+            .map(|a| a.approval)
+            .collect();
         let mut drafts = Vec::new();
         let mut writes = Vec::new();
         let mut out = Vec::new();
@@ -1657,7 +1954,10 @@ impl ReserveService {
         let mut mine: Vec<&Entry> = Vec::new();
         let mut liabilities: Option<&Entry> = None;
         for e in &entries {
-            if !matches!(e.kind(), Kind::ReserveProof | Kind::Signature) {
+            if !matches!(
+                e.kind(),
+                Kind::ReserveProof | Kind::Signature | Kind::Approval
+            ) {
                 continue;
             }
             let Ok(body) = serde_json::from_slice::<Value>(e.payload().as_bytes()) else {
@@ -1739,6 +2039,18 @@ impl ReserveService {
                 "ledger/verifier-key.txt".into(),
                 format!("{k}\n").into_bytes(),
             );
+        }
+        // The policy version the request names (its hash is in the request's ledger entry), so
+        // that the auditor checks the approvals against its proof quorum.
+        let policy_hash = mine
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<Value>(e.payload().as_bytes()).ok())
+            .find(|b| b["type"] == REQUESTED_TYPE)
+            .and_then(|b| b["policy"].as_str().map(str::to_owned));
+        if let Some(h) = policy_hash {
+            let hash = policies::PolicyHash::from_str(&h).map_err(corrupt)?;
+            let version = self.spend.governance.version(&hash).await?;
+            files.insert("policy.toml".into(), version.document.into_bytes());
         }
         files.insert("proof.bin".into(), file.encode());
         let mut pj = file.to_json_string()?;

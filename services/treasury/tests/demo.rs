@@ -272,6 +272,18 @@ async fn demo_serves_then_a_second_run_reuses_everything() {
     }
     assert!(first_out.contains("curl"), "{first_out}");
     assert!(first_out.contains("--cacert"), "{first_out}");
+    // The reserve proof walk-through includes the proof quorum's approvals.
+    for step in [
+        "treasury reserves subject",
+        "treasury officer approve proof-subject.json",
+        "treasury reserves approve",
+        "treasury reserves sign-policy",
+    ] {
+        if step.ends_with("sign-policy") && !regtest::require("softhsm") {
+            continue;
+        }
+        assert!(first_out.contains(step), "{step}: {first_out}");
+    }
     check_running(&dir, &run.url, &first_tokens).await;
     let node_pid = bitcoind_pid(&dir);
     assert!(alive(node_pid));

@@ -68,34 +68,17 @@ fn core_sign(node: &RegtestNode, psbt: &Psbt, private: Vec<String>) -> Psbt {
 }
 
 /// The proof_quorum officers' approvals of proof `id` (the example policy's alice, bob and
-/// carol, keys from the fixed test secrets), over the subject re-derived from its BIP-127 PSBT
-/// (the BIP-322 form gives the same subject). They are written straight into the service's
-/// approvals table (migration 0007): the service's own submission path for proof approvals
-/// is the sibling branch's (s4-proofrule) and is not merged here yet.
-async fn approve_proof(db: &str, svc: &ReserveService, id: &str) {
-    use policies::proof::ProofSubject;
-    let stored = svc.load(id).await.unwrap();
-    let policy = svc.spend.governance.active_stored().await.unwrap().hash;
-    let subject = ProofSubject::from_bip127_psbt(&stored.psbt, policy).unwrap();
-    let pool = sqlx::SqlitePool::connect(db).await.unwrap();
+/// carol, keys from the fixed test secrets), over the subject the service re-derives from the
+/// BIP-127 PSBT (the BIP-322 form gives the same subject), submitted through the service.
+async fn approve_proof(svc: &ReserveService, id: &str) {
+    let now = treasury::vaults::now_ms();
+    let subject = svc.proof_subject(id, now).await.unwrap().subject;
     for (who, b) in [("alice", 1u8), ("bob", 2), ("carol", 3)] {
         let secret = bdk_wallet::bitcoin::secp256k1::SecretKey::from_slice(&[b; 32]).unwrap();
-        let a = subject.sign(who, &secret);
-        sqlx::query(
-            "INSERT INTO reserve_proof_approvals (proof_id, approver, subject, approval, actor, \
-             received_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(who)
-        .bind(hex::encode(subject.digest()))
-        .bind(serde_json::to_string(&a).unwrap())
-        .bind(who)
-        .bind(0i64)
-        .execute(&pool)
-        .await
-        .unwrap();
+        svc.add_approval(id, subject.sign(who, &secret), who, now)
+            .await
+            .unwrap();
     }
-    pool.close().await;
 }
 
 fn bip322_doc(b: &Bundle) -> Bip322ProofJson {
@@ -346,7 +329,7 @@ async fn both_forms_are_signed_bundled_and_audited_and_each_bip322_fault_is_name
     );
     // With them, it signs both forms (input 0, the challenge, too in the BIP-322 form): one
     // set of approvals of the one subject covers both.
-    approve_proof(&db, &svc, "por-wsh").await;
+    approve_proof(&svc, "por-wsh").await;
     let (ok, _, err) = cli(&["reserves", "sign-policy", "por-wsh"]);
     assert!(ok, "{err}");
     assert!(

@@ -1,7 +1,11 @@
 //! Proofs of reserves through the whole flow, on the real parts (a Bitcoin Core regtest node,
-//! SQLite, the HSM policy key in a SoftHSM2 token): prove → officers sign (Core's
-//! `descriptorprocesspsbt`) → the HSM policy key (where the vault has one) → bundle → audit
-//! against the node. Three vaults: `wsh(sortedmulti)` with the HSM key (all through the
+//! SQLite, the HSM policy key in a SoftHSM2 token): prove → the policy's proof quorum (three
+//! officers) approves the proof subject (`treasury officer approve`, `treasury reserves
+//! approve`) → officers sign (`treasury officer sign` with a keystore, or Core's
+//! `descriptorprocesspsbt`) → the HSM policy key (where the vault has one; it refuses too few
+//! approvals and approvals of another proof) → bundle → audit against the node. One proof binds
+//! a ledger checkpoint signed by the SoftHSM2 checkpoint key (`--hsm-key-label`), and its
+//! audit checks that signature. Three vaults: `wsh(sortedmulti)` with the HSM key (all through the
 //! `treasury` binary), the policy key plus officers with a timelocked recovery path, and a
 //! taproot `multi_a` vault. Then each way a bundle can be wrong, each failing the audit with
 //! its own reason: a changed message, a commitment input that does not match, an extra
@@ -25,12 +29,14 @@ use custody::reserves::file::{FinalProof, OutputMeta, ProofFile};
 use custody::reserves::{build_proof, finalize_proof, ProofMessage, ReserveError};
 use custody::vault::{Template, TemplateKey, VaultConfig, VaultDescriptor, VaultUtxo};
 use hsm::policy_signer::PolicySignerError;
-use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
+use hsm::{KdfParams, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, SoftwareKeystore};
+use policies::Approval;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
 use treasury::reserves_audit::{audit_bundle, BundleAudit, BundleProblem};
 use treasury::reserves_service::{
-    Bundle, BundleOptions, CheckpointSource, ProveRequest, ReserveService, ReserveServiceError,
+    Bundle, BundleOptions, CheckpointSource, ProofApprovals, ProveRequest, ReserveService,
+    ReserveServiceError,
 };
 use treasury::reserves_verify::{Problem, SpendSearch, UtxoProblem};
 use treasury::spend::SpendService;
@@ -43,6 +49,43 @@ const PIN: &str = "3141";
 const ORIGIN: &str = "reserve.example/ledger";
 const GAP: u32 = 40;
 const SECRET: [u8; 32] = [7; 32];
+const PASS: &str = "correct horse battery staple";
+
+/// The example policy's approval key of `person` (hex).
+fn example_key(person: &str) -> String {
+    let needle = format!("person = \"{person}\", pubkey = \"");
+    let start = EXAMPLE.find(&needle).unwrap() + needle.len();
+    EXAMPLE[start..start + 64].to_owned()
+}
+
+/// The approval of proof `id` by the officer holding `ks`, over the subject the service
+/// derives (what `treasury officer approve` signs).
+async fn proof_approval(
+    svc: &ReserveService,
+    id: &str,
+    who: &str,
+    ks: &SoftwareKeystore,
+    now: i64,
+) -> Approval {
+    let doc = svc.proof_subject(id, now).await.unwrap();
+    let subject = doc.check().unwrap().clone();
+    ks.with_approval_secret(|sk| subject.sign(who, sk)).unwrap()
+}
+
+/// Every officer of `officers` approves proof `id`; returns where the approvals stand.
+async fn approve_proof(
+    svc: &ReserveService,
+    id: &str,
+    officers: &[(&str, SoftwareKeystore, std::path::PathBuf)],
+    now: i64,
+) -> ProofApprovals {
+    let mut last = None;
+    for (who, ks, _) in officers {
+        let a = proof_approval(svc, id, who, ks, now).await;
+        last = Some(svc.add_approval(id, a, who, now).await.unwrap());
+    }
+    last.unwrap()
+}
 
 fn audit(node: &RegtestNode, b: &Bundle, key: &VerifierKey) -> BundleAudit {
     let client = node.new_client().unwrap();
@@ -187,13 +230,38 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     std::fs::write(&key_file, KeyFileSigner::key_file_text(&SECRET).as_str()).unwrap();
     let ledger_signer = KeyFileSigner::from_secret_bytes(&SECRET).unwrap();
     let vk = VerifierKey::of_signer(ORIGIN.to_string(), &ledger_signer).unwrap();
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_treasury"))
-            .args(args)
+    // The officers of the policy's proof quorum hold keystores (approval key and account key):
+    // their approval keys replace the example's, and alice's account key is in the wsh vault.
+    let account = bdk_wallet::bitcoin::bip32::DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
+    let mut policy_text = EXAMPLE.to_owned();
+    let mut officers: Vec<(&str, SoftwareKeystore, std::path::PathBuf)> = Vec::new();
+    for who in ["alice", "bob", "carol"] {
+        let ks = SoftwareKeystore::generate(
+            who,
+            bdk_wallet::bitcoin::NetworkKind::Test,
+            account.clone(),
+        )
+        .unwrap();
+        let file = dir.path().join(format!("{who}.keystore"));
+        ks.save(&file, PASS, KdfParams::insecure_for_tests())
+            .unwrap();
+        policy_text = policy_text.replace(
+            &example_key(who),
+            &ks.approval_public_key().unwrap().to_string(),
+        );
+        officers.push((who, ks, file));
+    }
+    let cli_with = |args: &[&str], ledger_key_file: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_treasury"));
+        cmd.args(args)
             .env("TREASURY_DB", &db)
             .env("TREASURY_RPC_URL", node.rpc_url())
             .env("TREASURY_RPC_COOKIE", node.cookie_file())
-            .env("TREASURY_LEDGER_KEY_FILE", &key_file)
+            .env("TREASURY_KEYSTORE_PASSPHRASE", PASS);
+        if ledger_key_file {
+            cmd.env("TREASURY_LEDGER_KEY_FILE", &key_file);
+        }
+        let out = cmd
             .env("TREASURY_LEDGER_ORIGIN", ORIGIN)
             .env("SOFTHSM2_CONF", &conf)
             .env("TREASURY_HSM_MODULE", MODULE)
@@ -207,6 +275,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
+    let cli = |args: &[&str]| cli_with(args, true);
 
     // The three vaults, funded from outside (two coins each), and the example policy.
     let ledger = LedgerStore::open(&db).await.unwrap();
@@ -214,14 +283,15 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     let now = treasury::vaults::now_ms();
     svc.spend
         .governance
-        .init(EXAMPLE, "admins", now)
+        .init(&policy_text, "admins", now)
         .await
         .unwrap();
     let o: Vec<Officer> = (101..110).map(officer).collect();
     let tk = |i: usize| TemplateKey::parse(&o[i].public).unwrap();
+    let alice_key = TemplateKey::parse(&officers[0].1.descriptor_key()).unwrap();
     let d_wsh = Template::SortedMulti {
         k: 2,
-        officers: vec![tk(0), tk(1)],
+        officers: vec![alice_key, tk(1)],
         policy_key: policy_key.clone(),
     }
     .build(NET)
@@ -327,18 +397,116 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
         .message
         .contains("\nstatement: Q4 2026 attestation\n"));
     assert_eq!(stored.total, Amount::from_sat(3_0000_0000));
-    // One officer through Core, then the HSM policy key through the policy signer.
-    let signed = core_sign(&node, &psbt, private_descriptors(&d_wsh, &[&o[0]]));
-    let pfile = dir.path().join("o0.psbt");
-    std::fs::write(&pfile, signed.to_string()).unwrap();
+    // The proof quorum approves, offline: the subject file, reviewed and signed with each
+    // officer's keystore through the binary, submitted with `reserves approve`.
+    let subject_file = dir.path().join("por-wsh-subject.json");
+    let (ok, out, err) = cli(&["reserves", "subject", "por-wsh"]);
+    assert!(ok, "{err}");
+    std::fs::write(&subject_file, &out).unwrap();
+    let (ok, out, err) = cli(&["officer", "review", subject_file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Reserve proof request por-wsh on regtest: it proves 300000000 sat"),
+        "{out}"
+    );
+    assert!(out.contains("3 approval(s) of group officers"), "{out}");
+    assert!(out.contains("| statement: Q4 2026 attestation"), "{out}");
+    // The policy key refuses before the quorum: no approvals at all.
+    let (ok, _, err) = cli(&["reserves", "sign-policy", "por-wsh"]);
+    assert!(!ok);
+    assert!(
+        err.contains("0 of 3 approvals from group officers"),
+        "{err}"
+    );
+    for (i, (who, _, ks_file)) in officers.iter().enumerate() {
+        let (ok, approval, err) = cli(&[
+            "officer",
+            "approve",
+            subject_file.to_str().unwrap(),
+            "--key",
+            ks_file.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let afile = dir.path().join(format!("por-wsh-approval-{who}.json"));
+        std::fs::write(&afile, &approval).unwrap();
+        let (ok, out, err) = cli(&[
+            "reserves",
+            "approve",
+            "por-wsh",
+            "--approval",
+            afile.to_str().unwrap(),
+            "--actor",
+            who,
+        ]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains(&format!("{} of 3 approvals from group officers", i + 1)),
+            "{out}"
+        );
+        if i == 1 {
+            // Two of three: the policy key still refuses, naming what is missing.
+            let (ok, _, err) = cli(&["reserves", "sign-policy", "por-wsh"]);
+            assert!(!ok);
+            assert!(
+                err.contains("2 of 3 approvals from group officers"),
+                "{err}"
+            );
+        }
+        if i == 2 {
+            assert!(out.contains("the reserve-proof rule is met"), "{out}");
+            // The same approval twice is refused and changes nothing.
+            let (ok, _, err) = cli(&[
+                "reserves",
+                "approve",
+                "por-wsh",
+                "--approval",
+                afile.to_str().unwrap(),
+            ]);
+            assert!(!ok);
+            assert!(err.contains("already approved"), "{err}");
+        }
+    }
+    // A person of the policy outside the proof quorum (the CFO, the example's test key) is
+    // refused on arrival.
+    let doc = svc.proof_subject("por-wsh", now).await.unwrap();
+    let frank = doc.check().unwrap().sign(
+        "frank",
+        &bdk_wallet::bitcoin::secp256k1::SecretKey::from_slice(&[6; 32]).unwrap(),
+    );
+    let err = svc
+        .add_approval("por-wsh", frank, "frank", now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReserveServiceError::NotInProofQuorum { .. }),
+        "{err}"
+    );
+    assert_eq!(svc.stored_approvals("por-wsh").await.unwrap().len(), 3);
+    // Alice signs the proof PSBT with her keystore through `treasury officer sign` (not
+    // Core), then the HSM policy key signs through the policy signer.
+    let pfile = dir.path().join("por-wsh.psbt");
+    let (ok, out, err) = cli(&["reserves", "psbt", "por-wsh"]);
+    assert!(ok, "{err}");
+    std::fs::write(&pfile, out.trim()).unwrap();
+    let (ok, signed, err) = cli(&[
+        "officer",
+        "sign",
+        "--key",
+        officers[0].2.to_str().unwrap(),
+        pfile.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("signed inputs [1, 2]"), "{err}");
+    let sfile = dir.path().join("por-wsh-alice.psbt");
+    std::fs::write(&sfile, signed.trim()).unwrap();
     let (ok, out, err) = cli(&[
         "reserves",
         "submit-psbt",
         "por-wsh",
         "--psbt",
-        pfile.to_str().unwrap(),
+        sfile.to_str().unwrap(),
         "--by",
-        "officer-0",
+        "alice",
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("accepted 2 new signatures"), "{out}");
@@ -375,7 +543,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     }
     let descriptors = std::fs::read_to_string(bdir.join("descriptors.json")).unwrap();
     assert!(
-        descriptors.contains(&o[0].public),
+        descriptors.contains(&officers[0].1.descriptor_key()),
         "key origins: {descriptors}"
     );
     let (ok, out, err) = cli(&[
@@ -401,8 +569,64 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     let a = audit(&node, &wsh, &vk);
     assert!(a.verdict(), "{:?}", a.reasons());
     assert_eq!(a.proven(), Amount::from_sat(3_0000_0000));
-    // The entries proven: request, two signatures, finalization, and the liabilities root.
-    assert_eq!(a.entries_included, 5);
+    // The entries proven: request, three approvals, two signatures, finalization, and the
+    // liabilities root.
+    assert_eq!(a.entries_included, 8);
+    // The auditor's side of the reserve-proof rule: the bundle carries the policy the request
+    // names, and the proven approval entries meet its proof quorum.
+    assert_eq!(
+        a.approvals,
+        (
+            vec!["alice".to_owned(), "bob".to_owned(), "carol".to_owned()],
+            "officers".to_owned(),
+            3
+        )
+    );
+    assert!(
+        out.contains("approvals:      alice, bob, carol of group officers (k = 3)"),
+        "{out}"
+    );
+    assert_eq!(wsh.text("policy.toml"), Some(policy_text.as_str()));
+    // Another policy in the bundle than the one the ledger names: refused.
+    let a = audit(
+        &node,
+        &with_file(&wsh, "policy.toml", EXAMPLE.as_bytes().to_vec()),
+        &vk,
+    );
+    assert!(!a.verdict());
+    assert!(
+        a.problems.iter().any(
+            |p| matches!(p, BundleProblem::ProofQuorum(m) if m.contains("the request entry names"))
+        ),
+        "{:?}",
+        a.reasons()
+    );
+    // An approval entry left out of the bundle: 2 of 3, refused.
+    let entries = wsh.text("ledger/entries.jsonl").unwrap();
+    let kept: String = {
+        let mut dropped = false;
+        entries
+            .lines()
+            .filter(|l| {
+                let drop = !dropped && l.contains("reserve_proof_approval");
+                dropped |= drop;
+                !drop
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    assert_ne!(kept, entries);
+    let a = audit(
+        &node,
+        &with_file(&wsh, "ledger/entries.jsonl", kept.into_bytes()),
+        &vk,
+    );
+    assert!(!a.verdict());
+    assert!(
+        a.problems.iter().any(|p| matches!(p, BundleProblem::ProofQuorum(m) if m.contains("2 of 3 approvals from group officers"))),
+        "{:?}",
+        a.reasons()
+    );
 
     // A damaged copy (one byte of the proof changed, manifest not recomputed) fails, and the
     // binary exits non-zero with the report.
@@ -479,6 +703,71 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     );
     let key = Pkcs11Signer::open(hsm_cfg()).unwrap();
     let mut signer = svc.policy_signer(key, NET, now + 3).await.unwrap();
+    // Approvals of another proof (por-wsh's, replayed) and too few approvals are refused.
+    let replay = svc.stored_approvals("por-wsh").await.unwrap()[0]
+        .approval
+        .clone();
+    let err = svc
+        .add_approval("por-rec", replay.clone(), "x", now + 3)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReserveServiceError::ApprovalRefused(_)),
+        "{err}"
+    );
+    let a = proof_approval(&svc, "por-rec", "bob", &officers[1].1, now + 3).await;
+    let st = svc
+        .add_approval("por-rec", a, "bob", now + 3)
+        .await
+        .unwrap();
+    assert_eq!((st.counted.len(), st.need, st.complete()), (1, 3, false));
+    let err = svc
+        .policy_sign("por-rec", &mut signer, now + 3)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReserveServiceError::Refused(PolicySignerError::ProofApprovalsMissing {
+                have: 1,
+                need: 3,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    // The policy signer itself, handed por-wsh's approvals for this proof: none count.
+    let wsh_approvals: Vec<Approval> = svc
+        .stored_approvals("por-wsh")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.approval)
+        .collect();
+    let mut q = svc.load("por-rec").await.unwrap().signed;
+    let before = q.clone();
+    let err = signer
+        .sign_proof(&mut q, "por-rec", &wsh_approvals, now + 3)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("0 of 3 approvals from group officers"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("replayed on request"), "{err}");
+    assert_eq!(q, before);
+    for (who, ks, _) in [&officers[0], &officers[2]] {
+        let a = proof_approval(&svc, "por-rec", who, ks, now + 3).await;
+        svc.add_approval("por-rec", a, who, now + 3).await.unwrap();
+    }
+    let rec_approvals: Vec<Approval> = svc
+        .stored_approvals("por-rec")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.approval)
+        .collect();
+    assert_eq!(rec_approvals.len(), 3);
     // The policy signer refuses a "proof" that could be broadcast: a real outpoint in
     // position 0, a second output, a fee; the PSBT is left unsigned.
     let current = svc.load("por-rec").await.unwrap().signed;
@@ -499,7 +788,9 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
         (fee, "a proof pays no fee"),
     ] {
         let before = bad.clone();
-        let err = signer.sign_proof(&mut bad, "por-rec", now + 3).unwrap_err();
+        let err = signer
+            .sign_proof(&mut bad, "por-rec", &rec_approvals, now + 3)
+            .unwrap_err();
         assert!(matches!(err, PolicySignerError::NotAProof(_)), "{err}");
         assert!(err.to_string().contains(want), "{err}");
         assert_eq!(bad, before);
@@ -518,6 +809,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
         .await
         .unwrap();
     assert_eq!(sig.inputs, vec![1, 2]);
+    assert_eq!(sig.counted, vec!["alice", "bob", "carol"]);
     drop(signer);
     let opts = BundleOptions {
         checkpoint: sign_src,
@@ -536,6 +828,10 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
         .prove(&req("por-tr", "taproot"), &cfg, sign_src, now + 6)
         .await
         .unwrap();
+    // No policy key in this vault, but the auditor still checks the proof quorum.
+    assert!(approve_proof(&svc, "por-tr", &officers, now + 6)
+        .await
+        .complete());
     let vt = svc.spend.vaults.vaults.load("taproot").await.unwrap();
     let signed = core_sign(&node, &p.psbt, private_descriptors(&d_tr, &[&o[6], &o[8]]));
     assert_eq!(
@@ -571,6 +867,91 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
         ])],
     );
     assert_eq!(test[0]["allowed"], json!(false), "{test}");
+
+    // --- 4. The message binds a checkpoint signed by the SoftHSM2 ledger checkpoint key
+    // (`--hsm-key-label`), and the audit checks that signature under the token key's verifier
+    // key (and fails under another key).
+    let (ok, out, err) = cli(&[
+        "hsm",
+        "init",
+        "--key-label",
+        "policy-key-ceremony",
+        "--checkpoint-label",
+        "ledger-checkpoint",
+    ]);
+    assert!(ok, "{err}");
+    let ceremony: Value = serde_json::from_str(&out).unwrap();
+    let hsm_vk_text = ceremony["checkpoint"]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hsm_vk = VerifierKey::parse(&hsm_vk_text).unwrap();
+    let (ok, out, err) = cli_with(
+        &[
+            "reserves",
+            "prove",
+            "--vault",
+            "wsh",
+            "--id",
+            "por-hsm",
+            "--message",
+            "token checkpoint",
+            "--hsm-key-label",
+            "ledger-checkpoint",
+        ],
+        false,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().next(), Some("por-hsm"));
+    let p = svc.load("por-hsm").await.unwrap();
+    let note = p.message_checkpoint().unwrap();
+    assert!(hsm_vk.verify(&note).is_ok(), "{note}");
+    assert!(vk.verify(&note).is_err());
+    let st = approve_proof(&svc, "por-hsm", &officers, now + 9).await;
+    assert!(st.complete(), "{st:?}");
+    let signed = core_sign(&node, &p.psbt, private_descriptors(&d_wsh, &[&o[1]]));
+    assert_eq!(
+        svc.submit_psbt("por-hsm", signed, "officer-1", now + 9)
+            .await
+            .unwrap(),
+        2
+    );
+    let (ok, _, err) = cli(&["reserves", "sign-policy", "por-hsm"]);
+    assert!(ok, "{err}");
+    let hdir = dir.path().join("bundle-hsm");
+    let (ok, _, err) = cli_with(
+        &[
+            "reserves",
+            "bundle",
+            "por-hsm",
+            "--out",
+            hdir.to_str().unwrap(),
+            "--hsm-key-label",
+            "ledger-checkpoint",
+        ],
+        false,
+    );
+    assert!(ok, "{err}");
+    let audit_cli = |key: &str| {
+        cli(&[
+            "audit",
+            "reserves",
+            hdir.to_str().unwrap(),
+            "--bitcoind-url",
+            &node.rpc_url(),
+            "--rpc-cookie",
+            node.cookie_file().to_str().unwrap(),
+            "--ledger-key",
+            key,
+        ])
+    };
+    let (ok, out, err) = audit_cli(&hsm_vk_text);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("verdict:        OK"), "{out}");
+    assert!(out.contains("proven amount:  300000000 sat"), "{out}");
+    let (ok, out, _) = audit_cli(&vk.to_string());
+    assert!(!ok, "{out}");
+    assert!(out.contains("verdict:        FAILED"), "{out}");
 
     // --- Each fault, with its reason.
     let good = proof_of(&wsh);

@@ -1,7 +1,9 @@
 //! The proof-of-reserves service on PostgreSQL (the production database) against a regtest
-//! node: a taproot `multi_a` vault proven, signed by two officers through Core, refused a
-//! duplicate id and a foreign PSBT, bundled and audited; the ledger (with the request,
-//! signature and finalization entries written with their rows) verifies.
+//! node: a taproot `multi_a` vault proven, approved by the policy's proof quorum (migration
+//! 0007: a duplicate and a tampered approval refused, nothing stored), signed by two officers
+//! through Core, refused a duplicate id and a foreign PSBT, bundled and audited; the ledger
+//! (with the request, approval, signature and finalization entries written with their rows)
+//! verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -25,6 +27,12 @@ use treasury::store::LedgerStore;
 use treasury::vaults::VaultService;
 
 const ORIGIN: &str = "reserve.example/ledger";
+const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
+
+/// The example policy's fixed test secret of `person` (alice 1, bob 2, carol 3).
+fn test_secret(byte: u8) -> bdk_wallet::bitcoin::secp256k1::SecretKey {
+    bdk_wallet::bitcoin::secp256k1::SecretKey::from_slice(&[byte; 32]).unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taproot_proof_on_postgres_bundles_and_audits() {
@@ -44,6 +52,11 @@ async fn a_taproot_proof_on_postgres_bundles_and_audits() {
         .await
         .unwrap();
     let svc = ReserveService::new(SpendService::new(VaultService::new(ledger.clone())));
+    svc.spend
+        .governance
+        .init(EXAMPLE, "admins", treasury::vaults::now_ms())
+        .await
+        .unwrap();
     let signer = KeyFileSigner::from_secret_bytes(&[5; 32]).unwrap();
     let vk = VerifierKey::of_signer(ORIGIN.to_string(), &signer).unwrap();
     let src = CheckpointSource::Sign {
@@ -91,6 +104,47 @@ async fn a_taproot_proof_on_postgres_bundles_and_audits() {
         .await
         .unwrap_err();
     assert!(matches!(err, ReserveServiceError::Exists(_)), "{err}");
+
+    // The proof quorum (3 of the example's officers) approves the subject derived from the
+    // stored PSBT; a tampered and a repeated approval are refused and store nothing.
+    let doc = svc.proof_subject("por-pg", now).await.unwrap();
+    let subject = doc.check().unwrap().clone();
+    assert_eq!(subject.amount, Amount::from_sat(5_0000_0000));
+    assert_eq!(subject.request_id, "por-pg");
+    let mut tampered = subject.sign("alice", &test_secret(1));
+    tampered.signature[3] ^= 1;
+    let err = svc
+        .add_approval("por-pg", tampered, "alice", now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReserveServiceError::ApprovalRefused(_)),
+        "{err}"
+    );
+    for (i, (who, byte)) in [("alice", 1u8), ("bob", 2), ("carol", 3)]
+        .iter()
+        .enumerate()
+    {
+        let st = svc
+            .add_approval("por-pg", subject.sign(who, &test_secret(*byte)), who, now)
+            .await
+            .unwrap();
+        assert_eq!(st.counted.len(), i + 1);
+    }
+    let size = ledger.head().await.unwrap().size();
+    let err = svc
+        .add_approval("por-pg", subject.sign("bob", &test_secret(2)), "bob", now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReserveServiceError::DuplicateApproval { .. }),
+        "{err}"
+    );
+    assert_eq!(ledger.head().await.unwrap().size(), size);
+    let st = svc.approvals("por-pg", now).await.unwrap();
+    assert!(st.complete());
+    assert_eq!(st.approvals.len(), 3);
+    assert_eq!(st.approvals[1].actor, "bob");
 
     let signed = rpc(
         &node,
@@ -156,7 +210,8 @@ async fn a_taproot_proof_on_postgres_bundles_and_audits() {
     let a = audit_bundle(&b, &client, Some(&vk), 30, SpendSearch::BlockScan).unwrap();
     assert!(a.verdict(), "{:?}", a.reasons());
     assert_eq!(a.proven(), Amount::from_sat(5_0000_0000));
-    assert_eq!(a.entries_included, 3);
+    // Request, three approvals, the officers' signatures, finalization.
+    assert_eq!(a.entries_included, 6);
     let report = ledger.verify(Some(&vk)).await.unwrap();
     assert!(report.checkpoints >= 2, "{report}");
 }

@@ -149,10 +149,38 @@ pub(super) fn walkthrough(setup: &Setup, url: &str) -> String {
         sh_quote(&setup.ledger_verifier_key)
     ));
     line("");
-    line("7. The auditor asks for a proof of reserves and verifies the bundle against their own node:");
+    line("7. A proof of reserves: requested, approved by the policy's proof quorum (3 officers), signed by");
+    line("   two officers and the policy key, then bundled; the auditor verifies the bundle against their own node:");
     line("");
-    line("  treasury reserves prove --vault reserve --message 'demo audit'");
-    line("  treasury reserves bundle PROOF_ID --out bundle");
+    line("  PROOF=$(treasury reserves prove --vault reserve --message 'demo audit' | head -n 1)");
+    line("  treasury reserves subject \"$PROOF\" > proof-subject.json");
+    line("  treasury officer review proof-subject.json");
+    for o in &OFFICERS {
+        line(&format!(
+            "  treasury officer approve proof-subject.json --key {} --passphrase-file {} > proof-approval-{o}.json",
+            q(&l.officer_key(o)),
+            q(&l.officer_pass(o))
+        ));
+        line(&format!(
+            "  treasury reserves approve \"$PROOF\" --approval proof-approval-{o}.json --actor {o}"
+        ));
+    }
+    line("  treasury reserves psbt \"$PROOF\" > proof.psbt");
+    for o in &OFFICERS[..2] {
+        line(&format!(
+            "  treasury officer sign --key {} --passphrase-file {} proof.psbt > proof-signed-{o}.psbt",
+            q(&l.officer_key(o)),
+            q(&l.officer_pass(o))
+        ));
+        line(&format!(
+            "  treasury reserves submit-psbt \"$PROOF\" --psbt proof-signed-{o}.psbt --by {o}"
+        ));
+    }
+    match setup.holder {
+        PolicyKeyHolder::SoftHsm => line("  TREASURY_HSM_PIN=$(cat \"$TREASURY_HSM_PIN_FILE\") treasury reserves sign-policy \"$PROOF\" > /dev/null"),
+        PolicyKeyHolder::Software => line("  # (the policy key of this demo is a software keystore: `reserves sign-policy` needs the HSM token)"),
+    }
+    line("  treasury reserves bundle \"$PROOF\" --out bundle");
     line("  treasury audit reserves bundle --bitcoind-url \"$TREASURY_RPC_URL\" --rpc-cookie \"$TREASURY_RPC_COOKIE\"");
     line("");
     line("Ctrl-C stops the API server and bitcoind; `treasury demo` again continues with the same chain, keys, vault and tokens.");
