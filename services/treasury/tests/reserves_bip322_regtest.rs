@@ -275,8 +275,14 @@ async fn both_forms_are_signed_bundled_and_audited_and_each_bip322_fault_is_name
             .unwrap(),
         "OP_RETURN"
     );
+    let message_field = decoded["proprietary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["identifier"] == hex::encode(b"strategic-reserve/bip322"))
+        .unwrap();
     assert_eq!(
-        decoded["proprietary"][0]["value"].as_str().unwrap(),
+        message_field["value"].as_str().unwrap(),
         hex::encode(&stored.message)
     );
     assert_eq!(
@@ -287,7 +293,7 @@ async fn both_forms_are_signed_bundled_and_audited_and_each_bip322_fault_is_name
     );
 
     // One officer signs both forms through Core; the binary tells them apart.
-    let mut submit = |psbt: &Psbt, name: &str, by: &str| {
+    let submit = |psbt: &Psbt, name: &str, by: &str| {
         let file = dir.path().join(name);
         std::fs::write(&file, psbt.to_string()).unwrap();
         cli(&[
@@ -406,6 +412,8 @@ async fn both_forms_are_signed_bundled_and_audited_and_each_bip322_fault_is_name
     };
     let p = svc.prove(&req, &cfg, sign_src, now + 1).await.unwrap();
     let f322 = p.bip322.clone().unwrap();
+    // The proof quorum's approvals (the auditor checks them for any proof).
+    approve_proof(&svc, "por-tr").await;
     let signed = core_sign(&node, &p.psbt, private_descriptors(&d_tr, &[&o[6], &o[8]]));
     assert_eq!(
         svc.submit_psbt("por-tr", signed, "officers", now + 2)
