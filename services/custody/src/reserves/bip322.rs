@@ -51,7 +51,7 @@ use bdk_wallet::bitcoin::{
 use std::collections::BTreeSet;
 
 use super::finalizer::finalize_input;
-use super::scripts::{InputFault, ScriptVerifier};
+use super::scripts::{self, InputFault};
 use super::{check_signature_types, fill_input, vault_checksums, ProofMessage, ReserveError};
 use crate::vault::{Keychain, Vault, VaultUtxo};
 use bdk_wallet::miniscript::psbt::PsbtExt;
@@ -526,6 +526,28 @@ pub fn verify(
     challenge: &Script,
     spent_outputs: &[TxOut],
 ) -> Result<Amount, Bip322Error> {
+    verify_with_threads(
+        tx,
+        message,
+        challenge,
+        spent_outputs,
+        scripts::default_threads(),
+    )
+}
+
+/// [`verify`] on at most `threads` threads (it uses the machine's available parallelism). The
+/// result does not depend on `threads`: with several faults the one reported is that of the
+/// lowest input, as with one thread.
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_with_threads(
+    tx: &Transaction,
+    message: &[u8],
+    challenge: &Script,
+    spent_outputs: &[TxOut],
+    threads: std::num::NonZeroUsize,
+) -> Result<Amount, Bip322Error> {
     check_to_sign_tx(tx, message, challenge)?;
     let extra = tx.input.len().saturating_sub(1);
     if spent_outputs.len() != extra {
@@ -541,25 +563,13 @@ pub fn verify(
         script_pubkey: challenge.to_owned(),
     });
     prevouts.extend_from_slice(spent_outputs);
-    let mut verifier = ScriptVerifier::new(tx, &prevouts);
-    for i in 0..tx.input.len() {
-        match verifier.verify_input(i) {
-            Ok(0) => {
-                return Err(Bip322Error::Script {
-                    input: i,
-                    reason: "no signature proves control of the output".into(),
-                })
-            }
-            Ok(_) => {}
-            Err(InputFault::Script(reason)) => {
-                return Err(Bip322Error::Script { input: i, reason })
-            }
-            Err(InputFault::SighashNotAll(found)) => {
-                return Err(Bip322Error::SighashNotAll { input: i, found })
-            }
+    match scripts::verify_inputs(tx, &prevouts, 0..tx.input.len(), threads) {
+        Ok(()) => Ok(total),
+        Err((input, InputFault::Script(reason))) => Err(Bip322Error::Script { input, reason }),
+        Err((input, InputFault::SighashNotAll(found))) => {
+            Err(Bip322Error::SighashNotAll { input, found })
         }
     }
-    Ok(total)
 }
 
 /// The "full" format: base64 of `to_sign`'s network serialization (with witnesses).
