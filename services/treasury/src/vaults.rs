@@ -283,8 +283,8 @@ impl VaultStore {
     /// Persists the vault's staged changes (if any) as its next changeset row.
     ///
     /// # Errors
-    /// [`VaultStoreError::Db`] (also when another writer persisted the same vault at the same
-    /// moment: reload and retry).
+    /// [`VaultStoreError::Db`] (also when other writers kept taking the next row, eight times
+    /// in a row).
     pub async fn persist(&self, vault: &mut Vault) -> Result<bool, VaultStoreError> {
         let Some(changes) = vault.take_changes() else {
             return Ok(false);
@@ -295,10 +295,20 @@ impl VaultStore {
         let json =
             serde_json::to_string(&changes).map_err(|e| VaultStoreError::Corrupt(e.to_string()))?;
         let q = "INSERT INTO vault_changesets (vault, seq, changeset) SELECT $1, COALESCE(MAX(seq) + 1, 0), $2 FROM vault_changesets WHERE vault = $1";
-        on_db!(&self.db, p => {
-            sqlx::query(q).bind(vault.name()).bind(&json).execute(p).await?;
-        });
-        Ok(true)
+        // Two instances appending at once compute the same next seq and one insert fails on
+        // the primary key; the row does not depend on its seq, so it is appended again after
+        // the other.
+        let mut attempts = 0u32;
+        loop {
+            let r: Result<(), sqlx::Error> = on_db!(&self.db, p => {
+                sqlx::query(q).bind(vault.name()).bind(&json).execute(p).await.map(|_| ())
+            });
+            match r {
+                Ok(()) => return Ok(true),
+                Err(e) if is_unique_violation(&e) && attempts < 8 => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Outpoints reserved by unexpired requests of a vault.
