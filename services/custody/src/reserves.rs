@@ -525,6 +525,21 @@ pub fn verify_proof_tx(
     spent_outputs: &[TxOut],
     message: &[u8],
 ) -> Result<Amount, ReserveError> {
+    verify_proof_tx_with_threads(tx, spent_outputs, message, scripts::default_threads())
+}
+
+/// [`verify_proof_tx`] on at most `threads` threads (it uses the machine's available
+/// parallelism). The result does not depend on `threads`: with several faults the one reported
+/// is that of the lowest input, as with one thread.
+///
+/// # Errors
+/// As [`verify_proof_tx`].
+pub fn verify_proof_tx_with_threads(
+    tx: &Transaction,
+    spent_outputs: &[TxOut],
+    message: &[u8],
+    threads: std::num::NonZeroUsize,
+) -> Result<Amount, ReserveError> {
     let output = check_tx_shape(tx, message)?;
     let real = tx.input.len().saturating_sub(1);
     if spent_outputs.len() != real {
@@ -537,23 +552,13 @@ pub fn verify_proof_tx(
     let mut prevouts = Vec::with_capacity(tx.input.len());
     prevouts.push(commitment_prevout());
     prevouts.extend_from_slice(spent_outputs);
-    let mut verifier = scripts::ScriptVerifier::new(tx, &prevouts);
-    for i in 1..tx.input.len() {
-        match verifier.verify_input(i) {
-            Ok(0) => {
-                return Err(ReserveError::Script {
-                    input: i,
-                    reason: "no signature proves control of the output".into(),
-                })
-            }
-            Ok(_) => {}
-            Err(scripts::InputFault::Script(reason)) => {
-                return Err(ReserveError::Script { input: i, reason })
-            }
-            Err(scripts::InputFault::SighashNotAll(found)) => {
-                return Err(ReserveError::SighashNotAll { input: i, found })
-            }
+    match scripts::verify_inputs(tx, &prevouts, 1..tx.input.len(), threads) {
+        Ok(()) => Ok(total),
+        Err((input, scripts::InputFault::Script(reason))) => {
+            Err(ReserveError::Script { input, reason })
+        }
+        Err((input, scripts::InputFault::SighashNotAll(found))) => {
+            Err(ReserveError::SighashNotAll { input, found })
         }
     }
-    Ok(total)
 }

@@ -32,7 +32,8 @@ use treasury::spend::{At, SpendService};
 use treasury::store::LedgerStore;
 use treasury::vaults::{NodeAuth, NodeConfig, VaultService};
 
-/// Coins the vault needs: every created request reserves one coinbase.
+/// Coins the vault needs: every created request reserves one coinbase (48 per run; the run
+/// cancels them at the end).
 const COINS: usize = 260;
 /// Spend requests created per measurement.
 const CREATES: usize = 16;
@@ -161,6 +162,14 @@ async fn create_rate(url: &str, cert: &[u8], token: &str, clients: usize, run: &
 }
 
 fn main() {
+    // `BENCH_TRACE=treasury=debug` prints the service's timing events (spend creation phases,
+    // vault loads) on stderr.
+    if let Ok(filter) = std::env::var("BENCH_TRACE") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let dir = std::env::args()
         .nth(1)
         .map(PathBuf::from)
@@ -202,12 +211,13 @@ fn main() {
 
         let run = format!("{}", treasury::vaults::now_ms());
         let one = create_rate(&url, &cert, &token, 1, &format!("{run}-1")).await;
-        let sixteen = create_rate(&url, &cert, &token, 4, &format!("{run}-16")).await;
-        println!("spend-request creation: {one:.1} req/s (1 client), {sixteen:.1} req/s (4 clients), {CREATES} requests each");
+        let four = create_rate(&url, &cert, &token, 4, &format!("{run}-4")).await;
+        let sixteen = create_rate(&url, &cert, &token, 16, &format!("{run}-16")).await;
+        println!("spend-request creation: {one:.1} req/s (1 client), {four:.1} req/s (4 clients), {sixteen:.1} req/s (16 clients), {CREATES} requests each");
         cancel_open(&setup).await;
 
         let env = format!(
-            "BARE_URL=https://localhost:{}/bare\nBALANCE_URL={url}/v1/vaults/{VAULT}/balance\nENTRY_URL={url}/v1/ledger/entries/1\nTOKEN={token}\nTOKEN_AUDITOR={auditor}\nCREATE_1={one:.1}\nCREATE_16={sixteen:.1}\n",
+            "BARE_URL=https://localhost:{}/bare\nBALANCE_URL={url}/v1/vaults/{VAULT}/balance\nENTRY_URL={url}/v1/ledger/entries/1\nTOKEN={token}\nTOKEN_AUDITOR={auditor}\nCREATE_1={one:.1}\nCREATE_4={four:.1}\nCREATE_16={sixteen:.1}\n",
             bare.port()
         );
         std::fs::write(setup.layout.dir.join("bench.env"), env).unwrap();

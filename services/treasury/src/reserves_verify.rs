@@ -11,7 +11,7 @@
 //!   script;
 //! - unspent at H: `gettxout` (unspent now), or else the spend found by `getdescriptoractivity`
 //!   over the blocks H+1..tip for the output's script: a spend above H is fine, none means it
-//!   was spent at or before H.
+//!   was spent at or before H. The `gettxout` calls go in JSON-RPC batches.
 //!
 //! Local work: the message parses and binds H; the declared descriptors' checksums are exactly
 //! the message's; every output's script is derived from a declared descriptor (indexes
@@ -19,15 +19,24 @@
 //! [`custody::reserves::verify_proof_tx`] with the node's spent outputs (signatures, commitment,
 //! zero fee, one `OP_RETURN` output).
 //!
+//! Each distinct block is asked about once and each distinct transaction fetched once per
+//! verification (a proof over the 10 outputs of one transaction would otherwise fetch it 10
+//! times): [`Node`] keeps the answers for the length of one [`verify_reserves_with`] call, so
+//! every check above still runs for every output, against the same answers.
+//!
 //! The verifier collects every problem instead of stopping at the first, so a report says all
 //! that is wrong; a node that fails to answer is an error, not a verdict.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bdk_wallet::bitcoin::consensus::encode::deserialize;
-use bdk_wallet::bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Transaction, TxOut};
+
+use bdk_wallet::bitcoin::{
+    Amount, BlockHash, Network, OutPoint, ScriptBuf, Transaction, TxOut, Txid,
+};
 use bdk_wallet::miniscript::descriptor::DescriptorPublicKey;
 use bdk_wallet::miniscript::Descriptor;
 use bitcoincore_rpc::{Client, RpcApi};
@@ -207,9 +216,20 @@ pub enum VerifyError {
     },
 }
 
+/// How many `gettxout` calls go in one JSON-RPC batch.
+const UNSPENT_BATCH: usize = 500;
+
+/// The auditor's node for one verification: the client, the time spent waiting for it, and
+/// the answers already had (the chain does not change under one verification as far as the
+/// report is concerned: it is a view of the node at one moment).
 struct Node<'a> {
     client: &'a Client,
     time: Duration,
+    /// `getblockheader` by block hash: main-chain height, `None` when off the main chain.
+    heights: HashMap<BlockHash, Option<u32>>,
+    /// `getrawtransaction txid false block` by (txid, block): `None` when the block does not
+    /// hold the transaction.
+    txs: HashMap<(Txid, BlockHash), Option<Arc<Transaction>>>,
 }
 
 impl Node<'_> {
@@ -223,20 +243,94 @@ impl Node<'_> {
         })
     }
 
-    /// `getblockheader`, `None` for an unknown block or one off the main chain.
+    /// `getblockheader`, `None` for an unknown block or one off the main chain; asked once per
+    /// block.
     fn main_chain_height(&mut self, hash: BlockHash) -> Result<Option<u32>, VerifyError> {
+        if let Some(known) = self.heights.get(&hash) {
+            return Ok(*known);
+        }
+        let height = self.ask_main_chain_height(hash);
+        self.heights.insert(hash, height);
+        Ok(height)
+    }
+
+    fn ask_main_chain_height(&mut self, hash: BlockHash) -> Option<u32> {
         let start = Instant::now();
         let r = self
             .client
             .call::<Value>("getblockheader", &[json!(hash.to_string())]);
         self.time = self.time.saturating_add(start.elapsed());
-        let Ok(h) = r else {
-            return Ok(None);
-        };
+        let h = r.ok()?;
         if h["confirmations"].as_i64().unwrap_or(-1) < 1 {
-            return Ok(None);
+            return None;
         }
-        Ok(h["height"].as_u64().and_then(|x| u32::try_from(x).ok()))
+        h["height"].as_u64().and_then(|x| u32::try_from(x).ok())
+    }
+
+    /// Whether each of `outpoints` is unspent now (`gettxout txid vout false` not null), asked
+    /// in JSON-RPC batches of [`UNSPENT_BATCH`] (one HTTP round trip each instead of one per
+    /// output); the answers in the order of `outpoints`.
+    fn unspent_now(&mut self, outpoints: &[OutPoint]) -> Result<Vec<bool>, VerifyError> {
+        let failed = |reason: String| VerifyError::Node {
+            method: "gettxout",
+            reason,
+        };
+        let mut unspent = Vec::with_capacity(outpoints.len());
+        for chunk in outpoints.chunks(UNSPENT_BATCH) {
+            let params = chunk
+                .iter()
+                .map(|op| {
+                    serde_json::value::to_raw_value(&json!([op.txid.to_string(), op.vout, false]))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| failed(e.to_string()))?;
+            let rpc = self.client.get_jsonrpc_client();
+            let requests: Vec<_> = params
+                .iter()
+                .map(|p| rpc.build_request("gettxout", Some(&**p)))
+                .collect();
+            let start = Instant::now();
+            let answers = rpc.send_batch(&requests);
+            self.time = self.time.saturating_add(start.elapsed());
+            let answers = answers.map_err(|e| failed(e.to_string()))?;
+            if answers.len() != chunk.len() {
+                return Err(bad_answer("gettxout", "a batch answer of another size"));
+            }
+            for answer in answers {
+                let answer =
+                    answer.ok_or_else(|| bad_answer("gettxout", "no answer in the batch"))?;
+                let value: Value = answer.result().map_err(|e| failed(e.to_string()))?;
+                unspent.push(!value.is_null());
+            }
+        }
+        Ok(unspent)
+    }
+
+    /// Transaction `txid` from `block` (`getrawtransaction` with the block hash, so no `txindex`
+    /// is needed), `None` when the node does not give it or gives another; fetched once per
+    /// (transaction, block).
+    fn transaction(&mut self, txid: Txid, block: BlockHash) -> Option<Arc<Transaction>> {
+        if let Some(known) = self.txs.get(&(txid, block)) {
+            return known.clone();
+        }
+        let start = Instant::now();
+        let raw = self.client.call::<Value>(
+            "getrawtransaction",
+            &[
+                json!(txid.to_string()),
+                json!(false),
+                json!(block.to_string()),
+            ],
+        );
+        self.time = self.time.saturating_add(start.elapsed());
+        let tx = raw
+            .ok()
+            .and_then(|v| v.as_str().and_then(|s| hex::decode(s).ok()))
+            .and_then(|b| deserialize::<Transaction>(&b).ok())
+            .filter(|t| t.compute_txid() == txid)
+            .map(Arc::new);
+        self.txs.insert((txid, block), tx.clone());
+        tx
     }
 }
 
@@ -331,6 +425,8 @@ pub fn verify_reserves_with(
     let mut node = Node {
         client,
         time: Duration::ZERO,
+        heights: HashMap::new(),
+        txs: HashMap::new(),
     };
     let mut problems = Vec::new();
 
@@ -423,6 +519,8 @@ pub fn verify_reserves_with(
     let mut spent_outputs: Vec<Vec<Option<TxOut>>> = Vec::new();
     let mut seen = BTreeSet::new();
     let mut spent_now: BTreeMap<OutPoint, (usize, ScriptBuf)> = BTreeMap::new();
+    // (index in `utxos`, outpoint, script) of every output whose transaction the node gave.
+    let mut unspent_asks: Vec<(usize, OutPoint, ScriptBuf)> = Vec::new();
     for proof in file.final_proofs() {
         let mut outs = Vec::new();
         for meta in proof.output_metadata() {
@@ -459,18 +557,20 @@ pub fn verify_reserves_with(
                     Some(at) => r.descriptor = Some(*at),
                     None => r.problems.push(UtxoProblem::OutsideDescriptors),
                 }
-                let unspent = node.call(
-                    "gettxout",
-                    &[json!(op.txid.to_string()), json!(op.vout), json!(false)],
-                )?;
-                if unspent.is_null() {
-                    spent_now.insert(op, (utxos.len(), out.script_pubkey.clone()));
-                }
+                unspent_asks.push((utxos.len(), op, out.script_pubkey.clone()));
             }
             outs.push(txout);
             utxos.push(r);
         }
         spent_outputs.push(outs);
+    }
+    // Unspent now: `gettxout` for every output found, in JSON-RPC batches.
+    let outpoints: Vec<OutPoint> = unspent_asks.iter().map(|(_, op, _)| *op).collect();
+    let unspent = node.unspent_now(&outpoints)?;
+    for ((i, op, script), unspent) in unspent_asks.into_iter().zip(unspent) {
+        if !unspent {
+            spent_now.insert(op, (i, script));
+        }
     }
 
     // Spent now: a spend above H is fine, none above H means spent at or before H.
@@ -546,30 +646,15 @@ pub fn verify_reserves_with(
     })
 }
 
-/// The output `op` from its transaction in `block` (`getrawtransaction` with the block hash, so
-/// no `txindex` is needed); records why when it cannot be had.
+/// The output `op` from its transaction in `block` ([`Node::transaction`]); records why when
+/// it cannot be had.
 fn fetch_output(
     node: &mut Node<'_>,
     op: OutPoint,
     block: BlockHash,
     r: &mut UtxoReport,
 ) -> Result<Option<TxOut>, VerifyError> {
-    let start = Instant::now();
-    let raw = node.client.call::<Value>(
-        "getrawtransaction",
-        &[
-            json!(op.txid.to_string()),
-            json!(false),
-            json!(block.to_string()),
-        ],
-    );
-    node.time = node.time.saturating_add(start.elapsed());
-    let tx: Option<Transaction> = raw
-        .ok()
-        .and_then(|v| v.as_str().and_then(|s| hex::decode(s).ok()))
-        .and_then(|b| deserialize(&b).ok())
-        .filter(|t: &Transaction| t.compute_txid() == op.txid);
-    let Some(tx) = tx else {
+    let Some(tx) = node.transaction(op.txid, block) else {
         if !r
             .problems
             .iter()

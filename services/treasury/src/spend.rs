@@ -539,7 +539,7 @@ impl SpendService {
         let frozen = self.governance.freeze_state().await?.frozen;
         let tip_height = match at.tip_height {
             Some(h) => h,
-            None => self.vaults.vaults.load(vault).await?.tip_height(),
+            None => self.vaults.vaults.tip_height(vault).await?,
         };
         Ok(Context {
             now_ms: at.now_ms,
@@ -693,14 +693,27 @@ impl SpendService {
                 reason: "at least one payment is needed".into(),
             });
         }
+        let started = std::time::Instant::now();
+        let phase = |name: &str| {
+            tracing::debug!(
+                request = id.as_str(),
+                phase = name,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "spend creation"
+            );
+        };
         match self.row(&id).await {
-            Ok(_) => return Err(SpendServiceError::Exists(id)),
+            Ok(_) => return Err(SpendServiceError::Exists(id.clone())),
             Err(SpendServiceError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
         let active = self.sync_policy(at.now_ms).await?;
-        let vault = self.vaults.vaults.load(&c.vault).await?;
-        let tip = at.tip_height.unwrap_or(vault.tip_height());
+        phase("policy synced");
+        let tip = match at.tip_height {
+            Some(h) => h,
+            None => self.vaults.vaults.tip_height(&c.vault).await?,
+        };
+        phase("tip read");
         let (expires_at_ms, _) = ApprovalSubject::max_expiry(&active.policy, at.now_ms, tip);
         // Coins stay reserved while the request can still be approved, and a week beyond.
         let ttl_ms = expires_at_ms
@@ -748,6 +761,7 @@ impl SpendService {
                 return Err(e.into());
             }
         };
+        phase("built and reserved");
         let result = self
             .submit_built(
                 c,
@@ -763,6 +777,7 @@ impl SpendService {
             // Best effort: the reservation would expire anyway.
             let _ = self.vaults.vaults.release(&id).await;
         }
+        phase("submitted and stored");
         result
     }
 

@@ -8,11 +8,21 @@
 //! outpoint, so two builders, in one process or in several instances on one PostgreSQL, can
 //! never reserve the same coin. Sync uses bdk_bitcoind_rpc's emitter over the node's RPC
 //! (blocking: call it from a blocking thread).
+//!
+//! Loading a vault parses and merges every changeset row, which grows with the vault's
+//! history (hundreds of rows after a few hundred deposits) and was most of the cost of a spend
+//! request. [`VaultStore`] therefore keeps, per vault, the merge of the rows it has read and
+//! the last row's `seq`, and reads only the rows after it. Rows are append-only and a row's
+//! `seq` is `MAX(seq) + 1` under the `(vault, seq)` primary key, so a row becomes visible only
+//! after every lower one: rows another instance appended are never missed. The cache holds no
+//! decision: reservations stay in the database and are taken with an insert that fails on
+//! conflict.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bdk_bitcoind_rpc::bitcoincore_rpc::{self, Auth, Client, RpcApi};
 use bdk_bitcoind_rpc::Emitter;
@@ -53,6 +63,44 @@ pub enum VaultStoreError {
 #[derive(Debug, Clone)]
 pub struct VaultStore {
     db: Db,
+    cache: ChangesetCache,
+}
+
+/// What one vault's rows merge to, up to a row.
+struct Merged {
+    config: VaultConfig,
+    /// `seq` of the last row merged.
+    seq: i64,
+    changeset: ChangeSet,
+}
+
+/// Per vault, the merge of the changeset rows read so far (see the module docs).
+#[derive(Clone, Default)]
+struct ChangesetCache(Arc<Mutex<HashMap<String, Arc<Merged>>>>);
+
+impl std::fmt::Debug for ChangesetCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().unwrap_or_else(PoisonError::into_inner).len();
+        write!(f, "ChangesetCache({n} vaults)")
+    }
+}
+
+impl ChangesetCache {
+    fn get(&self, name: &str) -> Option<Arc<Merged>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Keeps `m` unless a merge of more rows is already there.
+    fn put(&self, name: &str, m: Merged) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(name).is_none_or(|old| old.seq < m.seq) {
+            map.insert(name.to_owned(), Arc::new(m));
+        }
+    }
 }
 
 /// A unique or primary-key violation. sqlx maps SQLite's SQLITE_CONSTRAINT_UNIQUE (2067) to
@@ -70,6 +118,7 @@ impl VaultStore {
     pub fn new(ledger: &LedgerStore) -> Self {
         VaultStore {
             db: ledger.db().clone(),
+            cache: ChangesetCache::default(),
         }
     }
 
@@ -140,37 +189,102 @@ impl VaultStore {
             .into_config()
     }
 
-    /// Loads a vault: its config and the merge of its changesets.
+    /// The merge of a vault's changesets: the cached merge plus the rows appended since (see
+    /// the module docs), which it then caches.
+    async fn merged(&self, name: &str) -> Result<Arc<Merged>, VaultStoreError> {
+        let started = Instant::now();
+        let cached = self.cache.get(name);
+        let after = cached.as_ref().map_or(-1, |c| c.seq);
+        let q = "SELECT seq, changeset FROM vault_changesets WHERE vault = $1 AND seq > $2 \
+                 ORDER BY seq";
+        let rows: Vec<(i64, String)> = on_db!(&self.db, p => {
+            sqlx::query(q)
+                .bind(name)
+                .bind(after)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?
+        });
+        let cached = match cached {
+            Some(c) if rows.is_empty() => return Ok(c),
+            Some(c) => c,
+            None => Arc::new(Merged {
+                config: self.config(name).await?,
+                seq: -1,
+                changeset: ChangeSet::default(),
+            }),
+        };
+        let mut changeset = cached.changeset.clone();
+        let mut seq = cached.seq;
+        for (at, row) in &rows {
+            let cs: ChangeSet = serde_json::from_str(row).map_err(|e| {
+                VaultStoreError::Corrupt(format!("vault {name} changeset {at}: {e}"))
+            })?;
+            changeset.merge(cs);
+            seq = *at;
+        }
+        let merged = Merged {
+            config: cached.config.clone(),
+            seq,
+            changeset,
+        };
+        tracing::debug!(
+            vault = name,
+            new_rows = rows.len(),
+            seq,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "vault changesets read"
+        );
+        if rows.is_empty() {
+            return Ok(Arc::new(merged));
+        }
+        self.cache.put(name, merged);
+        // What is cached now (this or a merge of more rows another task put there).
+        self.cache
+            .get(name)
+            .ok_or_else(|| VaultStoreError::Corrupt("vault cache lost an entry".into()))
+    }
+
+    /// Loads a vault: its config and the merge of its changesets. Only the rows appended since
+    /// this store last read the vault are read and parsed (see the module docs).
     ///
     /// # Errors
     /// As [`VaultStore::config`], and [`VaultStoreError::Vault`] when the state does not load.
     pub async fn load(&self, name: &str) -> Result<Vault, VaultStoreError> {
-        let config = self.config(name).await?;
-        let q = "SELECT changeset FROM vault_changesets WHERE vault = $1 ORDER BY seq";
-        let rows: Vec<String> = on_db!(&self.db, p => {
-            sqlx::query(q)
-                .bind(name)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<_, sqlx::Error>>()?
-        });
-        let mut merged = ChangeSet::default();
-        for (i, row) in rows.iter().enumerate() {
-            let cs: ChangeSet = serde_json::from_str(row).map_err(|e| {
-                VaultStoreError::Corrupt(format!("vault {name} changeset {i}: {e}"))
-            })?;
-            merged.merge(cs);
-        }
-        Ok(Vault::load(config, merged)?)
+        let m = self.merged(name).await?;
+        let started = Instant::now();
+        let vault = Vault::load(m.config.clone(), m.changeset.clone())?;
+        tracing::debug!(
+            vault = name,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "vault loaded"
+        );
+        Ok(vault)
+    }
+
+    /// The height of the vault's chain tip, as [`Vault::tip_height`] of [`VaultStore::load`]
+    /// would say, from the merged changesets without building the wallet.
+    ///
+    /// # Errors
+    /// As [`VaultStore::load`].
+    pub async fn tip_height(&self, name: &str) -> Result<u32, VaultStoreError> {
+        let m = self.merged(name).await?;
+        Ok(m.changeset
+            .local_chain
+            .blocks
+            .iter()
+            .rev()
+            .find(|(_, hash)| hash.is_some())
+            .map_or(0, |(height, _)| *height))
     }
 
     /// Persists the vault's staged changes (if any) as its next changeset row.
     ///
     /// # Errors
-    /// [`VaultStoreError::Db`] (also when another writer persisted the same vault at the same
-    /// moment: reload and retry).
+    /// [`VaultStoreError::Db`] (also when other writers kept taking the next row, eight times
+    /// in a row).
     pub async fn persist(&self, vault: &mut Vault) -> Result<bool, VaultStoreError> {
         let Some(changes) = vault.take_changes() else {
             return Ok(false);
@@ -181,10 +295,20 @@ impl VaultStore {
         let json =
             serde_json::to_string(&changes).map_err(|e| VaultStoreError::Corrupt(e.to_string()))?;
         let q = "INSERT INTO vault_changesets (vault, seq, changeset) SELECT $1, COALESCE(MAX(seq) + 1, 0), $2 FROM vault_changesets WHERE vault = $1";
-        on_db!(&self.db, p => {
-            sqlx::query(q).bind(vault.name()).bind(&json).execute(p).await?;
-        });
-        Ok(true)
+        // Two instances appending at once compute the same next seq and one insert fails on
+        // the primary key; the row does not depend on its seq, so it is appended again after
+        // the other.
+        let mut attempts = 0u32;
+        loop {
+            let r: Result<(), sqlx::Error> = on_db!(&self.db, p => {
+                sqlx::query(q).bind(vault.name()).bind(&json).execute(p).await.map(|_| ())
+            });
+            match r {
+                Ok(()) => return Ok(true),
+                Err(e) if is_unique_violation(&e) && attempts < 8 => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Outpoints reserved by unexpired requests of a vault.
@@ -738,8 +862,18 @@ impl VaultService {
         rng: &mut (impl rand_core::RngCore + Send),
         now: i64,
     ) -> Result<BuiltRequest, OpError> {
+        let started = Instant::now();
+        let phase = |what: &str| {
+            tracing::debug!(
+                request,
+                phase = what,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "psbt build"
+            );
+        };
         let mut vault = self.vaults.load(name).await?;
         let mut reserved = self.vaults.reserved(name, now).await?;
+        phase("vault loaded");
         let expires_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         for _ in 0..5 {
             let built = custody::vault::spend::build(
@@ -750,13 +884,16 @@ impl VaultService {
                 caps,
                 rng,
             )?;
+            phase("built");
             match self
                 .vaults
                 .reserve(name, request, built.txid, &built.inputs, now, expires_ms)
                 .await
             {
                 Ok(()) => {
+                    phase("reserved");
                     self.vaults.persist(&mut vault).await?;
+                    phase("persisted");
                     let outputs: Vec<serde_json::Value> = built
                         .psbt
                         .unsigned_tx

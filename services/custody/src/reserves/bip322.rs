@@ -33,7 +33,7 @@
 //!   the scriptSig and see that this is a message, not a spend.
 //! - **SIGHASH_ALL only**, as the BIP requires, checked on the PSBT and on every signature.
 //! - **Verification** runs miniscript's interpreter on every input (input 0 included) with all
-//!   spent outputs, through the same [`ScriptVerifier`](super::scripts) as BIP-127 proofs;
+//!   spent outputs, through the same input verifier (`super::scripts`) as BIP-127 proofs;
 //!   scripts outside miniscript are refused ("inconclusive" in the BIP's terms is an error here).
 //!
 //! The pure pieces a signer needs (message hash, `to_spend`, `to_sign`'s shape, the PSBT check
@@ -58,7 +58,7 @@ pub use policies::proof_of_funds::{
 };
 
 use super::finalizer::finalize_input;
-use super::scripts::{InputFault, ScriptVerifier};
+use super::scripts::{self, InputFault};
 use super::{fill_input, vault_checksums, ProofMessage, ReserveError};
 use crate::vault::{Keychain, Vault, VaultUtxo};
 use bdk_wallet::miniscript::psbt::PsbtExt;
@@ -241,6 +241,28 @@ pub fn verify(
     challenge: &Script,
     spent_outputs: &[TxOut],
 ) -> Result<Amount, Bip322Error> {
+    verify_with_threads(
+        tx,
+        message,
+        challenge,
+        spent_outputs,
+        scripts::default_threads(),
+    )
+}
+
+/// [`verify`] on at most `threads` threads (it uses the machine's available parallelism). The
+/// result does not depend on `threads`: with several faults the one reported is that of the
+/// lowest input, as with one thread.
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_with_threads(
+    tx: &Transaction,
+    message: &[u8],
+    challenge: &Script,
+    spent_outputs: &[TxOut],
+    threads: std::num::NonZeroUsize,
+) -> Result<Amount, Bip322Error> {
     check_to_sign_tx(tx, message, challenge)?;
     let extra = tx.input.len().saturating_sub(1);
     if spent_outputs.len() != extra {
@@ -256,25 +278,13 @@ pub fn verify(
         script_pubkey: challenge.to_owned(),
     });
     prevouts.extend_from_slice(spent_outputs);
-    let mut verifier = ScriptVerifier::new(tx, &prevouts);
-    for i in 0..tx.input.len() {
-        match verifier.verify_input(i) {
-            Ok(0) => {
-                return Err(Bip322Error::Script {
-                    input: i,
-                    reason: "no signature proves control of the output".into(),
-                })
-            }
-            Ok(_) => {}
-            Err(InputFault::Script(reason)) => {
-                return Err(Bip322Error::Script { input: i, reason })
-            }
-            Err(InputFault::SighashNotAll(found)) => {
-                return Err(Bip322Error::SighashNotAll { input: i, found })
-            }
+    match scripts::verify_inputs(tx, &prevouts, 0..tx.input.len(), threads) {
+        Ok(()) => Ok(total),
+        Err((input, InputFault::Script(reason))) => Err(Bip322Error::Script { input, reason }),
+        Err((input, InputFault::SighashNotAll(found))) => {
+            Err(Bip322Error::SighashNotAll { input, found })
         }
     }
-    Ok(total)
 }
 
 /// The "full" format: base64 of `to_sign`'s network serialization (with witnesses).
