@@ -362,8 +362,7 @@ async fn the_walkthrough_runs_as_printed() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let last = stderr
         .lines()
-        .filter(|l| l.starts_with("+++ walkthrough"))
-        .last()
+        .rfind(|l| l.starts_with("+++ walkthrough"))
         .unwrap_or("(none)")
         .to_owned();
     assert!(

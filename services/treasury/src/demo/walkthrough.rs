@@ -43,15 +43,13 @@ pub(crate) fn steps(setup: &Setup, _url: &str) -> Vec<Step> {
     let l = &setup.layout;
     let q = |p: &std::path::Path| sh_quote(&p.display().to_string());
     let env = q(&l.env_sh());
-    let run = |s: String| Line::Run(s);
+    let run = Line::Run;
     let note = |s: &str| Line::Note(s.to_string());
     let integrator = auth("TOKEN_DEMO_INTEGRATOR");
     let admin = auth("TOKEN_DEMO_ADMIN");
     let auditor = auth("TOKEN_DEMO_AUDITOR");
     let json = "-H 'Content-Type: application/json'";
-    let mut out = Vec::new();
-
-    out.push(Step {
+    let mut out = vec![Step {
         title: "In another terminal (every command below uses the variables of env.sh):".into(),
         lines: vec![
             run(format!(". {env}")),
@@ -60,9 +58,8 @@ pub(crate) fn steps(setup: &Setup, _url: &str) -> Vec<Step> {
                 "{CURL} {integrator} \"$API/v1/vaults/{VAULT}/balance\"; echo"
             )),
         ],
-    });
-
-    out.push(Step {
+    },
+    Step {
         title: "1. The integrator asks for a payment of 2 BTC (the policy's medium tier: 2 of the 3 duty officers):".into(),
         lines: vec![
             run(format!("DEST={}   # any regtest address", setup.destination)),
@@ -71,7 +68,7 @@ pub(crate) fn steps(setup: &Setup, _url: &str) -> Vec<Step> {
             )),
             run("ID=$(sed -n 's/^{\"id\":\"\\([^\"]*\\)\".*/\\1/p' created.json); echo \"request $ID\"".into()),
         ],
-    });
+    }];
 
     let mut approve = vec![
         run("treasury spend show --id \"$ID\" --json > req.json".into()),
