@@ -222,6 +222,10 @@ impl Layout {
     pub fn walkthrough(&self) -> PathBuf {
         self.p("walkthrough.txt")
     }
+    /// The walk-through's commands as a bash script (the demo test runs it).
+    pub fn walkthrough_script(&self) -> PathBuf {
+        self.p("walkthrough.sh")
+    }
 }
 
 /// The demo's officers (duty officers of the example policy) and recovery key holders.
@@ -887,6 +891,8 @@ fn write_files(setup: &Setup, url: &str, listen: SocketAddr) -> Result<String, D
     replace_file(&l.env_sh(), &env, 0o600)?;
     let text = walkthrough::walkthrough(setup, url);
     replace_file(&l.walkthrough(), &text, 0o644)?;
+    let script = walkthrough::script(&walkthrough::steps(setup, url));
+    replace_file(&l.walkthrough_script(), &script, 0o700)?;
     Ok(text)
 }
 

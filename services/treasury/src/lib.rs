@@ -10,6 +10,7 @@ pub mod hsm_cli;
 pub mod ledger_cli;
 pub mod officer_cli;
 pub mod policy_cli;
+pub mod principal;
 pub mod reserves_audit;
 pub mod reserves_cli;
 pub mod reserves_service;

@@ -600,7 +600,7 @@ async fn run_proof(
 /// The arguments of `treasury audit reserves`.
 #[derive(Debug, Clone)]
 pub struct AuditReservesArgs {
-    /// The bundle directory.
+    /// The bundle: a directory, or the JSON document the API serves.
     pub bundle: PathBuf,
     /// The auditor's node.
     pub bitcoind_url: String,
@@ -625,7 +625,15 @@ pub struct AuditReservesArgs {
 /// A message when the bundle cannot be read, the node cannot be reached, or the verdict fails.
 pub fn audit_reserves(a: &AuditReservesArgs) -> Result<String, String> {
     use crate::reserves_verify::SpendSearch;
-    let bundle = Bundle::read_from(&a.bundle)?;
+    // A directory (`treasury reserves bundle --out`) or the API's JSON document
+    // (`GET /v1/reserves/proofs/{id}/bundle`).
+    let bundle = if a.bundle.is_file() {
+        let text = std::fs::read_to_string(&a.bundle)
+            .map_err(|e| format!("{}: {e}", a.bundle.display()))?;
+        Bundle::from_json(&text).map_err(|e| format!("{}: {e}", a.bundle.display()))?
+    } else {
+        Bundle::read_from(&a.bundle)?
+    };
     let auth = match (&a.rpc_cookie, &a.rpc_user, &a.rpc_password) {
         (Some(c), _, _) => NodeAuth::Cookie(c.clone()),
         (None, Some(u), Some(p)) => NodeAuth::UserPass(u.clone(), p.clone()),

@@ -34,6 +34,24 @@ pub enum TokenCommand {
         #[arg(long = "vault")]
         vaults: Vec<String>,
     },
+    /// List every token: id, principal, role, vaults, created, revoked (never a secret).
+    List {
+        /// Database URL: sqlite://PATH or postgres://...
+        #[arg(long, env = "TREASURY_DB", default_value = crate::ledger_cli::DEFAULT_DB)]
+        db: String,
+    },
+    /// Revoke a token by its id (`treasury token list`): every instance refuses it from the
+    /// next request on; the revocation is a ledger entry.
+    Revoke {
+        /// Database URL: sqlite://PATH or postgres://...
+        #[arg(long, env = "TREASURY_DB", default_value = crate::ledger_cli::DEFAULT_DB)]
+        db: String,
+        /// Who revokes (the ledger entry's actor).
+        #[arg(long, default_value = "operator")]
+        by: String,
+        /// The token's id.
+        id: String,
+    },
 }
 
 /// Runs `treasury serve` until Ctrl-C or SIGTERM, then shuts down gracefully.
@@ -107,5 +125,41 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, String> {
                 Ok(format!("{}\n", out?))
             })
         }
+        TokenCommand::List { db } => crate::ledger_cli::runtime()?.block_on(async {
+            let store = LedgerStore::open(&db).await.map_err(|e| e.to_string())?;
+            let out = api::auth::list_tokens(&store)
+                .await
+                .map_err(|e| e.to_string());
+            store.close().await;
+            let mut text = String::new();
+            for t in out? {
+                let vaults = if t.vaults.is_empty() {
+                    "*".to_owned()
+                } else {
+                    t.vaults.join(",")
+                };
+                let status = match t.revoked_ms {
+                    Some(ms) => format!("revoked {ms}"),
+                    None => "live".to_owned(),
+                };
+                text.push_str(&format!(
+                    "{}\t{}\t{}\t{vaults}\tcreated {}\t{status}\n",
+                    t.token_id, t.principal, t.role, t.created_ms
+                ));
+            }
+            Ok(text)
+        }),
+        TokenCommand::Revoke { db, by, id } => crate::ledger_cli::runtime()?.block_on(async {
+            let store = LedgerStore::open(&db).await.map_err(|e| e.to_string())?;
+            let out = api::auth::revoke_token(&store, &id, &by, crate::vaults::now_ms())
+                .await
+                .map_err(|e| e.to_string());
+            store.close().await;
+            let t = out?;
+            Ok(format!(
+                "revoked token {} of {} ({})\n",
+                t.token_id, t.principal, t.role
+            ))
+        }),
     }
 }

@@ -370,18 +370,23 @@ impl LedgerStore {
             .ok_or_else(|| StoreError::Corrupt("append returned no entry".into()))
     }
 
-    /// Appends entries in one transaction, all or nothing.
+    /// Appends entries in one transaction, all or nothing. Inside
+    /// [`crate::principal::acting_as`] (an API request), entries under a service actor get
+    /// the acting principal as actor.
     ///
     /// # Errors
     /// [`StoreError::Entry`] for an invalid draft (nothing is written), [`StoreError::Db`],
     /// [`StoreError::Corrupt`].
     pub async fn append_batch(&self, drafts: Vec<EntryDraft>) -> Result<Vec<Entry>, StoreError> {
+        let mut drafts = drafts;
+        crate::principal::attribute(&mut drafts);
         self.append_with(&[], |head| Ok(head.append_batch(drafts)?))
             .await
     }
 
     /// Runs `writes` and appends `drafts` in one transaction, all or nothing: a state change
-    /// and the ledger entries recording it. The writes run first, in order.
+    /// and the ledger entries recording it. The writes run first, in order. Entries are
+    /// attributed to the acting principal as in [`LedgerStore::append_batch`].
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when a write did not change the rows it expected (nothing is
@@ -391,6 +396,8 @@ impl LedgerStore {
         drafts: Vec<EntryDraft>,
         writes: &[Write],
     ) -> Result<Vec<Entry>, StoreError> {
+        let mut drafts = drafts;
+        crate::principal::attribute(&mut drafts);
         self.append_with(writes, |head| Ok(head.append_batch(drafts)?))
             .await
     }

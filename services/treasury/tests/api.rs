@@ -245,6 +245,40 @@ const MATRIX: &[(&str, &str, Option<&str>, &str, u16)] = &[
         "AOUI",
         200,
     ),
+    (
+        "POST",
+        "/v1/reserves/proofs",
+        Some(r#"{"vaults":["v1"]}"#),
+        "AU",
+        503,
+    ),
+    ("GET", "/v1/reserves/proofs", None, "AOU", 200),
+    ("GET", "/v1/reserves/proofs/nope", None, "AOU", 404),
+    ("GET", "/v1/reserves/proofs/nope/psbt", None, "AOU", 404),
+    (
+        "POST",
+        "/v1/reserves/proofs/nope/psbt",
+        Some(r#"{"psbt":"cHNidP8="}"#),
+        "O",
+        404,
+    ),
+    (
+        "POST",
+        "/v1/reserves/proofs/nope/policy-signature",
+        None,
+        "AO",
+        404,
+    ),
+    (
+        "POST",
+        "/v1/reserves/proofs/nope/finalize",
+        None,
+        "AOU",
+        404,
+    ),
+    ("GET", "/v1/reserves/proofs/nope/bundle", None, "AU", 404),
+    ("GET", "/v1/tokens", None, "A", 200),
+    ("DELETE", "/v1/tokens/nope", None, "A", 404),
 ];
 
 #[tokio::test]
@@ -325,7 +359,8 @@ fn template(path: &str) -> String {
         out.push(match (prev, *s) {
             ("vaults", _) => "{name}".to_owned(),
             ("addresses", _) => "{address}".to_owned(),
-            ("spends", _) => "{id}".to_owned(),
+            ("spends", _) | ("tokens", _) => "{id}".to_owned(),
+            ("proofs", _) if i >= 2 && segs[i - 2] == "reserves" => "{id}".to_owned(),
             ("proposals", x) if !x.is_empty() => "{hash}".to_owned(),
             ("entries", _) => "{seq}".to_owned(),
             _ => (*s).to_owned(),
@@ -610,5 +645,44 @@ fn openapi_document_is_committed() {
             v["paths"][&route][method.to_lowercase()].is_object(),
             "{method} {route} is not in the OpenAPI document"
         );
+    }
+}
+
+#[test]
+fn fee_caps_are_configurable_and_checked() {
+    use treasury::api::ServeConfig;
+    let base = "[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[database]\nurl = \"sqlite://x.db\"\n";
+    let caps = ServeConfig::from_toml_str(base)
+        .unwrap()
+        .fees
+        .caps()
+        .unwrap();
+    assert_eq!(caps.max_fee.to_sat(), 1_000_000, "the CLI's default");
+    assert_eq!(
+        caps.max_fee_rate,
+        bdk_wallet::bitcoin::FeeRate::from_sat_per_vb(500).unwrap()
+    );
+    let cfg = ServeConfig::from_toml_str(&format!(
+        "{base}[fees]\nmax_fee_sat = 5000\nmax_fee_rate_sat_vb = 20\n"
+    ))
+    .unwrap();
+    let caps = cfg.fees.caps().unwrap();
+    assert_eq!(caps.max_fee.to_sat(), 5000);
+    assert_eq!(
+        caps.max_fee_rate,
+        bdk_wallet::bitcoin::FeeRate::from_sat_per_vb(20).unwrap()
+    );
+    for (bad, says) in [
+        ("max_fee_sat = 0", "fees.max_fee_sat"),
+        ("max_fee_sat = 2100000000000001", "fees.max_fee_sat"),
+        ("max_fee_rate_sat_vb = 0", "fees.max_fee_rate_sat_vb"),
+        ("max_fee_rate_sat_vb = 100001", "fees.max_fee_rate_sat_vb"),
+        ("max_fee_sat = -1", "max_fee_sat"),
+        ("max_fee = 1", "max_fee"),
+    ] {
+        let err = ServeConfig::from_toml_str(&format!("{base}[fees]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{bad}: {err}");
     }
 }

@@ -2,7 +2,11 @@
 //! an integrator creates a spend (idempotently), two officers approve with their own BIP-340
 //! approvals and submit PSBTs signed with their own keys, the policy key on SoftHSM2 signs,
 //! the transaction is broadcast and confirmed, the event stream shows each step, and an
-//! auditor fetches a ledger consistency proof between two checkpoints and verifies it.
+//! auditor fetches a ledger consistency proof between two checkpoints and verifies it (and a
+//! tampered one does not). Then the auditor asks for a reserve proof, the officers and the
+//! policy key sign it through the API, it is finalized, and the auditor downloads the bundle
+//! and audits it against the node. Every ledger entry each route wrote names its caller.
+//! Client certificates (`server.client_ca`) and token revocation over real TLS as well.
 //! On SQLite with one instance, and on PostgreSQL (`TREASURY_TEST_POSTGRES_URL`, a fresh
 //! schema) with two instances sharing the flow.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -23,6 +27,9 @@ use policies::approval::sign;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
 use treasury::api::{bind, issue_token, Role, ServeConfig};
+use treasury::reserves_audit::audit_bundle;
+use treasury::reserves_service::Bundle;
+use treasury::reserves_verify::SpendSearch;
 use treasury::spend::SpendService;
 use treasury::store::LedgerStore;
 use treasury::vaults::VaultService;
@@ -142,6 +149,13 @@ impl Client {
         v
     }
 
+    async fn get_raw(&self, url: &str, token: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let resp = self.http.get(url).bearer_auth(token).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, headers, resp.text().await.unwrap())
+    }
+
     async fn post(&self, url: &str, token: &str, body: Value) -> (u16, Value) {
         let (s, _, v) = self
             .call(reqwest::Method::POST, url, token, Some(body), None)
@@ -212,13 +226,16 @@ async fn setup(
     }
 }
 
-/// Reads SSE events from `url` until one of kind `until` arrives; returns (seq, kind) pairs.
+/// Reads SSE events from `url` until the `count`th of kind `until` arrives; returns (seq,
+/// kind) pairs.
 async fn collect_events(
     client: reqwest::Client,
     url: String,
     token: String,
     until: &'static str,
+    count: usize,
 ) -> Vec<(u64, String)> {
+    let mut left = count;
     let resp = client.get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let mut stream = resp.bytes_stream();
@@ -239,15 +256,39 @@ async fn collect_events(
                 }
             }
             if let (Some(i), Some(k)) = (id, kind) {
-                let done = k == until;
+                if k == until {
+                    left -= 1;
+                }
                 out.push((i, k));
-                if done {
+                if left == 0 {
                     return out;
                 }
             }
         }
     }
     out
+}
+
+/// Asserts that the route called since `mark` wrote at least one ledger entry (or none, with
+/// `at_least` 0) and that every entry it wrote names `who` as actor; moves `mark` on.
+async fn written_by(store: &LedgerStore, mark: &mut u64, who: &str, what: &str, at_least: u64) {
+    let head = store.head().await.unwrap().size();
+    assert!(
+        head >= *mark + at_least,
+        "{what} wrote {} ledger entries, expected at least {at_least}",
+        head - *mark
+    );
+    for e in store.entries_range(*mark, head).await.unwrap() {
+        assert_eq!(
+            e.actor().as_str(),
+            who,
+            "{what}: entry {} ({}) names {} as actor, not the caller {who}",
+            e.seq(),
+            e.kind().name(),
+            e.actor().as_str()
+        );
+    }
+    *mark = head;
 }
 
 /// The flow, with `a` and `b` the base URLs of the instances (the same for one instance).
@@ -266,10 +307,12 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
     let c = Client::new(pem);
 
     // The auditor's first checkpoint, and the event stream from the next entry on (on b).
+    let mut mark = s.store.head().await.unwrap().size();
     let (st, cp1) = c
         .post(&format!("{a}/v1/ledger/checkpoints"), &auditor, json!(null))
         .await;
     assert_eq!(st, 201, "{cp1}");
+    written_by(&s.store, &mut mark, "audrey", "checkpoint", 1).await;
     let start = c.get(&format!("{b}/v1/ledger/head"), &auditor).await["size"]
         .as_u64()
         .unwrap();
@@ -278,6 +321,7 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
         format!("{b}/v1/events?from={start}"),
         auditor.clone(),
         "confirmation",
+        1,
     ));
 
     // The integrator's spend: 2 BTC, the example policy's medium tier (2 of 3 duty officers).
@@ -298,6 +342,7 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
     let id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["state"], "pending_approval");
     assert_eq!(created["request"]["initiator"], "acme");
+    written_by(&s.store, &mut mark, "acme", "spend creation", 1).await;
     // Same key and body, on the other instance: the same request.
     let (st, h, again) = c
         .call(
@@ -311,6 +356,7 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
     assert_eq!(st, 200, "{again}");
     assert_eq!(h["idempotent-replayed"], "true");
     assert_eq!(again["id"], id.as_str());
+    written_by(&s.store, &mut mark, "acme", "idempotent replay", 0).await;
     // Same key, another body: 409, and nothing is stored.
     let before = s.store.head().await.unwrap().size();
     let mut other = body.clone();
@@ -364,6 +410,7 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["state"], "pending_approval");
+    written_by(&s.store, &mut mark, "bob", "bob's approval", 1).await;
     let carol_approval =
         serde_json::to_value(sign(&subject, "carol", &approval_secret("carol"))).unwrap();
     let (st, v) = c
@@ -375,6 +422,7 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["state"], "ready_to_sign");
+    written_by(&s.store, &mut mark, "carol", "carol's approval", 1).await;
 
     // The policy key signs (on a, which holds the HSM signer).
     let (st, v) = c
@@ -386,10 +434,11 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["tier"], "medium");
+    written_by(&s.store, &mut mark, "bob", "the policy signature", 1).await;
 
     // Officers 1 and 3 sign the unsigned PSBT on their own devices (Core here) and submit.
     let unsigned = v_psbt(&c, b, &id, &integrator).await;
-    for (officer_seed, token, base) in [(11u8, &bob, a), (13, &carol, b)] {
+    for (officer_seed, token, base, who) in [(11u8, &bob, a, "bob"), (13, &carol, b, "carol")] {
         let o = officer(officer_seed);
         let out = rpc(
             node,
@@ -410,6 +459,7 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
             )
             .await;
         assert_eq!(st, 200, "{v}");
+        written_by(&s.store, &mut mark, who, "an officer's psbt", 1).await;
     }
     let shown = c.get(&format!("{a}/v1/spends/{id}"), &auditor).await;
     assert_eq!(shown["signatures"], 3, "{shown}");
@@ -424,6 +474,7 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
         .await;
     assert_eq!(st, 200, "{v}");
     let txid = v["txid"].as_str().unwrap().to_owned();
+    written_by(&s.store, &mut mark, "acme", "broadcast", 2).await;
     let entry = rpc(node, "getmempoolentry", &[json!(txid)]);
     assert!(entry["vsize"].as_u64().unwrap() > 0);
     node.mine_blocks(1, &node.new_address()).unwrap();
@@ -436,6 +487,7 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["state"], "confirmed", "{v}");
+    written_by(&s.store, &mut mark, "acme", "follow", 1).await;
 
     // The event stream showed each step, in order, with the principals as actors.
     let seen = tokio::time::timeout(Duration::from_secs(30), events)
@@ -478,18 +530,21 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
             "{who} not among the actors {actors:?}"
         );
     }
-    // The integrator is the request's recorded initiator (the service writes the submission
-    // under its own actor).
-    let initiator = entries.iter().any(|e| {
-        String::from_utf8_lossy(e.payload().as_bytes()).contains("\"initiator\":\"acme\"")
-    });
-    assert!(initiator, "no entry names acme as the initiator");
+    for kind in ["spend_requested", "broadcast", "confirmation"] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.kind().name() == kind && e.actor().as_str() == "acme"),
+            "no {kind} entry with acme as actor in {actors:?}"
+        );
+    }
 
     // The auditor: a second checkpoint, a consistency proof, verified offline.
     let (st, cp2) = c
         .post(&format!("{b}/v1/ledger/checkpoints"), &auditor, json!(null))
         .await;
     assert_eq!(st, 201, "{cp2}");
+    written_by(&s.store, &mut mark, "audrey", "checkpoint", 1).await;
     let latest = c
         .get(&format!("{a}/v1/ledger/checkpoints/latest"), &auditor)
         .await;
@@ -534,7 +589,218 @@ async fn flow(node: &RegtestNode, s: &Setup, pem: &str, a: &str, b: &str) {
         &key
     )
     .is_err());
+    // A tampered proof (one hash of the path changed) does not verify either.
+    let mut tampered = proof.clone();
+    let first = tampered
+        .path
+        .first_mut()
+        .expect("a non-empty consistency path");
+    let flipped = if first.starts_with('0') { "1" } else { "0" };
+    first.replace_range(0..1, flipped);
+    assert!(audit_consistency(
+        &tampered,
+        cp1["note"].as_str().unwrap(),
+        cp2["note"].as_str().unwrap(),
+        &key
+    )
+    .is_err());
+
+    reserves_flow(node, s, &c, a, b, &mut mark, &key).await;
     s.store.verify(Some(&key)).await.unwrap();
+}
+
+/// The auditor's reserve proof through the API: requested by the auditor, signed by two
+/// officers (their own PSBTs) and the policy key, finalized, downloaded as a bundle and
+/// audited against the node; the event stream shows each step and every entry names its
+/// caller.
+#[allow(clippy::too_many_lines)]
+async fn reserves_flow(
+    node: &RegtestNode,
+    s: &Setup,
+    c: &Client,
+    a: &str,
+    b: &str,
+    mark: &mut u64,
+    key: &VerifierKey,
+) {
+    let tok = |p: &str, r: Role| {
+        let store = s.store.clone();
+        let p = p.to_owned();
+        async move { issue_token(&store, &p, r, &[], 20_000).await.unwrap() }
+    };
+    let integrator = tok("acme-2", Role::Integrator).await;
+    let bob = tok("bob-2", Role::Officer).await;
+    let carol = tok("carol-2", Role::Officer).await;
+    let auditor = tok("audrey-2", Role::Auditor).await;
+    *mark = s.store.head().await.unwrap().size();
+    let events = tokio::spawn(collect_events(
+        c.http.clone(),
+        format!("{b}/v1/events?from={mark}"),
+        auditor.clone(),
+        "reserve_proof",
+        2,
+    ));
+
+    // Integrators have no part in reserve proofs; auditors ask for them.
+    let req = json!({"vaults": ["reserve"], "statement": "api flow", "id": "por-api"});
+    let (st, p) = c
+        .post(&format!("{a}/v1/reserves/proofs"), &integrator, req.clone())
+        .await;
+    assert_eq!(st, 403, "{p}");
+    let (st, p) = c
+        .post(&format!("{a}/v1/reserves/proofs"), &auditor, req.clone())
+        .await;
+    assert_eq!(st, 201, "{p}");
+    written_by(&s.store, mark, "audrey-2", "the proof request", 2).await;
+    assert_eq!(p["id"], "por-api");
+    assert_eq!(p["state"], "signing");
+    let balance = c
+        .get(&format!("{b}/v1/vaults/reserve/balance"), &auditor)
+        .await;
+    assert_eq!(p["total_sat"], balance["confirmed_sat"], "{p} vs {balance}");
+    assert!(p["total_sat"].as_u64().unwrap() > 0);
+    // The same id again is a conflict and writes nothing.
+    let (st, again) = c
+        .post(&format!("{b}/v1/reserves/proofs"), &auditor, req)
+        .await;
+    assert_eq!(st, 409, "{again}");
+    let listed = c.get(&format!("{b}/v1/reserves/proofs"), &bob).await;
+    assert_eq!(listed[0]["id"], "por-api", "{listed}");
+    written_by(&s.store, mark, "audrey-2", "a refused duplicate", 0).await;
+
+    // Two officers sign the proof PSBT on their own devices (Core) and submit it.
+    let unsigned = c
+        .get(&format!("{b}/v1/reserves/proofs/por-api/psbt"), &carol)
+        .await["psbt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (st, _) = c
+        .post(
+            &format!("{a}/v1/reserves/proofs/por-api/psbt"),
+            &auditor,
+            json!({"psbt": unsigned}),
+        )
+        .await;
+    assert_eq!(st, 403, "an auditor submits no signatures");
+    for (seed, token, base, who) in [(11u8, &bob, a, "bob-2"), (13, &carol, b, "carol-2")] {
+        let o = officer(seed);
+        let out = rpc(
+            node,
+            "descriptorprocesspsbt",
+            &[
+                json!(unsigned),
+                json!(private_descriptors(&s.descriptor, &[&o])),
+                json!("ALL"),
+                json!(true),
+                json!(false),
+            ],
+        );
+        let (st, v) = c
+            .post(
+                &format!("{base}/v1/reserves/proofs/por-api/psbt"),
+                token,
+                json!({"psbt": out["psbt"]}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        assert!(v["added"].as_u64().unwrap() > 0, "{v}");
+        written_by(&s.store, mark, who, "an officer's proof psbt", 1).await;
+    }
+    // Not yet finalizable: the policy key has not signed.
+    let (st, v) = c
+        .post(
+            &format!("{b}/v1/reserves/proofs/por-api/finalize"),
+            &auditor,
+            json!(null),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    written_by(&s.store, mark, "audrey-2", "a refused finalization", 0).await;
+    // The policy key (HSM, on a) signs at an officer's request.
+    let (st, v) = c
+        .post(
+            &format!("{a}/v1/reserves/proofs/por-api/policy-signature"),
+            &bob,
+            json!(null),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    written_by(
+        &s.store,
+        mark,
+        "bob-2",
+        "the policy key's proof signature",
+        1,
+    )
+    .await;
+    let (st, v) = c
+        .post(
+            &format!("{b}/v1/reserves/proofs/por-api/finalize"),
+            &auditor,
+            json!(null),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "finalized");
+    written_by(&s.store, mark, "audrey-2", "the finalization", 1).await;
+
+    // The auditor downloads the bundle (officers may not), checks its digest, writes it out
+    // and audits it against the node.
+    let (st, _, _) = c
+        .get_raw(&format!("{a}/v1/reserves/proofs/por-api/bundle"), &bob)
+        .await;
+    assert_eq!(st, 403);
+    let (st, h, text) = c
+        .get_raw(&format!("{a}/v1/reserves/proofs/por-api/bundle"), &auditor)
+        .await;
+    assert_eq!(st, 200, "{text}");
+    written_by(&s.store, mark, "audrey-2", "the bundle download", 0).await;
+    assert_eq!(h["content-type"], "application/json");
+    use base64::Engine as _;
+    let digest = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(hashcore::sha256(text.as_bytes()))
+    );
+    assert_eq!(h["repr-digest"].to_str().unwrap(), digest);
+    let bundle = Bundle::from_json(&text).unwrap();
+    let out = s.dir_path.join(format!("bundle-{}", rand::random::<u32>()));
+    bundle.write_to(&out).unwrap();
+    let bundle = Bundle::read_from(&out).unwrap();
+    let client = node.new_client().unwrap();
+    let report = tokio::task::block_in_place(|| {
+        audit_bundle(&bundle, &client, Some(key), 30, SpendSearch::BlockScan).unwrap()
+    });
+    assert!(report.verdict(), "{:?}", report.reasons());
+    assert_eq!(report.proven().to_sat(), p["total_sat"].as_u64().unwrap());
+    // A bundle with one file changed does not pass.
+    let mut files = bundle.files().clone();
+    files.get_mut("block.json").unwrap().push(b' ');
+    let damaged = Bundle::from_files(files);
+    let report = tokio::task::block_in_place(|| {
+        audit_bundle(&damaged, &client, Some(key), 30, SpendSearch::BlockScan).unwrap()
+    });
+    assert!(!report.verdict());
+
+    // The event stream showed each reserve step in order.
+    let seen = tokio::time::timeout(Duration::from_secs(30), events)
+        .await
+        .unwrap()
+        .unwrap();
+    let kinds: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
+    let mut it = kinds.iter();
+    for want in [
+        "reserve_proof",
+        "signature",
+        "signature",
+        "signature",
+        "reserve_proof",
+    ] {
+        assert!(
+            it.any(|k| *k == want),
+            "missing {want} in order in {kinds:?}"
+        );
+    }
 }
 
 async fn v_psbt(c: &Client, base: &str, id: &str, token: &str) -> String {
@@ -643,4 +909,236 @@ async fn two_instances_on_postgres(node: &RegtestNode, url: &str, hsm_key: &Pkcs
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// A CA and a client certificate it issued (PEM: the CA, and the client's certificate with
+/// its key, as `reqwest::Identity` takes them).
+fn client_ca(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{name} integrator CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} integrator"));
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let client_cert = client.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
+    let path = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&path, ca_cert.pem()).unwrap();
+    (
+        path,
+        format!("{}{}", client_cert.pem(), client_key.serialize_pem()),
+    )
+}
+
+fn client_with(pem: &str, identity: Option<&str>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    if let Some(id) = identity {
+        b = b.identity(reqwest::Identity::from_pem(id.as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+async fn whoami(c: &reqwest::Client, base: &str, token: &str) -> (u16, Value) {
+    let r = c
+        .get(format!("{base}/v1/whoami"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// `server.client_ca` over real TLS: an integrator token needs a client certificate from the
+/// CA (401 without one), other roles do not; a certificate from another CA fails the
+/// handshake. Then token revocation: through `DELETE /v1/tokens/{id}` on one instance the
+/// token is refused at once on both (tokens live in the database), the revocation is a ledger
+/// entry naming the admin, and `treasury token list` / `treasury token revoke` do the same
+/// from the command line. No node needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)]
+async fn client_certificates_and_revocation_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("certs.db").display());
+    let store = LedgerStore::open(&db).await.unwrap();
+    let integrator = issue_token(&store, "acme", Role::Integrator, &[], 1)
+        .await
+        .unwrap();
+    let admin = issue_token(&store, "root", Role::Admin, &[], 1)
+        .await
+        .unwrap();
+    let auditor = issue_token(&store, "audrey", Role::Auditor, &[], 1)
+        .await
+        .unwrap();
+    let tls = tls_files(dir.path());
+    let (ca, identity) = client_ca(dir.path(), "ours");
+    let (_, foreign) = client_ca(dir.path(), "theirs");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n[database]\nurl = \"{db}\"\n",
+        tls.cert.display(),
+        tls.key.display(),
+        ca.display()
+    );
+    let mut stops = Vec::new();
+    let mut runs = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..2 {
+        let server = bind(ServeConfig::from_toml_str(&text).unwrap())
+            .await
+            .unwrap();
+        bases.push(format!("https://localhost:{}", server.local_addr().port()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(tx);
+        runs.push(tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        })));
+    }
+    let (a, b) = (&bases[0], &bases[1]);
+    let plain = client_with(&tls.pem, None);
+    let ours = client_with(&tls.pem, Some(&identity));
+    let theirs = client_with(&tls.pem, Some(&foreign));
+
+    // An integrator without a certificate: 401, saying why.
+    let (st, v) = whoami(&plain, a, &integrator).await;
+    assert_eq!(st, 401, "{v}");
+    assert_eq!(v["type"], "https://reserve.invalid/problems/unauthorized");
+    assert!(
+        v["detail"].as_str().unwrap().contains("client certificate"),
+        "{v}"
+    );
+    // Other roles need none.
+    let (st, v) = whoami(&plain, a, &auditor).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["principal"], "audrey");
+    // With a certificate from the CA the integrator is served, on both instances.
+    for base in [a, b] {
+        let (st, v) = whoami(&ours, base, &integrator).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["principal"], "acme");
+        assert_eq!(v["role"], "integrator");
+    }
+    let (st, _) = whoami(&ours, a, &admin).await;
+    assert_eq!(st, 200);
+    // A certificate from another CA fails the handshake: no HTTP answer at all.
+    let r = theirs
+        .get(format!("{a}/v1/whoami"))
+        .bearer_auth(&auditor)
+        .send()
+        .await;
+    assert!(r.is_err(), "a foreign client certificate got {r:?}");
+
+    // Revocation through the API (admin only), on a; b refuses the token at once.
+    let id = treasury::api::auth::token_hash(&integrator)[..16].to_owned();
+    let del = |c: &reqwest::Client, base: &str, token: &str, id: &str| {
+        c.delete(format!("{base}/v1/tokens/{id}"))
+            .bearer_auth(token)
+            .send()
+    };
+    let r = del(&plain, a, &auditor, &id).await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let before = store.head().await.unwrap().size();
+    let r = del(&plain, a, &admin, &id).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["token_id"], id.as_str());
+    assert!(v["revoked_ms"].as_i64().is_some(), "{v}");
+    for base in [b, a] {
+        let (st, v) = whoami(&ours, base, &integrator).await;
+        assert_eq!(st, 401, "a revoked token on {base}: {v}");
+    }
+    let entries = store
+        .entries_range(before, store.head().await.unwrap().size())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].actor().as_str(), "root");
+    let note = String::from_utf8_lossy(entries[0].payload().as_bytes()).into_owned();
+    assert!(
+        note.contains("api_token_revoked") && note.contains(&id) && note.contains("acme"),
+        "{note}"
+    );
+    // Revoking it again: 404, nothing written.
+    let r = del(&plain, b, &admin, &id).await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(
+        store.head().await.unwrap().size(),
+        before + 1,
+        "a second revocation wrote"
+    );
+    let listed: Value = plain
+        .get(format!("{b}/v1/tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["token_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["principal"], "acme");
+    assert!(row["revoked_ms"].is_i64());
+    assert!(!listed.to_string().contains("trsy_"), "secrets listed");
+
+    // The command line: list, revoke the auditor's token.
+    let exe = env!("CARGO_BIN_EXE_treasury");
+    let out = std::process::Command::new(exe)
+        .args(["token", "list", "--db", &db])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8(out.stdout).unwrap();
+    let line = listed.lines().find(|l| l.starts_with(&id)).unwrap();
+    assert!(
+        line.contains("acme") && line.contains("revoked"),
+        "{listed}"
+    );
+    let aid = treasury::api::auth::token_hash(&auditor)[..16].to_owned();
+    assert!(listed
+        .lines()
+        .any(|l| l.starts_with(&aid) && l.ends_with("live")));
+    let out = std::process::Command::new(exe)
+        .args(["token", "revoke", "--db", &db, "--by", "ops-alice", &aid])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (st, _) = whoami(&plain, a, &auditor).await;
+    assert_eq!(st, 401);
+    let last = store.head().await.unwrap().size() - 1;
+    let e = store.entries_range(last, last + 1).await.unwrap();
+    assert_eq!(e[0].actor().as_str(), "ops-alice");
+    let out = std::process::Command::new(exe)
+        .args(["token", "revoke", "--db", &db, &aid])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second revoke succeeded");
+
+    for tx in stops {
+        tx.send(()).unwrap();
+    }
+    for r in runs {
+        tokio::time::timeout(Duration::from_secs(15), r)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -325,3 +325,88 @@ async fn demo_serves_then_a_second_run_reuses_everything() {
         assert!(!err.contains(fresh), "{fresh} ran again: {err}");
     }
 }
+
+/// The walk-through runs as printed: a fresh demo is started and served, and every command it
+/// prints (`walkthrough.sh`, rendered from the same steps as the printed text) runs in order
+/// in a scratch directory, each one succeeding (`set -e`; curl fails on any HTTP error). At
+/// the end the spend is confirmed and the reserve audit's verdict holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_runs_as_printed() {
+    if let Err(e) = regtest::find_bitcoind() {
+        regtest::skip_or_fail("bitcoind", "demo walkthrough", &e);
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let run = DemoRun::start(&dir);
+    let printed = run.stdout.lock().unwrap().clone();
+    let script = std::fs::read_to_string(dir.join("walkthrough.sh")).unwrap();
+    // The script holds what was printed: every command line of the script is in the text.
+    let mut commands = 0;
+    for line in script.lines() {
+        if line.starts_with("echo '+++ walkthrough command") || line.starts_with('#') {
+            continue;
+        }
+        if line.is_empty()
+            || line.starts_with("set -eo")
+            || line.starts_with("echo '+++ walkthrough done")
+        {
+            continue;
+        }
+        commands += 1;
+        assert!(
+            printed.contains(line.trim_start()),
+            "the script runs a line that was not printed: {line}"
+        );
+    }
+    assert!(commands > 25, "only {commands} command lines");
+
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = Command::new("bash")
+        .arg(dir.join("walkthrough.sh"))
+        .current_dir(&work)
+        .env_remove("SOFTHSM2_CONF")
+        .env_remove("TREASURY_DB")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let last = stderr
+        .lines()
+        .rfind(|l| l.starts_with("+++ walkthrough"))
+        .unwrap_or("(none)")
+        .to_owned();
+    assert!(
+        out.status.success() && last == "+++ walkthrough done",
+        "the walk-through stopped at {last} ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let ran = stderr
+        .lines()
+        .filter(|l| l.starts_with("+++ walkthrough command"))
+        .count();
+    assert!(ran > 20, "only {ran} commands ran");
+
+    // The final state: the spend is confirmed, the reserve proof finalized and audited.
+    let spend: Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("spend.json")).unwrap()).unwrap();
+    assert_eq!(spend["state"], "confirmed", "{spend}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("verdict:") && l.ends_with(" OK")),
+        "no OK verdict in the audit report:\n{stdout}"
+    );
+    let toks = tokens(&dir);
+    let c = client(&dir);
+    let (status, proofs) = get(
+        &c,
+        &format!("{}/v1/reserves/proofs", run.url),
+        Some(&toks["demo-auditor"].token),
+    )
+    .await;
+    assert_eq!(status, 200, "{proofs}");
+    assert_eq!(proofs[0]["state"], "finalized", "{proofs}");
+    run.interrupt();
+}

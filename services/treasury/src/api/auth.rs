@@ -44,6 +44,9 @@ pub enum AuthError {
     /// A stored token row is inconsistent.
     #[error("corrupt token row: {0}")]
     Corrupt(String),
+    /// No live token has this id.
+    #[error("no live token with id {0:?}")]
+    NotFound(String),
 }
 
 impl From<sqlx::Error> for AuthError {
@@ -248,9 +251,116 @@ pub async fn lookup_token(
     }))
 }
 
-/// A small in-process cache of token lookups (positive answers only), so a busy token does
-/// not cost a database round trip per request. Entries live for `ttl`; a revoked token is
-/// refused by every instance within `ttl`.
+/// A token as listed (never its secret or hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    /// The public id (first 8 bytes of the hash, hex).
+    pub token_id: String,
+    /// The principal.
+    pub principal: String,
+    /// The role.
+    pub role: Role,
+    /// The vault scope (empty: every vault).
+    pub vaults: Vec<String>,
+    /// Created (Unix ms).
+    pub created_ms: i64,
+    /// Revoked (Unix ms), if it is.
+    pub revoked_ms: Option<i64>,
+}
+
+/// Every token, oldest first.
+///
+/// # Errors
+/// [`AuthError::Store`], [`AuthError::Corrupt`].
+pub async fn list_tokens(store: &LedgerStore) -> Result<Vec<TokenInfo>, AuthError> {
+    let q = "SELECT token_id, principal, role, vaults, created_ms, revoked_ms FROM api_tokens \
+             ORDER BY created_ms, token_id";
+    type Row6 = (String, String, String, String, i64, Option<i64>);
+    let rows: Vec<Row6> = on_db!(store.db(), p => {
+        sqlx::query(q)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?
+    });
+    rows.into_iter()
+        .map(
+            |(token_id, principal, role, vaults, created_ms, revoked_ms)| {
+                let role = role
+                    .parse()
+                    .map_err(|_| AuthError::Corrupt(format!("token {token_id}: role {role:?}")))?;
+                let vaults = serde_json::from_str(&vaults)
+                    .map_err(|e| AuthError::Corrupt(format!("token {token_id}: vaults: {e}")))?;
+                Ok(TokenInfo {
+                    token_id,
+                    principal,
+                    role,
+                    vaults,
+                    created_ms,
+                    revoked_ms,
+                })
+            },
+        )
+        .collect()
+}
+
+/// Revokes the token with public id `token_id`: its row is marked and the revocation is a
+/// ledger entry (an operator note naming the token and its principal, with `by` as actor), in
+/// one transaction. Every instance refuses the token from the next request on (lookups go to
+/// the database, see [`TokenCache`]).
+///
+/// # Errors
+/// [`AuthError::NotFound`] when no live token has that id (nothing is written),
+/// [`AuthError::Principal`] for a bad `by`, [`AuthError::Store`].
+pub async fn revoke_token(
+    store: &LedgerStore,
+    token_id: &str,
+    by: &str,
+    now_ms: i64,
+) -> Result<TokenInfo, AuthError> {
+    check_principal(by)?;
+    let found = list_tokens(store)
+        .await?
+        .into_iter()
+        .find(|t| t.token_id == token_id && t.revoked_ms.is_none())
+        .ok_or_else(|| AuthError::NotFound(token_id.to_owned()))?;
+    let text = serde_json::json!({
+        "event": "api_token_revoked",
+        "token_id": found.token_id,
+        "principal": found.principal,
+        "role": found.role.as_str(),
+        "revoked_by": by,
+    })
+    .to_string();
+    let draft =
+        EntryDraft::note(now_ms, by, &text).map_err(|e| AuthError::Store(StoreError::Entry(e)))?;
+    let write = Write::new(
+        "UPDATE api_tokens SET revoked_ms = $1 WHERE token_id = $2 AND revoked_ms IS NULL",
+        vec![SqlValue::Int(now_ms), SqlValue::Text(token_id.to_owned())],
+    )
+    .exactly(1, "the token was revoked by another request");
+    store.append_with_writes(vec![draft], &[write]).await?;
+    Ok(TokenInfo {
+        revoked_ms: Some(now_ms),
+        ..found
+    })
+}
+
+/// An optional in-process cache of token lookups (positive answers only), so a busy token
+/// does not cost a database round trip per request. Entries live for `ttl`; a revoked token
+/// is refused by every instance within `ttl`. The service uses a zero `ttl` (every request
+/// looks its token up in the database), so a revocation holds on every instance from the
+/// next request on.
 #[derive(Debug, Clone)]
 pub struct TokenCache {
     ttl: Duration,
@@ -275,6 +385,9 @@ impl TokenCache {
         store: &LedgerStore,
         token: &str,
     ) -> Result<Option<Principal>, AuthError> {
+        if self.ttl.is_zero() {
+            return lookup_token(store, token).await;
+        }
         let hash = token_hash(token);
         {
             let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);

@@ -57,6 +57,64 @@ pub struct ServeConfig {
     /// The ledger's origin and checkpoint key.
     #[serde(default)]
     pub ledger: LedgerSection,
+    /// Caps on the fees of transactions built through the API.
+    #[serde(default)]
+    pub fees: FeesSection,
+}
+
+fn default_max_fee_sat() -> u64 {
+    1_000_000
+}
+
+fn default_max_fee_rate() -> u64 {
+    500
+}
+
+/// `[fees]`: caps on the fee of every transaction the API builds (spend requests and fee
+/// bumps); a request above a cap is refused (422) and nothing is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeesSection {
+    /// Highest absolute fee, satoshis (default 1 000 000, as the CLI).
+    #[serde(default = "default_max_fee_sat")]
+    pub max_fee_sat: u64,
+    /// Highest fee rate, sat/vB (default 500, as the CLI).
+    #[serde(default = "default_max_fee_rate")]
+    pub max_fee_rate_sat_vb: u64,
+}
+
+impl Default for FeesSection {
+    fn default() -> Self {
+        FeesSection {
+            max_fee_sat: default_max_fee_sat(),
+            max_fee_rate_sat_vb: default_max_fee_rate(),
+        }
+    }
+}
+
+impl FeesSection {
+    /// The caps as the spend builder takes them.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a zero or out-of-range value.
+    pub fn caps(&self) -> Result<custody::vault::spend::FeeCaps, ConfigError> {
+        use bdk_wallet::bitcoin::{Amount, FeeRate};
+        let bad = |m: &str| ConfigError::Invalid(m.to_owned());
+        if self.max_fee_sat == 0 || self.max_fee_sat > Amount::MAX_MONEY.to_sat() {
+            return Err(bad(
+                "fees.max_fee_sat must be 1 to 2100000000000000 satoshis",
+            ));
+        }
+        if self.max_fee_rate_sat_vb == 0 || self.max_fee_rate_sat_vb > 100_000 {
+            return Err(bad("fees.max_fee_rate_sat_vb must be 1 to 100000"));
+        }
+        let rate = FeeRate::from_sat_per_vb(self.max_fee_rate_sat_vb)
+            .ok_or_else(|| bad("fees.max_fee_rate_sat_vb overflows"))?;
+        Ok(custody::vault::spend::FeeCaps {
+            max_fee: Amount::from_sat(self.max_fee_sat),
+            max_fee_rate: rate,
+        })
+    }
 }
 
 /// Log line format.
@@ -317,6 +375,7 @@ impl ServeConfig {
         if s.events_poll_ms == 0 {
             return bad("server.events_poll_ms must be at least 1");
         }
+        self.fees.caps()?;
         let url = &self.database.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres:")

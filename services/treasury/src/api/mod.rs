@@ -6,7 +6,8 @@
 //!   principal, whose name is the actor of every ledger entry the call writes.
 //! - All state lives in the database (ledger, vaults, coin reservations, spend requests,
 //!   tokens, idempotency keys), so several instances against one PostgreSQL database are one
-//!   service; only rate-limit buckets and a short token cache live in a process.
+//!   service; only rate-limit buckets live in a process (token lookups are not cached, so a
+//!   revocation holds everywhere at once).
 //! - Errors are RFC 9457 problems ([`problem`]) with stable `type` URIs; internals are logged
 //!   with the request id, never sent.
 //! - The handlers call the same service code as the CLIs (`spend`, `signing`, `vaults`,
@@ -24,6 +25,7 @@ pub mod ratelimit;
 pub mod reserves;
 pub mod server;
 pub mod spends;
+pub mod tokens;
 pub mod vaults;
 
 use std::net::SocketAddr;
@@ -209,7 +211,8 @@ impl AppStateBuilder {
                 rate: ratelimit::RateLimiter::new(self.limits.per_minute, self.limits.burst),
                 limits: self.limits,
                 require_client_cert: self.require_client_cert,
-                tokens: auth::TokenCache::new(Duration::from_secs(5)),
+                // No caching: a revoked token is refused on every instance at once.
+                tokens: auth::TokenCache::new(Duration::ZERO),
                 metrics: metrics::Metrics::default(),
                 shutdown,
                 vault_cache: vaults::VaultCache::default(),
@@ -243,7 +246,8 @@ impl AppState {
                 burst: s.rate_limit_burst,
                 events_poll: Duration::from_millis(s.events_poll_ms),
             })
-            .require_client_cert_for_integrators(s.client_ca.is_some());
+            .require_client_cert_for_integrators(s.client_ca.is_some())
+            .fee_caps(config.fees.caps()?);
         if let (Some(node), Some(network)) = (config.node_config()?, config.network()) {
             b = b.node(node, network);
         }
@@ -537,8 +541,13 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         return p.into_response();
     }
     tracing::Span::current().record("principal", principal.name.as_str());
+    let actor = match custody::ledger::Actor::new(principal.name.clone()) {
+        Ok(a) => a,
+        Err(e) => return Problem::internal(e).into_response(),
+    };
     req.extensions_mut().insert(principal);
-    next.run(req).await
+    // Every ledger entry the request writes carries the caller (crate::principal).
+    crate::principal::acting_as(actor, next.run(req)).await
 }
 
 /// `GET /healthz`: the process is up.
@@ -673,7 +682,26 @@ fn v1_routes(state: &AppState) -> Router<AppState> {
         .route("/v1/ledger/proofs/inclusion", get(ledger::inclusion))
         .route("/v1/ledger/proofs/consistency", get(ledger::consistency))
         .route("/v1/events", get(ledger::events))
-        .route("/v1/reserves/proofs", post(reserves::request_proof))
+        .route(
+            "/v1/reserves/proofs",
+            post(reserves::request_proof).get(reserves::list_proofs),
+        )
+        .route("/v1/reserves/proofs/{id}", get(reserves::show_proof))
+        .route(
+            "/v1/reserves/proofs/{id}/psbt",
+            get(reserves::proof_psbt).post(reserves::submit_proof_psbt),
+        )
+        .route(
+            "/v1/reserves/proofs/{id}/policy-signature",
+            post(reserves::policy_sign_proof),
+        )
+        .route(
+            "/v1/reserves/proofs/{id}/finalize",
+            post(reserves::finalize_proof),
+        )
+        .route("/v1/reserves/proofs/{id}/bundle", get(reserves::bundle))
+        .route("/v1/tokens", get(tokens::list))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
 }
 

@@ -7,7 +7,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ledger, policies, problem, reserves, spends, vaults};
+use super::{ledger, policies, problem, reserves, spends, tokens, vaults};
 
 struct Bearer;
 
@@ -43,7 +43,10 @@ impl Modify for Bearer {
         policies::active, policies::list, policies::propose, policies::approve, policies::simulate,
         ledger::entries, ledger::entry, ledger::head, ledger::latest_checkpoint, ledger::checkpoint,
         ledger::inclusion, ledger::consistency, ledger::events,
-        reserves::request_proof,
+        reserves::request_proof, reserves::list_proofs, reserves::show_proof,
+        reserves::proof_psbt, reserves::submit_proof_psbt, reserves::policy_sign_proof,
+        reserves::finalize_proof, reserves::bundle,
+        tokens::list, tokens::revoke,
     ),
     components(schemas(problem::ProblemBody, super::auth::Role)),
     modifiers(&Bearer),
@@ -54,6 +57,7 @@ impl Modify for Bearer {
         (name = "ledger", description = "The reserve ledger and its proofs"),
         (name = "events", description = "Server-Sent Events of ledger entries"),
         (name = "reserves", description = "Proofs of reserves"),
+        (name = "tokens", description = "API tokens (admin)"),
     )
 )]
 pub struct ApiDoc;

@@ -513,9 +513,9 @@ pub async fn submit_psbt(
 }
 
 /// A shared signer as a signer (the policy signer takes one by value).
-struct Shared(super::SharedSigner);
+pub(crate) struct SharedKey(pub(crate) super::SharedSigner);
 
-impl hsm::Signer for Shared {
+impl hsm::Signer for SharedKey {
     fn id(&self) -> &str {
         self.0.id()
     }
@@ -550,13 +550,17 @@ pub async fn policy_sign(
     let network = stored.network;
     let handle = tokio::runtime::Handle::current();
     let rid = id.clone();
-    // PKCS#11 calls block: the whole signing step runs on a blocking thread.
+    let actor = custody::ledger::Actor::new(caller.0.name.clone()).map_err(Problem::internal)?;
+    // PKCS#11 calls block: the whole signing step runs on a blocking thread, still as the
+    // caller (a new task does not inherit the request's principal).
     let sig = tokio::task::spawn_blocking(move || {
-        handle.block_on(async move {
+        handle.block_on(crate::principal::acting_as(actor, async move {
             let at = now();
-            let mut signer = spend.policy_signer(Shared(key), network, at.now_ms).await?;
+            let mut signer = spend
+                .policy_signer(SharedKey(key), network, at.now_ms)
+                .await?;
             spend.policy_sign(&rid, &mut signer, at).await
-        })
+        }))
     })
     .await
     .map_err(Problem::internal)??;
