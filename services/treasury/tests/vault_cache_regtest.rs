@@ -69,7 +69,7 @@ async fn two_cached_instances_on_postgres_share_one_vault_state_and_never_share_
     // (a stale cache would hand out an index twice).
     let mut addrs = Vec::new();
     for i in 0..COINS {
-        let svc = if i % 2 == 0 { &a } else { &b };
+        let svc = if i.is_multiple_of(2) { &a } else { &b };
         // Warm both caches before the other instance appends.
         a.vaults.load(name).await.unwrap();
         b.vaults.load(name).await.unwrap();
@@ -125,7 +125,11 @@ async fn two_cached_instances_on_postgres_share_one_vault_state_and_never_share_
     };
     let racers: Vec<_> = (0..12u64)
         .map(|i| {
-            let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let svc = if i.is_multiple_of(2) {
+                a.clone()
+            } else {
+                b.clone()
+            };
             tokio::spawn(build(svc, format!("race-{i}"), i))
         })
         .collect();
@@ -159,7 +163,11 @@ async fn two_cached_instances_on_postgres_share_one_vault_state_and_never_share_
     // every coin is reserved exactly once in all.
     let mut i = 100u64;
     loop {
-        let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let svc = if i.is_multiple_of(2) {
+            a.clone()
+        } else {
+            b.clone()
+        };
         let (_, r) = build(svc, format!("after-{i}"), i).await;
         match r {
             Ok(built) => {
