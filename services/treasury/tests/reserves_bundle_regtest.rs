@@ -608,7 +608,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
         entries
             .lines()
             .filter(|l| {
-                let drop = !dropped && l.contains("reserve_proof_approval");
+                let drop = !dropped && l.contains("\"kind\":\"approval\"");
                 dropped |= drop;
                 !drop
             })
