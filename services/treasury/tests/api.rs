@@ -277,6 +277,30 @@ const MATRIX: &[(&str, &str, Option<&str>, &str, u16)] = &[
         404,
     ),
     ("GET", "/v1/reserves/proofs/nope/bundle", None, "AU", 404),
+    (
+        "GET",
+        "/v1/reserves/proofs/nope/psbt?form=bip322",
+        None,
+        "AOU",
+        404,
+    ),
+    ("GET", "/v1/reserves/proofs/nope/subject", None, "AOU", 404),
+    (
+        "GET",
+        "/v1/reserves/proofs/nope/approvals",
+        None,
+        "AOU",
+        404,
+    ),
+    (
+        "POST",
+        "/v1/reserves/proofs/nope/approvals",
+        Some(
+            r#"{"request_id":"nope","approver":"officer-1","pubkey":"0000000000000000000000000000000000000000000000000000000000000000","decision":"approve","digest":"0000000000000000000000000000000000000000000000000000000000000000","signature":"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"}"#,
+        ),
+        "O",
+        404,
+    ),
     ("GET", "/v1/tokens", None, "A", 200),
     ("DELETE", "/v1/tokens/nope", None, "A", 404),
 ];

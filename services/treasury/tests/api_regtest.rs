@@ -632,6 +632,9 @@ async fn reserves_flow(
     let bob = tok("bob-2", Role::Officer).await;
     let carol = tok("carol-2", Role::Officer).await;
     let auditor = tok("audrey-2", Role::Auditor).await;
+    let alice = tok("alice", Role::Officer).await;
+    let bob_o = tok("bob", Role::Officer).await;
+    let carol_o = tok("carol", Role::Officer).await;
     *mark = s.store.head().await.unwrap().size();
     let events = tokio::spawn(collect_events(
         c.http.clone(),
@@ -667,6 +670,84 @@ async fn reserves_flow(
     let listed = c.get(&format!("{b}/v1/reserves/proofs"), &bob).await;
     assert_eq!(listed[0]["id"], "por-api", "{listed}");
     written_by(&s.store, mark, "audrey-2", "a refused duplicate", 0).await;
+
+    // The policy's reserve-proof rule: the officers group (k = 3) approves the proof's
+    // subject, each officer with their own token; the subject comes from the API, is checked
+    // against the stored proof, and is signed offline.
+    let file = c
+        .get(&format!("{b}/v1/reserves/proofs/por-api/subject"), &bob_o)
+        .await;
+    assert_eq!(file["document"]["kind"], "reserve_proof", "{file}");
+    let subject: policies::proof::ProofSubject =
+        serde_json::from_value(file["document"]["subject"].clone()).unwrap();
+    assert_eq!(subject.request_id, "por-api");
+    let approval =
+        |who: &str| serde_json::to_value(subject.sign(who, &approval_secret(who))).unwrap();
+    // Nobody submits another officer's approval.
+    let (st, v) = c
+        .post(
+            &format!("{a}/v1/reserves/proofs/por-api/approvals"),
+            &carol_o,
+            approval("alice"),
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
+    for (who, token, base) in [("alice", &alice, a), ("bob", &bob_o, b)] {
+        let (st, v) = c
+            .post(
+                &format!("{base}/v1/reserves/proofs/por-api/approvals"),
+                token,
+                approval(who),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        written_by(&s.store, mark, who, "an officer's proof approval", 1).await;
+    }
+    // The same approval again is a conflict and stores nothing.
+    let (st, v) = c
+        .post(
+            &format!("{a}/v1/reserves/proofs/por-api/approvals"),
+            &bob_o,
+            approval("bob"),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    written_by(&s.store, mark, "bob", "a duplicate approval", 0).await;
+    // 2 of 3: the policy key refuses and says what is missing.
+    let (st, v) = c
+        .post(
+            &format!("{a}/v1/reserves/proofs/por-api/policy-signature"),
+            &bob,
+            json!(null),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert!(
+        v["detail"].as_str().unwrap_or_default().contains("2 of 3"),
+        "{v}"
+    );
+    written_by(&s.store, mark, "bob-2", "a refused policy signature", 0).await;
+    let (st, v) = c
+        .post(
+            &format!("{b}/v1/reserves/proofs/por-api/approvals"),
+            &carol_o,
+            approval("carol"),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["complete"], true, "{v}");
+    written_by(&s.store, mark, "carol", "the third proof approval", 1).await;
+    let standing = c
+        .get(
+            &format!("{a}/v1/reserves/proofs/por-api/approvals"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(
+        standing["counted"].as_array().map(Vec::len),
+        Some(3),
+        "{standing}"
+    );
 
     // Two officers sign the proof PSBT on their own devices (Core) and submit it.
     let unsigned = c

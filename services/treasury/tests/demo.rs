@@ -272,16 +272,13 @@ async fn demo_serves_then_a_second_run_reuses_everything() {
     }
     assert!(first_out.contains("curl"), "{first_out}");
     assert!(first_out.contains("--cacert"), "{first_out}");
-    // The reserve proof walk-through includes the proof quorum's approvals.
+    // The reserve proof walk-through includes the proof quorum's approvals, through the API.
     for step in [
-        "treasury reserves subject",
+        "/v1/reserves/proofs/$PROOF/subject",
         "treasury officer approve proof-subject.json",
-        "treasury reserves approve",
-        "treasury reserves sign-policy",
+        "/v1/reserves/proofs/$PROOF/approvals",
+        "/v1/reserves/proofs/$PROOF/policy-signature",
     ] {
-        if step.ends_with("sign-policy") && !regtest::require("softhsm") {
-            continue;
-        }
         assert!(first_out.contains(step), "{step}: {first_out}");
     }
     check_running(&dir, &run.url, &first_tokens).await;

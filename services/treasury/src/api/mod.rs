@@ -700,6 +700,14 @@ fn v1_routes(state: &AppState) -> Router<AppState> {
             post(reserves::finalize_proof),
         )
         .route("/v1/reserves/proofs/{id}/bundle", get(reserves::bundle))
+        .route(
+            "/v1/reserves/proofs/{id}/subject",
+            get(reserves::proof_subject),
+        )
+        .route(
+            "/v1/reserves/proofs/{id}/approvals",
+            get(reserves::proof_approvals).post(reserves::approve_proof),
+        )
         .route("/v1/tokens", get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))

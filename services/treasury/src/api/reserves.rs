@@ -23,7 +23,7 @@
 
 use std::str::FromStr;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -38,8 +38,8 @@ use super::json::{op_problem, signing_problem};
 use super::problem::{ApiResult, Problem, ProblemKind};
 use super::{AppState, Caller, Role};
 use crate::reserves_service::{
-    Bundle, BundleOptions, CheckpointSource, ProofOutput, ProofState, ProveRequest, ReserveService,
-    ReserveServiceError, StoredProof,
+    Bundle, BundleOptions, CheckpointSource, ProofForm, ProofOutput, ProofState, ProveRequest,
+    ReserveService, ReserveServiceError, StoredProof,
 };
 
 /// Who may ask for a proof and download bundles.
@@ -222,9 +222,14 @@ pub fn reserve_problem(e: &ReserveServiceError) -> Problem {
         | R::WrongState { .. }
         | R::OtherTransaction { .. } => Problem::new(ProblemKind::Conflict, e.to_string()),
         R::NoUtxos { .. } => Problem::validation(e.to_string()),
-        R::Proof(_) | R::Refused(_) | R::Combine(_) => {
-            Problem::new(ProblemKind::Refused, e.to_string())
-        }
+        R::Proof(_)
+        | R::Bip322(_)
+        | R::Refused(_)
+        | R::Combine(_)
+        | R::ApprovalRefused(_)
+        | R::NotInProofQuorum { .. } => Problem::new(ProblemKind::Refused, e.to_string()),
+        R::UnknownForm { .. } | R::Subject(_) => Problem::validation(e.to_string()),
+        R::DuplicateApproval { .. } => Problem::new(ProblemKind::Conflict, e.to_string()),
         R::Op(o) => op_problem(o),
         R::Signing(s) => signing_problem(s),
         R::Node(_) => {
@@ -372,23 +377,154 @@ pub async fn show_proof(
     Ok(Json(ProofView::from(&p)))
 }
 
-/// The proof PSBT with every signature accepted so far (what an officer signs).
+/// `?form=` of `GET /v1/reserves/proofs/{id}/psbt`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FormQuery {
+    /// `bip127` (the commitment-input proof, the default) or `bip322` (the proof-of-funds
+    /// `to_sign` over the same UTXOs and message).
+    #[serde(default)]
+    pub form: Option<String>,
+}
+
+/// The proof PSBT of one form with every signature accepted so far (what an officer signs):
+/// BIP-127 by default, `?form=bip322` for the BIP-322 proof of funds over the same UTXOs.
 #[utoipa::path(get, path = "/v1/reserves/proofs/{id}/psbt", tag = "reserves",
-    params(("id" = String, Path, description = "Proof request id")),
-    responses((status = 200, body = ProofPsbt), (status = 404, body = super::problem::ProblemBody)),
+    params(("id" = String, Path, description = "Proof request id"), FormQuery),
+    responses((status = 200, body = ProofPsbt), (status = 404, body = super::problem::ProblemBody),
+        (status = 422, body = super::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn proof_psbt(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(q): Query<FormQuery>,
 ) -> ApiResult<Json<ProofPsbt>> {
     caller.require(READERS)?;
+    let form = match q.form.as_deref() {
+        None => ProofForm::Bip127,
+        Some(f) => ProofForm::from_str(f)?,
+    };
     let p = scoped(&service(&state), &caller, &id).await?;
+    let psbt = p.signed_psbt(form)?.to_string();
+    let signatures = match form {
+        ProofForm::Bip127 => p.signatures,
+        ProofForm::Bip322 => p.bip322_form()?.signatures,
+    };
     Ok(Json(ProofPsbt {
         id: p.id.clone(),
-        psbt: p.signed.to_string(),
-        signatures: p.signatures,
+        psbt,
+        signatures,
     }))
+}
+
+/// What officers review and approve offline for a proof (`treasury officer review` and
+/// `treasury officer approve` read it): the subject under the active policy (re-derived from
+/// the stored PSBT: message commitment, outpoints, amount, request, expiry), the PSBT it is
+/// derived from and the policy document.
+#[utoipa::path(get, path = "/v1/reserves/proofs/{id}/subject", tag = "reserves",
+    params(("id" = String, Path, description = "Proof request id")),
+    responses((status = 200, body = Object, description = "The proof subject file (what `treasury reserves subject` prints)"),
+        (status = 404, body = super::problem::ProblemBody)),
+    security(("bearer" = [])))]
+pub async fn proof_subject(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(READERS)?;
+    let svc = service(&state);
+    scoped(&svc, &caller, &id).await?;
+    let file = svc.subject_file(&id, crate::vaults::now_ms()).await?;
+    let body = serde_json::to_string_pretty(&file).map_err(Problem::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Where a proof's approvals stand.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProofApprovalsView {
+    /// The proof request.
+    pub id: String,
+    /// The policy's `proof_quorum` group.
+    pub group: String,
+    /// Its threshold.
+    pub need: u32,
+    /// The subject digest under the active policy (hex).
+    pub subject: String,
+    /// The members whose approvals count now.
+    pub counted: Vec<String>,
+    /// True when the reserve-proof rule is met.
+    pub complete: bool,
+}
+
+impl From<&crate::reserves_service::ProofApprovals> for ProofApprovalsView {
+    fn from(a: &crate::reserves_service::ProofApprovals) -> Self {
+        ProofApprovalsView {
+            id: a.id.clone(),
+            group: a.group.clone(),
+            need: a.need,
+            subject: a.subject.clone(),
+            counted: a.counted.clone(),
+            complete: a.complete(),
+        }
+    }
+}
+
+/// Where the proof's approvals stand under the policy's reserve-proof rule (`proof_quorum`).
+#[utoipa::path(get, path = "/v1/reserves/proofs/{id}/approvals", tag = "reserves",
+    params(("id" = String, Path, description = "Proof request id")),
+    responses((status = 200, body = ProofApprovalsView), (status = 404, body = super::problem::ProblemBody)),
+    security(("bearer" = [])))]
+pub async fn proof_approvals(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ProofApprovalsView>> {
+    caller.require(READERS)?;
+    let svc = service(&state);
+    scoped(&svc, &caller, &id).await?;
+    let a = svc.approvals(&id, crate::vaults::now_ms()).await?;
+    Ok(Json(ProofApprovalsView::from(&a)))
+}
+
+/// Submit the calling officer's own approval of the proof (as `treasury officer approve`
+/// writes it from the subject file): verified on arrival (this proof, this exact subject, a
+/// member of the `proof_quorum` group, not expired, not a duplicate; ledger: `approval`).
+#[utoipa::path(post, path = "/v1/reserves/proofs/{id}/approvals", tag = "reserves",
+    params(("id" = String, Path, description = "Proof request id")),
+    request_body(content = Object, description = "The signed approval (policies::approval::Approval JSON)"),
+    responses((status = 200, body = ProofApprovalsView), (status = 403, body = super::problem::ProblemBody),
+        (status = 409, body = super::problem::ProblemBody), (status = 422, body = super::problem::ProblemBody)),
+    security(("bearer" = [])))]
+pub async fn approve_proof(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(approval): ApiJson<policies::Approval>,
+) -> ApiResult<Json<ProofApprovalsView>> {
+    caller.require(&[Role::Officer])?;
+    let svc = service(&state);
+    scoped(&svc, &caller, &id).await?;
+    if approval.approver != caller.0.name {
+        return Err(Problem::forbidden(
+            "an officer submits only their own approval (approver must be the token's principal)",
+        ));
+    }
+    if approval.request_id != id {
+        return Err(Problem::validation("the approval is for another request"));
+    }
+    let a = svc
+        .add_approval(&id, approval, &caller.0.name, crate::vaults::now_ms())
+        .await?;
+    state.metrics().ledger_appended(1);
+    Ok(Json(ProofApprovalsView::from(&a)))
 }
 
 /// Submit the calling officer's signed proof PSBT: it must be for the proof's transaction,

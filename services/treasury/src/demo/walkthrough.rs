@@ -169,12 +169,31 @@ pub(crate) fn steps(setup: &Setup, _url: &str) -> Vec<Step> {
             "{CURL} {auditor} {json} \\\n     -d '{{\"vaults\":[\"{VAULT}\"],\"statement\":\"demo audit\"}}' \"$API/v1/reserves/proofs\" > proof.json; cat proof.json; echo"
         )),
         run("PROOF=$(sed -n 's/^{\"id\":\"\\([^\"]*\\)\".*/\\1/p' proof.json); echo \"proof $PROOF\"".into()),
+        note("the policy's proof quorum (the three officers) reviews and approves the proof's subject offline:"),
+        run(format!(
+            "{CURL} {} \"$API/v1/reserves/proofs/$PROOF/subject\" > proof-subject.json",
+            auth("TOKEN_ALICE")
+        )),
+        run("treasury officer review proof-subject.json".into()),
+    ];
+    for o in &OFFICERS {
+        reserve.push(run(format!(
+            "treasury officer approve proof-subject.json --key {} --passphrase-file {} > proof-approval-{o}.json",
+            q(&l.officer_key(o)),
+            q(&l.officer_pass(o))
+        )));
+        reserve.push(run(format!(
+            "{CURL} {} {json} \\\n     --data-binary @proof-approval-{o}.json \"$API/v1/reserves/proofs/$PROOF/approvals\" > /dev/null",
+            auth(&token_var(o))
+        )));
+    }
+    reserve.extend([
         note("two officers sign the proof PSBT on their own devices and submit it:"),
         run(format!(
             "{CURL} {} \"$API/v1/reserves/proofs/$PROOF/psbt\" | sed -n 's/.*\"psbt\":\"\\([^\"]*\\)\".*/\\1/p' > proof-unsigned.psbt",
             auth("TOKEN_ALICE")
         )),
-    ];
+    ]);
     for o in &OFFICERS[..2] {
         reserve.push(run(format!(
             "treasury officer sign --key {} --passphrase-file {} proof-unsigned.psbt > proof-signed-{o}.psbt",
@@ -207,7 +226,7 @@ pub(crate) fn steps(setup: &Setup, _url: &str) -> Vec<Step> {
         sh_quote(&setup.ledger_verifier_key)
     )));
     out.push(Step {
-        title: "7. The auditor asks for a proof of reserves and verifies the bundle against their own node:".into(),
+        title: "7. The auditor asks for a proof of reserves; the officers approve and sign it; the auditor verifies the bundle against their own node:".into(),
         lines: reserve,
     });
     out
