@@ -1242,12 +1242,56 @@ fn psbt_is_reserve_proof(psbt: &Psbt) -> bool {
             i.unknown
                 .keys()
                 .any(|k| k.type_value == PSBT_IN_POR_COMMITMENT)
-                || i.non_witness_utxo.as_ref().is_some_and(|t| {
-                    t.input
-                        .first()
-                        .is_some_and(|txin| txin.previous_output == OutPoint::null())
-                })
+                || i.non_witness_utxo.as_ref().is_some_and(looks_like_to_spend)
         })
+}
+
+/// Whether `t` has the shape of BIP-322's `to_spend`: version 0, one input spending the null
+/// outpoint, one output of 0 sat. A coinbase also spends the null outpoint, but has version 1
+/// or more and pays something, so spending a mined coin is not mistaken for a proof.
+fn looks_like_to_spend(t: &bitcoin::Transaction) -> bool {
+    t.version == bitcoin::transaction::Version(0)
+        && t.input.len() == 1
+        && t.input
+            .first()
+            .is_some_and(|txin| txin.previous_output == OutPoint::null())
+        && t.output.len() == 1
+        && t.output.first().is_some_and(|o| o.value == Amount::ZERO)
+}
+
+#[cfg(test)]
+mod to_spend_shape_tests {
+    use super::looks_like_to_spend;
+    use bitcoin::absolute::LockTime;
+    use bitcoin::transaction::Version;
+    use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+
+    #[test]
+    fn a_coinbase_is_not_a_to_spend_and_a_to_spend_is() {
+        let challenge =
+            ScriptBuf::from_hex("0014c7f1d1e5a3e0b4a8c2f1d0e9b8a7c6d5e4f3a2b1").unwrap();
+        let to_spend = policies::proof_of_funds::to_spend(b"hello", &challenge);
+        assert!(looks_like_to_spend(&to_spend));
+        let coinbase = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint::null(),
+                script_sig: ScriptBuf::from_bytes(vec![0x01, 0x65]),
+                sequence: Sequence::MAX,
+                witness: Witness::new(),
+            }],
+            output: vec![TxOut {
+                value: Amount::from_sat(5_000_000_000),
+                script_pubkey: challenge.clone(),
+            }],
+        };
+        assert!(!looks_like_to_spend(&coinbase));
+        // Even a version-0 "coinbase" that pays something is not a to_spend.
+        let mut v0 = coinbase.clone();
+        v0.version = Version(0);
+        assert!(!looks_like_to_spend(&v0));
+    }
 }
 
 /// The normal child indices that end the key paths of an input or output.
