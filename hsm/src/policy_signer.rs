@@ -1259,41 +1259,6 @@ fn looks_like_to_spend(t: &bitcoin::Transaction) -> bool {
         && t.output.first().is_some_and(|o| o.value == Amount::ZERO)
 }
 
-#[cfg(test)]
-mod to_spend_shape_tests {
-    use super::looks_like_to_spend;
-    use bitcoin::absolute::LockTime;
-    use bitcoin::transaction::Version;
-    use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
-
-    #[test]
-    fn a_coinbase_is_not_a_to_spend_and_a_to_spend_is() {
-        let challenge =
-            ScriptBuf::from_hex("0014c7f1d1e5a3e0b4a8c2f1d0e9b8a7c6d5e4f3a2b1").unwrap();
-        let to_spend = policies::proof_of_funds::to_spend(b"hello", &challenge);
-        assert!(looks_like_to_spend(&to_spend));
-        let coinbase = Transaction {
-            version: Version::TWO,
-            lock_time: LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint::null(),
-                script_sig: ScriptBuf::from_bytes(vec![0x01, 0x65]),
-                sequence: Sequence::MAX,
-                witness: Witness::new(),
-            }],
-            output: vec![TxOut {
-                value: Amount::from_sat(5_000_000_000),
-                script_pubkey: challenge.clone(),
-            }],
-        };
-        assert!(!looks_like_to_spend(&coinbase));
-        // Even a version-0 "coinbase" that pays something is not a to_spend.
-        let mut v0 = coinbase.clone();
-        v0.version = Version(0);
-        assert!(!looks_like_to_spend(&v0));
-    }
-}
-
 /// The normal child indices that end the key paths of an input or output.
 fn indices<'a>(
     ecdsa: impl Iterator<Item = &'a KeySource>,
@@ -1396,4 +1361,39 @@ fn compare_subjects(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod to_spend_shape_tests {
+    use super::looks_like_to_spend;
+    use bitcoin::absolute::LockTime;
+    use bitcoin::transaction::Version;
+    use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+
+    #[test]
+    fn a_coinbase_is_not_a_to_spend_and_a_to_spend_is() {
+        let challenge =
+            ScriptBuf::from_hex("0014c7f1d1e5a3e0b4a8c2f1d0e9b8a7c6d5e4f3a2b1").unwrap();
+        let to_spend = policies::proof_of_funds::to_spend(b"hello", &challenge);
+        assert!(looks_like_to_spend(&to_spend));
+        let coinbase = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint::null(),
+                script_sig: ScriptBuf::from_bytes(vec![0x01, 0x65]),
+                sequence: Sequence::MAX,
+                witness: Witness::new(),
+            }],
+            output: vec![TxOut {
+                value: Amount::from_sat(5_000_000_000),
+                script_pubkey: challenge.clone(),
+            }],
+        };
+        assert!(!looks_like_to_spend(&coinbase));
+        // Even a version-0 "coinbase" that pays something is not a to_spend.
+        let mut v0 = coinbase.clone();
+        v0.version = Version(0);
+        assert!(!looks_like_to_spend(&v0));
+    }
 }
