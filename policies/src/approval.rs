@@ -246,6 +246,53 @@ pub fn verify(
     now_ms: i64,
     tip_height: u32,
 ) -> Result<Verified, ApprovalError> {
+    let verified = verify_terms(
+        policy,
+        &Terms {
+            request_id: &subject.request_id,
+            policy: subject.policy,
+            decision: subject.decision,
+            digest: subject.digest(),
+            expires_at_ms: subject.expires_at_ms,
+        },
+        approval,
+        now_ms,
+    )?;
+    if let Some(h) = subject.expires_at_height {
+        if tip_height >= h {
+            return Err(ApprovalError::ExpiredHeight {
+                expires_at_height: h,
+                tip_height,
+            });
+        }
+    }
+    Ok(verified)
+}
+
+/// What any approved subject (a spend's or a reserve proof's) fixes for the checks every
+/// approval goes through.
+pub(crate) struct Terms<'a> {
+    /// The request the subject is for.
+    pub(crate) request_id: &'a str,
+    /// The policy the subject is bound to.
+    pub(crate) policy: PolicyHash,
+    /// Approve or reject.
+    pub(crate) decision: Verdict,
+    /// The subject's digest (what the approver signs).
+    pub(crate) digest: [u8; 32],
+    /// Valid while `now_ms < expires_at_ms`.
+    pub(crate) expires_at_ms: i64,
+}
+
+/// The checks shared by spend and reserve-proof approvals: the key is the named person's in
+/// `policy`, same request, same policy, same decision, same digest, a valid signature, not
+/// expired by time.
+pub(crate) fn verify_terms(
+    policy: &Policy,
+    terms: &Terms<'_>,
+    approval: &Approval,
+    now_ms: i64,
+) -> Result<Verified, ApprovalError> {
     let unknown = || ApprovalError::UnknownKey(hex::encode(approval.pubkey));
     let key = XOnlyPublicKey::from_slice(&approval.pubkey).map_err(|_| unknown())?;
     let owner = policy.person_of(&key).ok_or_else(unknown)?;
@@ -255,25 +302,25 @@ pub fn verify(
             owner: owner.to_owned(),
         });
     }
-    if approval.request_id != subject.request_id {
+    if approval.request_id != terms.request_id {
         return Err(ApprovalError::Replay {
             approved: approval.request_id.clone(),
-            request: subject.request_id.clone(),
+            request: terms.request_id.to_owned(),
         });
     }
-    if subject.policy != policy.hash() {
+    if terms.policy != policy.hash() {
         return Err(ApprovalError::PolicyMismatch {
-            subject: subject.policy,
+            subject: terms.policy,
             policy: policy.hash(),
         });
     }
-    if approval.decision != subject.decision {
+    if approval.decision != terms.decision {
         return Err(ApprovalError::DecisionMismatch {
             approval: approval.decision,
-            subject: subject.decision,
+            subject: terms.decision,
         });
     }
-    let digest = subject.digest();
+    let digest = terms.digest;
     if digest != approval.digest {
         return Err(ApprovalError::DigestMismatch);
     }
@@ -282,19 +329,11 @@ pub fn verify(
     secp()
         .verify_schnorr(&sig, &Message::from_digest(digest), &key)
         .map_err(|_| ApprovalError::BadSignature)?;
-    if now_ms >= subject.expires_at_ms {
+    if now_ms >= terms.expires_at_ms {
         return Err(ApprovalError::Expired {
-            expires_at_ms: subject.expires_at_ms,
+            expires_at_ms: terms.expires_at_ms,
             now_ms,
         });
-    }
-    if let Some(h) = subject.expires_at_height {
-        if tip_height >= h {
-            return Err(ApprovalError::ExpiredHeight {
-                expires_at_height: h,
-                tip_height,
-            });
-        }
     }
     Ok(Verified {
         person: owner.to_owned(),

@@ -34,7 +34,7 @@ use std::collections::BTreeSet;
 use bitcoin::hashes::Hash as _;
 use bitcoin::p2p::Magic;
 use bitcoin::psbt::raw::ProprietaryKey;
-use bitcoin::secp256k1::{schnorr, Keypair, Message, SecretKey, XOnlyPublicKey};
+use bitcoin::secp256k1::{Keypair, Message, SecretKey};
 use bitcoin::{Amount, Network, OutPoint, Psbt};
 use serde::{Deserialize, Serialize};
 
@@ -538,52 +538,18 @@ pub fn verify_proof_approval(
     approval: &Approval,
     now_ms: i64,
 ) -> Result<Verified, ApprovalError> {
-    let unknown = || ApprovalError::UnknownKey(hex::encode(approval.pubkey));
-    let key = XOnlyPublicKey::from_slice(&approval.pubkey).map_err(|_| unknown())?;
-    let owner = policy.person_of(&key).ok_or_else(unknown)?;
-    if owner != approval.approver {
-        return Err(ApprovalError::KeyNotOfPerson {
-            approver: approval.approver.clone(),
-            owner: owner.to_owned(),
-        });
-    }
-    if approval.request_id != subject.request_id {
-        return Err(ApprovalError::Replay {
-            approved: approval.request_id.clone(),
-            request: subject.request_id.clone(),
-        });
-    }
-    if subject.policy != policy.hash() {
-        return Err(ApprovalError::PolicyMismatch {
-            subject: subject.policy,
-            policy: policy.hash(),
-        });
-    }
-    if approval.decision != subject.decision {
-        return Err(ApprovalError::DecisionMismatch {
-            approval: approval.decision,
-            subject: subject.decision,
-        });
-    }
-    let digest = subject.digest();
-    if digest != approval.digest {
-        return Err(ApprovalError::DigestMismatch);
-    }
-    let sig = schnorr::Signature::from_slice(&approval.signature)
-        .map_err(|_| ApprovalError::BadSignature)?;
-    secp()
-        .verify_schnorr(&sig, &Message::from_digest(digest), &key)
-        .map_err(|_| ApprovalError::BadSignature)?;
-    if now_ms >= subject.expires_at_ms {
-        return Err(ApprovalError::Expired {
+    crate::approval::verify_terms(
+        policy,
+        &crate::approval::Terms {
+            request_id: &subject.request_id,
+            policy: subject.policy,
+            decision: subject.decision,
+            digest: subject.digest(),
             expires_at_ms: subject.expires_at_ms,
-            now_ms,
-        });
-    }
-    Ok(Verified {
-        person: owner.to_owned(),
-        decision: approval.decision,
-    })
+        },
+        approval,
+        now_ms,
+    )
 }
 
 /// A network as its name (`bitcoin`, `testnet`, `signet`, `regtest`) in serde formats.
