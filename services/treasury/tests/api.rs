@@ -561,6 +561,91 @@ async fn tokens_are_hashed_and_recorded() {
     assert_eq!(w.store.head().await.unwrap().size(), before + 1);
 }
 
+/// Status of `GET /v1/whoami` with `token` on `state` (an instance).
+async fn whoami_on(state: &AppState, token: &str) -> StatusCode {
+    let req = Request::builder()
+        .uri("/v1/whoami")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    app(state.clone()).oneshot(req).await.unwrap().status()
+}
+
+/// The token cache (ADR 0016) with two instances on one database: the instance that revokes a
+/// token refuses it from the next request; another instance keeps its cached answer only until
+/// its next revocation check (so with an hour's interval it still answers 200, and with 50 ms
+/// it refuses within a bounded wait); with the cache off, at once.
+#[tokio::test]
+async fn token_cache_honours_revocations() {
+    let limits = |ms| Limits {
+        token_recheck: Duration::from_millis(ms),
+        ..Limits::default()
+    };
+    let w = World::new(limits(3_600_000)).await;
+    let slow = AppState::builder()
+        .limits(limits(3_600_000))
+        .build(w.store.clone());
+    let quick = AppState::builder()
+        .limits(limits(50))
+        .build(w.store.clone());
+    let uncached = AppState::builder().limits(limits(0)).build(w.store.clone());
+    let victim = issue_token(&w.store, "leaky", Role::Integrator, &[], 3_000)
+        .await
+        .unwrap();
+    let unseen = issue_token(&w.store, "other", Role::Integrator, &[], 3_000)
+        .await
+        .unwrap();
+    for st in [&w.state, &slow, &quick, &uncached] {
+        assert_eq!(whoami_on(st, &victim).await, StatusCode::OK);
+    }
+    // Revoked through instance w's API.
+    let id = treasury::api::auth::token_hash(&victim)[..16].to_owned();
+    let (s, _, b) = w
+        .call(
+            "DELETE",
+            &format!("/v1/tokens/{id}"),
+            Some(w.token(Role::Admin)),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        whoami_on(&w.state, &victim).await,
+        StatusCode::UNAUTHORIZED,
+        "the revoking instance still accepts the token"
+    );
+    assert_eq!(
+        whoami_on(&uncached, &victim).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // The hour-long instance answers from its cache: the cache is really used...
+    assert_eq!(whoami_on(&slow, &victim).await, StatusCode::OK);
+    // ...but only for answers it has: another token revoked elsewhere is looked up.
+    treasury::api::auth::revoke_token(
+        &w.store,
+        &treasury::api::auth::token_hash(&unseen)[..16],
+        "ops",
+        4_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(whoami_on(&slow, &unseen).await, StatusCode::UNAUTHORIZED);
+    // The 50 ms instance refuses the revoked token after its next check.
+    let mut refused = false;
+    for _ in 0..100 {
+        if whoami_on(&quick, &victim).await == StatusCode::UNAUTHORIZED {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a 50 ms instance accepted a revoked token for 2 s");
+    // Live tokens are unaffected by the invalidation.
+    for st in [&w.state, &slow, &quick, &uncached] {
+        assert_eq!(whoami_on(st, w.token(Role::Auditor)).await, StatusCode::OK);
+    }
+}
+
 #[tokio::test]
 async fn health_metrics_and_events_resume() {
     let w = World::new(Limits {

@@ -9,6 +9,7 @@
 //! `treasury serve` instance against it accepts the same tokens.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -316,8 +317,9 @@ pub async fn list_tokens(store: &LedgerStore) -> Result<Vec<TokenInfo>, AuthErro
 
 /// Revokes the token with public id `token_id`: its row is marked and the revocation is a
 /// ledger entry (an operator note naming the token and its principal, with `by` as actor), in
-/// one transaction. Every instance refuses the token from the next request on (lookups go to
-/// the database, see [`TokenCache`]).
+/// one transaction. The caller's instance refuses the token from the next request on once it
+/// calls [`TokenCache::invalidate`]; every other instance within its re-check interval (see
+/// [`TokenCache`]).
 ///
 /// # Errors
 /// [`AuthError::NotFound`] when no live token has that id (nothing is written),
@@ -356,24 +358,87 @@ pub async fn revoke_token(
     })
 }
 
-/// An optional in-process cache of token lookups (positive answers only), so a busy token
-/// does not cost a database round trip per request. Entries live for `ttl`; a revoked token
-/// is refused by every instance within `ttl`. The service uses a zero `ttl` (every request
-/// looks its token up in the database), so a revocation holds on every instance from the
-/// next request on.
+/// An in-process cache of token lookups (positive answers only), so a busy token does not cost
+/// a database round trip per request, without letting a revoked token live on.
+///
+/// Every cached answer belongs to a *generation*. The generation moves on when this instance
+/// revokes a token ([`TokenCache::invalidate`], at once) and when a check of the database finds
+/// that the set of revoked tokens changed (another instance or `treasury token revoke`). That
+/// check is one small query, made by the first request after `recheck` has passed since the
+/// last one (the other requests meanwhile wait for it), so a revocation holds on this instance
+/// from the next request and on every other instance within `recheck`. A zero `recheck` turns
+/// the cache off: every request looks its token up (ADR 0017).
 #[derive(Debug, Clone)]
 pub struct TokenCache {
-    ttl: Duration,
-    map: Arc<Mutex<HashMap<String, (Instant, Principal)>>>,
+    recheck: Duration,
+    inner: Arc<CacheInner>,
 }
 
+#[derive(Debug)]
+struct CacheInner {
+    /// Token hash -> (generation, principal).
+    map: Mutex<HashMap<String, (u64, Principal)>>,
+    generation: AtomicU64,
+    /// When the last revocation check started (`None`: never).
+    checked: Mutex<Option<Instant>>,
+    /// One check at a time; holds the revocation marker it last saw.
+    check: tokio::sync::Mutex<Option<(i64, i64)>>,
+}
+
+/// Most cached tokens per instance (the cache starts over above it).
+const CACHE_MAX: usize = 10_000;
+
 impl TokenCache {
-    /// A cache whose entries live `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    /// A cache that re-checks revocations every `recheck` (zero: no cache).
+    pub fn new(recheck: Duration) -> Self {
         TokenCache {
-            ttl,
-            map: Arc::new(Mutex::new(HashMap::new())),
+            recheck,
+            inner: Arc::new(CacheInner {
+                map: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                checked: Mutex::new(None),
+                check: tokio::sync::Mutex::new(None),
+            }),
         }
+    }
+
+    /// Forgets every cached answer (after this instance revoked a token).
+    pub fn invalidate(&self) {
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn fresh(&self) -> bool {
+        let checked = *self
+            .inner
+            .checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        checked.is_some_and(|at| at.elapsed() < self.recheck)
+    }
+
+    /// Re-reads the revocation marker when the last check is older than `recheck`.
+    async fn ensure_fresh(&self, store: &LedgerStore) -> Result<(), AuthError> {
+        if self.fresh() {
+            return Ok(());
+        }
+        let mut seen = self.inner.check.lock().await;
+        if self.fresh() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let marker = revocation_marker(store).await?;
+        if *seen != Some(marker) {
+            if seen.is_some() {
+                self.invalidate();
+            }
+            *seen = Some(marker);
+        }
+        *self
+            .inner
+            .checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(started);
+        Ok(())
     }
 
     /// The principal of `token`, from the cache or the store.
@@ -385,26 +450,41 @@ impl TokenCache {
         store: &LedgerStore,
         token: &str,
     ) -> Result<Option<Principal>, AuthError> {
-        if self.ttl.is_zero() {
+        if self.recheck.is_zero() {
             return lookup_token(store, token).await;
         }
+        if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
+            return Ok(None);
+        }
+        self.ensure_fresh(store).await?;
         let hash = token_hash(token);
+        // The generation before the lookup: an answer read before a revocation that the next
+        // check notices is never stored under the newer generation.
+        let generation = self.inner.generation.load(Ordering::SeqCst);
         {
-            let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((at, p)) = map.get(&hash) {
-                if at.elapsed() < self.ttl {
+            let map = self
+                .inner
+                .map
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((g, p)) = map.get(&hash) {
+                if *g == generation {
                     return Ok(Some(p.clone()));
                 }
             }
         }
         let found = lookup_token(store, token).await?;
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .inner
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match &found {
             Some(p) => {
-                if map.len() > 10_000 {
+                if map.len() >= CACHE_MAX {
                     map.clear();
                 }
-                map.insert(hash, (Instant::now(), p.clone()));
+                map.insert(hash, (generation, p.clone()));
             }
             None => {
                 map.remove(&hash);
@@ -412,4 +492,14 @@ impl TokenCache {
         }
         Ok(found)
     }
+}
+
+/// What changes whenever a token is revoked: how many are, and the latest revocation time.
+async fn revocation_marker(store: &LedgerStore) -> Result<(i64, i64), AuthError> {
+    let q = "SELECT COUNT(revoked_ms), COALESCE(MAX(revoked_ms), 0) FROM api_tokens";
+    let marker: (i64, i64) = on_db!(store.db(), p => {
+        let r = sqlx::query(q).fetch_one(p).await?;
+        (r.try_get(0)?, r.try_get(1)?)
+    });
+    Ok(marker)
 }

@@ -146,6 +146,9 @@ fn default_burst() -> u32 {
 fn default_events_poll_ms() -> u64 {
     500
 }
+fn default_token_recheck_ms() -> u64 {
+    100
+}
 
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -181,6 +184,12 @@ pub struct ServerSection {
     /// Default 500.
     #[serde(default = "default_events_poll_ms")]
     pub events_poll_ms: u64,
+    /// How often each instance re-checks its cached token answers against the revocations in
+    /// the database, in milliseconds: a token revoked elsewhere is refused here within this
+    /// time (on the revoking instance at once). 0 looks every token up on every request.
+    /// Default 100.
+    #[serde(default = "default_token_recheck_ms")]
+    pub token_recheck_ms: u64,
 }
 
 /// `[database]`.

@@ -78,6 +78,9 @@ pub struct Limits {
     pub burst: u32,
     /// How often event streams poll the database.
     pub events_poll: Duration,
+    /// How often cached token answers are re-checked against the revocations in the
+    /// database (zero: every request looks its token up).
+    pub token_recheck: Duration,
 }
 
 impl Default for Limits {
@@ -88,6 +91,7 @@ impl Default for Limits {
             per_minute: 600,
             burst: 60,
             events_poll: Duration::from_millis(500),
+            token_recheck: Duration::from_millis(100),
         }
     }
 }
@@ -211,8 +215,7 @@ impl AppStateBuilder {
                 rate: ratelimit::RateLimiter::new(self.limits.per_minute, self.limits.burst),
                 limits: self.limits,
                 require_client_cert: self.require_client_cert,
-                // No caching: a revoked token is refused on every instance at once.
-                tokens: auth::TokenCache::new(Duration::ZERO),
+                tokens: auth::TokenCache::new(self.limits.token_recheck),
                 metrics: metrics::Metrics::default(),
                 shutdown,
                 vault_cache: vaults::VaultCache::default(),
@@ -245,6 +248,7 @@ impl AppState {
                 per_minute: s.rate_limit_per_minute,
                 burst: s.rate_limit_burst,
                 events_poll: Duration::from_millis(s.events_poll_ms),
+                token_recheck: Duration::from_millis(s.token_recheck_ms),
             })
             .require_client_cert_for_integrators(s.client_ca.is_some())
             .fee_caps(config.fees.caps()?);
@@ -295,6 +299,11 @@ impl AppState {
     /// The metrics.
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
+    }
+
+    /// The token cache (a revocation here invalidates it at once).
+    pub fn tokens(&self) -> &auth::TokenCache {
+        &self.inner.tokens
     }
 
     /// The limits.

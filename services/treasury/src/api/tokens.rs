@@ -1,8 +1,9 @@
 //! `/v1/tokens`: listing and revoking API tokens (admin only).
 //!
 //! Why here and in the database: tokens live in the database, so a revocation made through
-//! any instance (or `treasury token revoke`) holds on every instance from the next request
-//! on; the revocation is a ledger entry with the admin who made it as actor. Tokens are
+//! any instance (or `treasury token revoke`) holds on every instance: on the one that made it
+//! from the next request on, on the others within their `token_recheck_ms` (ADR 0017); the
+//! revocation is a ledger entry with the admin who made it as actor. Tokens are
 //! created only with `treasury token create` on the database host (a token is shown once, and
 //! an API that mints credentials would be one more thing to attack).
 // utoipa's path macro expands to fully qualified paths.
@@ -37,8 +38,8 @@ pub async fn list(
     ))
 }
 
-/// Revoke a token by its public id: refused on every instance from the next request on
-/// (ledger: an operator note `api_token_revoked` with the caller as actor).
+/// Revoke a token by its public id: refused on this instance from the next request on, on
+/// every other within its `token_recheck_ms` (ledger: an operator note `api_token_revoked` with the caller as actor).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "The token's public id")),
     responses((status = 200, body = TokenInfo), (status = 404, body = super::problem::ProblemBody)),
@@ -52,6 +53,7 @@ pub async fn revoke(
     let t = revoke_token(state.store(), &id, &caller.0.name, crate::vaults::now_ms())
         .await
         .map_err(auth_problem)?;
+    state.tokens().invalidate();
     state.metrics().ledger_appended(1);
     Ok(Json(t))
 }
