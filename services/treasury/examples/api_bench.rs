@@ -178,6 +178,7 @@ fn main() {
         dir,
         listen: "127.0.0.1:0".parse().unwrap(),
         exit_after_setup: false,
+        software_key: false,
     };
     let mut setup = demo::setup(&opts).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

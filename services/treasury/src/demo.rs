@@ -117,6 +117,9 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     /// Set up, print, and exit without serving (the node is stopped again).
     pub exit_after_setup: bool,
+    /// Keep the policy key in a software keystore even when SoftHSM2 is installed. A demo
+    /// directory keeps the holder it was created with ([`policy_key_holder`]).
+    pub software_key: bool,
 }
 
 impl DemoOptions {
@@ -354,6 +357,37 @@ pub fn softhsm_available() -> bool {
     Path::new(SOFTHSM_MODULE).exists()
         && std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("softhsm2-util").is_file()))
+}
+
+/// Where the policy key is kept: where a previous run of this directory put it (the key
+/// ceremony's file or the software keystore), else in a software keystore when asked
+/// (`software_key`) or when SoftHSM2 is missing, else in the SoftHSM2 token.
+///
+/// # Errors
+/// [`DemoError::Step`] when SoftHSM2 held the key in an earlier run and is gone now.
+pub fn policy_key_holder(
+    layout: &Layout,
+    software_key: bool,
+    softhsm: bool,
+) -> Result<PolicyKeyHolder, DemoError> {
+    if layout.ceremony().exists() {
+        if !softhsm {
+            return Err(step("policy key")(format!(
+                "this demo directory keeps its policy key in a SoftHSM2 token ({}), but                  SoftHSM2 is not installed now: install the Debian package softhsm2, or use                  another --dir",
+                layout.ceremony().display()
+            )));
+        }
+        if software_key {
+            eprintln!(
+                "note: --software-key is ignored: this demo directory keeps its policy key in                  its SoftHSM2 token"
+            );
+        }
+        return Ok(PolicyKeyHolder::SoftHsm);
+    }
+    if layout.policy_keystore().exists() || software_key || !softhsm {
+        return Ok(PolicyKeyHolder::Software);
+    }
+    Ok(PolicyKeyHolder::SoftHsm)
 }
 
 /// The TLS certificate and key: a self-signed certificate for `localhost` and `127.0.0.1`.
@@ -792,11 +826,7 @@ pub fn setup(opts: &DemoOptions) -> Result<Setup, DemoError> {
     let node = RegtestNode::start_in(binaries, &layout.bitcoind())?;
 
     tls(&layout)?;
-    let holder = if softhsm_available() {
-        PolicyKeyHolder::SoftHsm
-    } else {
-        PolicyKeyHolder::Software
-    };
+    let holder = policy_key_holder(&layout, opts.software_key, softhsm_available())?;
     // The database is created by the first step that opens it (the key ceremony records
     // itself in the ledger).
     let policy_key = policy_key(&layout, &holder)?;
@@ -989,4 +1019,33 @@ async fn serve(setup: &Setup, opts: &DemoOptions) -> Result<(), DemoError> {
         .map_err(|e| step("serve")(e.to_string()));
     tokio::time::sleep(Duration::from_millis(10)).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_policy_key_stays_where_the_directory_first_put_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            dir: tmp.path().to_path_buf(),
+        };
+        let h = |sw, hsm| policy_key_holder(&layout, sw, hsm);
+        // A new directory: SoftHSM2 when present unless a software key is asked for.
+        assert_eq!(h(false, true).unwrap(), PolicyKeyHolder::SoftHsm);
+        assert_eq!(h(true, true).unwrap(), PolicyKeyHolder::Software);
+        assert_eq!(h(false, false).unwrap(), PolicyKeyHolder::Software);
+        // A directory with a software keystore keeps it, even once SoftHSM2 is installed.
+        std::fs::create_dir_all(layout.p("hsm")).unwrap();
+        std::fs::write(layout.policy_keystore(), "{}").unwrap();
+        assert_eq!(h(false, true).unwrap(), PolicyKeyHolder::Software);
+        std::fs::remove_file(layout.policy_keystore()).unwrap();
+        // A directory whose key is in a token keeps the token, and says so when it is gone.
+        std::fs::write(layout.ceremony(), "{}").unwrap();
+        assert_eq!(h(true, true).unwrap(), PolicyKeyHolder::SoftHsm);
+        let err = h(false, false).unwrap_err().to_string();
+        assert!(err.contains("softhsm2") && err.contains("--dir"), "{err}");
+    }
 }

@@ -133,6 +133,11 @@ enum Command {
         /// Set up and print, then stop instead of serving (scripts and tests).
         #[arg(long)]
         exit_after_setup: bool,
+        /// Keep the policy key in a software keystore even when SoftHSM2 is installed (what a
+        /// machine without SoftHSM2 gets; NOT an HSM). A demo directory keeps the holder it was
+        /// created with.
+        #[arg(long)]
+        software_key: bool,
     },
 }
 
@@ -210,11 +215,13 @@ fn run(cli: Cli) -> Result<(), String> {
             dir,
             listen,
             exit_after_setup,
+            software_key,
         } => {
             let opts = treasury::demo::DemoOptions {
                 dir: dir.unwrap_or_else(treasury::demo::DemoOptions::default_dir),
                 listen,
                 exit_after_setup,
+                software_key,
             };
             treasury::demo::run(&opts).map_err(|e| e.to_string())
         }

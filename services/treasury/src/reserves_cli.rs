@@ -130,8 +130,10 @@ pub enum ReservesCommand {
         #[arg(long)]
         by: String,
     },
-    /// Have the HSM policy key sign the proof (the policy signer checks the proof's shape):
-    /// the BIP-127 form, and the BIP-322 form once officers have started it.
+    /// Have the policy key sign the proof (the policy signer checks the proof's shape and the
+    /// proof quorum's approvals): the BIP-127 form, and the BIP-322 form once officers have
+    /// started it. The key is in the PKCS#11 token (PIN from `--pin-file` or
+    /// `TREASURY_HSM_PIN`), or with `--keystore` in a software keystore.
     SignPolicy {
         /// The request id.
         id: String,
@@ -151,6 +153,16 @@ pub enum ReservesCommand {
         /// The policy key's label.
         #[arg(long, default_value = "policy-key")]
         key_label: String,
+        /// A file holding the user PIN (one line); otherwise `TREASURY_HSM_PIN`.
+        #[arg(long, env = "TREASURY_HSM_PIN_FILE")]
+        pin_file: Option<PathBuf>,
+        /// A software keystore holding the policy key instead of the token (the demo without
+        /// SoftHSM2; not an HSM).
+        #[arg(long, env = "TREASURY_POLICY_KEYSTORE")]
+        keystore: Option<PathBuf>,
+        /// The keystore's passphrase file (default: TREASURY_KEYSTORE_PASSPHRASE).
+        #[arg(long, env = "TREASURY_POLICY_PASSPHRASE_FILE", requires = "keystore")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Finalize the fully signed proof (every input verified, taproot included).
     Finalize {
@@ -496,51 +508,26 @@ async fn run_proof(
             module,
             token,
             key_label,
+            pin_file,
+            keystore,
+            passphrase_file,
         } => {
-            let pin = crate::hsm_cli::pin(None)?;
+            if let Some(path) = keystore {
+                let pass = crate::officer_cli::passphrase(passphrase_file.as_ref())?;
+                let key =
+                    tokio::task::spawn_blocking(move || hsm::SoftwareKeystore::load(&path, &pass))
+                        .await
+                        .map_err(|e| format!("keystore task: {e}"))?
+                        .map_err(|e| e.to_string())?;
+                return sign_policy_with(svc, opts.vault.network, &id, form, key).await;
+            }
+            let pin = crate::hsm_cli::pin(pin_file.as_deref())?;
             let cfg = hsm::Pkcs11Config::new(module, token, key_label, pin);
             let key = tokio::task::spawn_blocking(move || hsm::Pkcs11Signer::open(cfg))
                 .await
                 .map_err(|e| format!("hsm task: {e}"))?
                 .map_err(|e| e.to_string())?;
-            let now = now_ms();
-            let mut signer = svc
-                .policy_signer(key, opts.vault.network, now)
-                .await
-                .map_err(err)?;
-            let sigs = match form {
-                Some(f) => svc
-                    .policy_sign_forms(&id, &[f], &mut signer, now)
-                    .await
-                    .map_err(err)?,
-                None => {
-                    let p = svc.load(&id).await.map_err(err)?;
-                    let mut forms = vec![ProofForm::Bip127];
-                    if p.bip322
-                        .as_ref()
-                        .is_some_and(|b| b.state == crate::reserves_service::Bip322State::Signing)
-                    {
-                        forms.push(ProofForm::Bip322);
-                    }
-                    svc.policy_sign_forms(&id, &forms, &mut signer, now)
-                        .await
-                        .map_err(err)?
-                }
-            };
-            let p = svc.load(&id).await.map_err(err)?;
-            let mut out = String::new();
-            for (f, sig) in &sigs {
-                eprintln!(
-                    "policy key {} signed inputs {:?} of proof {} ({} sat, {} form)",
-                    sig.key,
-                    sig.inputs,
-                    sig.txid,
-                    sig.amount.to_sat(),
-                    f.as_str()
-                );
-                out.push_str(&format!("{}\n", p.signed_psbt(*f).map_err(err)?));
-            }
-            Ok(out)
+            sign_policy_with(svc, opts.vault.network, &id, form, key).await
         }
         ReservesCommand::Finalize { id } => {
             let p = svc.finalize(&id, now_ms()).await.map_err(err)?;
@@ -665,4 +652,51 @@ pub fn audit_reserves(a: &AuditReservesArgs) -> Result<String, String> {
             audit.reasons().len()
         ))
     }
+}
+
+/// The policy signer over `key` signs proof `id` (one form, or every form that is being
+/// signed); prints each signed form's PSBT.
+async fn sign_policy_with<S: hsm::Signer>(
+    svc: &ReserveService,
+    network: bdk_wallet::bitcoin::Network,
+    id: &str,
+    form: Option<ProofForm>,
+    key: S,
+) -> Result<String, String> {
+    let err = |e: crate::reserves_service::ReserveServiceError| e.to_string();
+    let now = now_ms();
+    let mut signer = svc.policy_signer(key, network, now).await.map_err(err)?;
+    let sigs = match form {
+        Some(f) => svc
+            .policy_sign_forms(id, &[f], &mut signer, now)
+            .await
+            .map_err(err)?,
+        None => {
+            let p = svc.load(id).await.map_err(err)?;
+            let mut forms = vec![ProofForm::Bip127];
+            if p.bip322
+                .as_ref()
+                .is_some_and(|b| b.state == crate::reserves_service::Bip322State::Signing)
+            {
+                forms.push(ProofForm::Bip322);
+            }
+            svc.policy_sign_forms(id, &forms, &mut signer, now)
+                .await
+                .map_err(err)?
+        }
+    };
+    let p = svc.load(id).await.map_err(err)?;
+    let mut out = String::new();
+    for (f, sig) in &sigs {
+        eprintln!(
+            "policy key {} signed inputs {:?} of proof {} ({} sat, {} form)",
+            sig.key,
+            sig.inputs,
+            sig.txid,
+            sig.amount.to_sat(),
+            f.as_str()
+        );
+        out.push_str(&format!("{}\n", p.signed_psbt(*f).map_err(err)?));
+    }
+    Ok(out)
 }

@@ -30,10 +30,15 @@ struct DemoRun {
 
 impl DemoRun {
     fn start(dir: &Path) -> DemoRun {
+        DemoRun::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> DemoRun {
         let mut child = Command::new(env!("CARGO_BIN_EXE_treasury"))
             .args(["demo", "--dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env_remove("SOFTHSM2_CONF")
             .env_remove("TREASURY_DB")
             .stdin(Stdio::null())
@@ -329,13 +334,32 @@ async fn demo_serves_then_a_second_run_reuses_everything() {
 /// the end the spend is confirmed and the reserve audit's verdict holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_walkthrough_runs_as_printed() {
+    walkthrough_runs(&[]).await;
+}
+
+/// The same with the policy key in a software keystore (`--software-key`: what a machine
+/// without SoftHSM2 gets): the printed commands name the keystore instead of the token, and
+/// the spend and the reserve proof still go through to a confirmed spend and an OK audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_runs_with_a_software_policy_key() {
+    walkthrough_runs(&["--software-key"]).await;
+}
+
+async fn walkthrough_runs(extra: &[&str]) {
     if let Err(e) = regtest::find_bitcoind() {
         regtest::skip_or_fail("bitcoind", "demo walkthrough", &e);
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let run = DemoRun::start(&dir);
+    let run = DemoRun::start_with(&dir, extra);
+    let software = extra.contains(&"--software-key");
+    assert_eq!(
+        dir.join("hsm/policy-key.json").exists(),
+        software,
+        "where the policy key is kept"
+    );
+    assert_eq!(dir.join("hsm/ceremony.json").exists(), !software);
     let printed = run.stdout.lock().unwrap().clone();
     let script = std::fs::read_to_string(dir.join("walkthrough.sh")).unwrap();
     // The script holds what was printed: every command line of the script is in the text.
@@ -405,5 +429,42 @@ async fn the_walkthrough_runs_as_printed() {
     .await;
     assert_eq!(status, 200, "{proofs}");
     assert_eq!(proofs[0]["state"], "finalized", "{proofs}");
+
+    // `treasury reserves sign-policy` from the demo's env.sh finds the policy key where the demo
+    // keeps it (token PIN file, or the software keystore) and the policy signer refuses a new
+    // proof that no officer approved, naming what is missing; nothing is signed.
+    let r = c
+        .post(format!("{}/v1/reserves/proofs", run.url))
+        .bearer_auth(&toks["demo-auditor"].token)
+        .json(&serde_json::json!({"vaults": ["reserve"], "statement": "second audit"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let second: Value = r.json().await.unwrap();
+    let id = second["id"].as_str().unwrap().to_owned();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". {} && treasury reserves sign-policy {id}",
+            dir.join("env.sh").display()
+        ))
+        .env_remove("SOFTHSM2_CONF")
+        .env_remove("TREASURY_DB")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unapproved proof was signed");
+    assert!(
+        err.contains("reserve proof approvals missing: 0 of"),
+        "{err}"
+    );
+    let (_, again) = get(
+        &c,
+        &format!("{}/v1/reserves/proofs/{id}", run.url),
+        Some(&toks["demo-auditor"].token),
+    )
+    .await;
+    assert_eq!(again["signatures"], 0, "{again}");
     run.interrupt();
 }
