@@ -1374,3 +1374,85 @@ fn signs_a_well_formed_bip322_proof_of_funds_and_refuses_every_other_shape() {
         assert!(steps.iter().all(Result::is_ok), "input {i}: {steps:?}");
     }
 }
+
+/// Damaged PSBTs (random bytes of an approved spend's serialization overwritten): parsing or
+/// the policy check may fail, but nothing panics, and whenever the check passes the damaged
+/// PSBT still spends exactly the approved coins (same amounts and scripts) in exactly the
+/// approved transaction; where the policy key then signs, its signatures complete the
+/// *original* PSBT into a transaction that verifies.
+#[test]
+fn a_damaged_psbt_is_refused_or_is_still_the_approved_transaction() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let Some(mut f) = fixture("policy-fuzz") else {
+        return;
+    };
+    let p = small(&f);
+    let mut a = auth(&f, "r-fuzz", &p);
+    approve(&mut a, &["bob"], NOW);
+    f.signer.observe(&a, NOW + 1);
+    f.signer.check(&p, &a, NOW + 2, TIP).unwrap();
+    let bytes = p.serialize();
+    let txid = p.unsigned_tx.compute_txid();
+    let prevouts: Vec<_> = p.inputs.iter().map(|i| i.witness_utxo.clone()).collect();
+    let f = std::cell::RefCell::new(f);
+    let (parsed, passed, signed) = (
+        std::cell::Cell::new(0u32),
+        std::cell::Cell::new(0u32),
+        std::cell::Cell::new(0u32),
+    );
+    let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
+    let mut runner = TestRunner::new(Config {
+        cases: 2048,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&damage, |edits| {
+            let mut b = bytes.clone();
+            for (at, v) in &edits {
+                b[*at] = *v;
+            }
+            let Ok(mut q) = Psbt::deserialize(&b) else {
+                return Ok(());
+            };
+            parsed.set(parsed.get() + 1);
+            let mut f = f.borrow_mut();
+            if f.signer.check(&q, &a, NOW + 2, TIP).is_err() {
+                return Ok(());
+            }
+            passed.set(passed.get() + 1);
+            prop_assert_eq!(q.unsigned_tx.compute_txid(), txid, "edits {:?}", &edits);
+            let now: Vec<_> = q.inputs.iter().map(|i| i.witness_utxo.clone()).collect();
+            prop_assert_eq!(&now, &prevouts, "edits {:?}", &edits);
+            // A few signatures (each counts against the velocity limit of the fixture).
+            if signed.get() < 4 && f.signer.sign(&mut q, &a, NOW + 2, TIP).is_ok() {
+                signed.set(signed.get() + 1);
+                let mut original = p.clone();
+                for (o, s) in original.inputs.iter_mut().zip(&q.inputs) {
+                    o.partial_sigs = s.partial_sigs.clone();
+                }
+                let tx = officers_finalize(&f, original);
+                prop_assert_eq!(tx.compute_txid(), txid);
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The damage must have reached the signer in both directions for the test to mean much.
+    assert!(
+        parsed.get() > 50,
+        "only {} damaged PSBTs parsed",
+        parsed.get()
+    );
+    assert!(
+        passed.get() < parsed.get(),
+        "no damaged PSBT was refused ({} parsed)",
+        parsed.get()
+    );
+    eprintln!(
+        "{} damaged PSBTs parsed, {} passed the check, {} signed",
+        parsed.get(),
+        passed.get(),
+        signed.get()
+    );
+}
