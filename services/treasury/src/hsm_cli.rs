@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use bdk_wallet::bitcoin::hashes::{sha256, Hash};
 use clap::{Args, Subcommand};
 use custody::ledger::Kind;
-use hsm::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
+use hsm::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, Signer};
 
 use crate::hsm_checkpoint::HsmCheckpointSigner;
 use crate::ledger_cli::{runtime, DEFAULT_DB, DEFAULT_ORIGIN};
@@ -237,4 +237,96 @@ fn init(
         r
     })?;
     Ok(format!("{body}\n"))
+}
+
+/// Where a command finds the policy key: the PKCS#11 token (default; PIN from `--pin-file` or
+/// `TREASURY_HSM_PIN`) or, with `--keystore`, a software keystore (the demo without SoftHSM2;
+/// not an HSM). Shared by `treasury spend sign-policy` and `treasury reserves sign-policy`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyKeyArgs {
+    /// The PKCS#11 module.
+    #[arg(
+        long,
+        env = "TREASURY_HSM_MODULE",
+        default_value = "/usr/lib/softhsm/libsofthsm2.so"
+    )]
+    pub module: PathBuf,
+    /// The token label.
+    #[arg(long, env = "TREASURY_HSM_TOKEN", default_value = "reserve")]
+    pub token: String,
+    /// The policy key's label.
+    #[arg(long, default_value = "policy-key")]
+    pub key_label: String,
+    /// A file holding the user PIN (one line); otherwise `TREASURY_HSM_PIN`.
+    #[arg(long, env = "TREASURY_HSM_PIN_FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// A software keystore holding the policy key instead of the token.
+    #[arg(long, env = "TREASURY_POLICY_KEYSTORE")]
+    pub keystore: Option<PathBuf>,
+    /// The keystore's passphrase file (default: TREASURY_KEYSTORE_PASSPHRASE).
+    #[arg(long, env = "TREASURY_POLICY_PASSPHRASE_FILE", requires = "keystore")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// The policy key, opened.
+#[derive(Debug)]
+pub enum PolicyKey {
+    /// In a PKCS#11 token.
+    Token(Pkcs11Signer),
+    /// In a software keystore.
+    Software(hsm::SoftwareKeystore),
+}
+
+impl Signer for PolicyKey {
+    fn id(&self) -> &str {
+        match self {
+            PolicyKey::Token(k) => k.id(),
+            PolicyKey::Software(k) => k.id(),
+        }
+    }
+
+    fn public_keys(&self) -> Result<Vec<hsm::HeldKey>, hsm::HsmError> {
+        match self {
+            PolicyKey::Token(k) => k.public_keys(),
+            PolicyKey::Software(k) => k.public_keys(),
+        }
+    }
+
+    fn sign_psbt(
+        &self,
+        psbt: &mut bdk_wallet::bitcoin::Psbt,
+    ) -> Result<hsm::SignReport, hsm::HsmError> {
+        match self {
+            PolicyKey::Token(k) => k.sign_psbt(psbt),
+            PolicyKey::Software(k) => k.sign_psbt(psbt),
+        }
+    }
+}
+
+impl PolicyKeyArgs {
+    /// Opens the key (on a blocking thread: PKCS#11 login or the keystore's KDF).
+    ///
+    /// # Errors
+    /// A message naming what could not be read or opened (never a PIN or passphrase).
+    pub async fn open(self) -> Result<PolicyKey, String> {
+        if let Some(path) = self.keystore {
+            let pass = crate::officer_cli::passphrase(self.passphrase_file.as_ref())?;
+            return tokio::task::spawn_blocking(move || hsm::SoftwareKeystore::load(&path, &pass))
+                .await
+                .map_err(|e| format!("keystore task: {e}"))?
+                .map(PolicyKey::Software)
+                .map_err(|e| e.to_string());
+        }
+        let cfg = Pkcs11Config::new(
+            self.module,
+            self.token,
+            self.key_label,
+            pin(self.pin_file.as_deref())?,
+        );
+        tokio::task::spawn_blocking(move || Pkcs11Signer::open(cfg))
+            .await
+            .map_err(|e| format!("hsm task: {e}"))?
+            .map(PolicyKey::Token)
+            .map_err(|e| e.to_string())
+    }
 }

@@ -140,29 +140,9 @@ pub enum ReservesCommand {
         /// Sign only this form (`bip127` or `bip322`).
         #[arg(long, value_parser = parse_form)]
         form: Option<ProofForm>,
-        /// The PKCS#11 module.
-        #[arg(
-            long,
-            env = "TREASURY_HSM_MODULE",
-            default_value = "/usr/lib/softhsm/libsofthsm2.so"
-        )]
-        module: PathBuf,
-        /// The token label.
-        #[arg(long, env = "TREASURY_HSM_TOKEN", default_value = "reserve")]
-        token: String,
-        /// The policy key's label.
-        #[arg(long, default_value = "policy-key")]
-        key_label: String,
-        /// A file holding the user PIN (one line); otherwise `TREASURY_HSM_PIN`.
-        #[arg(long, env = "TREASURY_HSM_PIN_FILE")]
-        pin_file: Option<PathBuf>,
-        /// A software keystore holding the policy key instead of the token (the demo without
-        /// SoftHSM2; not an HSM).
-        #[arg(long, env = "TREASURY_POLICY_KEYSTORE")]
-        keystore: Option<PathBuf>,
-        /// The keystore's passphrase file (default: TREASURY_KEYSTORE_PASSPHRASE).
-        #[arg(long, env = "TREASURY_POLICY_PASSPHRASE_FILE", requires = "keystore")]
-        passphrase_file: Option<PathBuf>,
+        /// Where the policy key is.
+        #[command(flatten)]
+        key: crate::hsm_cli::PolicyKeyArgs,
     },
     /// Finalize the fully signed proof (every input verified, taproot included).
     Finalize {
@@ -502,31 +482,8 @@ async fn run_proof(
                 form.as_str()
             ))
         }
-        ReservesCommand::SignPolicy {
-            id,
-            form,
-            module,
-            token,
-            key_label,
-            pin_file,
-            keystore,
-            passphrase_file,
-        } => {
-            if let Some(path) = keystore {
-                let pass = crate::officer_cli::passphrase(passphrase_file.as_ref())?;
-                let key =
-                    tokio::task::spawn_blocking(move || hsm::SoftwareKeystore::load(&path, &pass))
-                        .await
-                        .map_err(|e| format!("keystore task: {e}"))?
-                        .map_err(|e| e.to_string())?;
-                return sign_policy_with(svc, opts.vault.network, &id, form, key).await;
-            }
-            let pin = crate::hsm_cli::pin(pin_file.as_deref())?;
-            let cfg = hsm::Pkcs11Config::new(module, token, key_label, pin);
-            let key = tokio::task::spawn_blocking(move || hsm::Pkcs11Signer::open(cfg))
-                .await
-                .map_err(|e| format!("hsm task: {e}"))?
-                .map_err(|e| e.to_string())?;
+        ReservesCommand::SignPolicy { id, form, key } => {
+            let key = key.open().await?;
             sign_policy_with(svc, opts.vault.network, &id, form, key).await
         }
         ReservesCommand::Finalize { id } => {

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use bdk_wallet::bitcoin::psbt::Psbt;
-use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 
 use bdk_wallet::bitcoin::FeeRate;
 use clap::{Args, Subcommand, ValueEnum};
@@ -154,28 +153,9 @@ pub enum SpendCommand {
         /// Request id.
         #[arg(long)]
         id: String,
-        /// The PKCS#11 module.
-        #[arg(
-            long,
-            env = "TREASURY_HSM_MODULE",
-            default_value = "/usr/lib/softhsm/libsofthsm2.so"
-        )]
-        module: PathBuf,
-        /// The token label.
-        #[arg(long, env = "TREASURY_HSM_TOKEN", default_value = "reserve")]
-        token: String,
-        /// The policy key's label.
-        #[arg(long, default_value = "policy-key")]
-        key_label: String,
-        /// A file holding the user PIN (one line); otherwise `TREASURY_HSM_PIN`.
-        #[arg(long, env = "TREASURY_HSM_PIN_FILE")]
-        pin_file: Option<PathBuf>,
-        /// A software keystore holding the policy key instead of the token.
-        #[arg(long, env = "TREASURY_POLICY_KEYSTORE")]
-        keystore: Option<PathBuf>,
-        /// The keystore's passphrase file (default: TREASURY_KEYSTORE_PASSPHRASE).
-        #[arg(long, env = "TREASURY_POLICY_PASSPHRASE_FILE", requires = "keystore")]
-        passphrase_file: Option<PathBuf>,
+        /// Where the policy key is.
+        #[command(flatten)]
+        key: crate::hsm_cli::PolicyKeyArgs,
     },
     /// Print the request's PSBT with every signature accepted so far.
     Psbt {
@@ -428,37 +408,8 @@ async fn spend_db(
             let signed = svc.signed_psbt(&id).await.map_err(|err| err.to_string())?;
             Ok(format!("{}\n", signed.psbt))
         }
-        SpendCommand::SignPolicy {
-            id,
-            module,
-            token,
-            key_label,
-            pin_file,
-            keystore,
-            passphrase_file,
-        } => {
-            if let Some(path) = keystore {
-                let pass = crate::officer_cli::passphrase(passphrase_file.as_ref())?;
-                let key =
-                    tokio::task::spawn_blocking(move || hsm::SoftwareKeystore::load(&path, &pass))
-                        .await
-                        .map_err(|err| format!("keystore task: {err}"))?
-                        .map_err(|err| err.to_string())?;
-                return sign_policy_with(opts, svc, &id, key, at).await;
-            }
-            let pin = match pin_file {
-                Some(f) => crate::hsm_cli::pin(Some(&f))?,
-                None => std::env::var("TREASURY_HSM_PIN")
-                    .map(Pkcs11Pin::new)
-                    .map_err(|_| {
-                        "no PIN: set TREASURY_HSM_PIN or TREASURY_HSM_PIN_FILE".to_string()
-                    })?,
-            };
-            let cfg = Pkcs11Config::new(module, token, key_label, pin);
-            let key = tokio::task::spawn_blocking(move || Pkcs11Signer::open(cfg))
-                .await
-                .map_err(|err| format!("hsm task: {err}"))?
-                .map_err(|err| err.to_string())?;
+        SpendCommand::SignPolicy { id, key } => {
+            let key = key.open().await?;
             sign_policy_with(opts, svc, &id, key, at).await
         }
         SpendCommand::Psbt { id } => {
