@@ -806,6 +806,17 @@ fn signs_a_well_formed_proof_and_refuses_one_that_could_be_broadcast() {
     p.unsigned_tx.output[0].script_pubkey = elsewhere();
     let e = refuse(&mut f, p);
     assert_eq!(not_a_proof(&e), ProofError::SpendableOutput, "{e}");
+    // An unspendable output other than OP_RETURN <commitment>: another message's commitment,
+    // or a damaged push (found by the damaged-proof property test).
+    for script in [
+        policies::proof::proof_output_script(b"another message"),
+        ScriptBuf::from_bytes(vec![0x6a, 0x00, 0xf6]),
+    ] {
+        let mut p = good.clone();
+        p.unsigned_tx.output[0].script_pubkey = script;
+        let e = refuse(&mut f, p);
+        assert_eq!(not_a_proof(&e), ProofError::OutputScript, "{e}");
+    }
     // A commitment that does not match the message in the PSBT.
     let mut p = good.clone();
     let other = format!("{PROOF_MESSAGE}0");
@@ -1453,6 +1464,77 @@ fn a_damaged_psbt_is_refused_or_is_still_the_approved_transaction() {
         "{} damaged PSBTs parsed, {} passed the check, {} signed",
         parsed.get(),
         passed.get(),
+        signed.get()
+    );
+}
+
+/// The same for reserve proofs: whenever the policy key signs a damaged serialization of an
+/// approved BIP-127 proof, it is still a proof of exactly the approved subject (same UTXOs,
+/// message, amount, request and expiry), its first input is still the message's commitment
+/// (which no transaction can spend) and its only output is still the unspendable proof output.
+#[test]
+fn a_damaged_proof_is_refused_or_is_still_the_approved_unspendable_proof() {
+    use policies::proof::{commitment_outpoint, proof_output_script};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let Some(f) = fixture("policy-proof-fuzz") else {
+        return;
+    };
+    let good = proof_psbt(&f, PROOF_MESSAGE);
+    let subject = proof_subject(&f, &good);
+    let quorum = proof_approvals(&subject, &["alice", "bob", "carol"]);
+    let msg = PROOF_MESSAGE.as_bytes();
+    let bytes = good.serialize();
+    let f = std::cell::RefCell::new(f);
+    f.borrow_mut()
+        .signer
+        .sign_proof(&mut good.clone(), "por-1", &quorum, NOW)
+        .unwrap();
+    let (parsed, signed) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
+    let mut runner = TestRunner::new(Config {
+        cases: 2048,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&damage, |edits| {
+            let mut b = bytes.clone();
+            for (at, v) in &edits {
+                b[*at] = *v;
+            }
+            let Ok(mut q) = Psbt::deserialize(&b) else {
+                return Ok(());
+            };
+            parsed.set(parsed.get() + 1);
+            let mut f = f.borrow_mut();
+            if f.signer.sign_proof(&mut q, "por-1", &quorum, NOW).is_err() {
+                prop_assert!(no_signatures(&q), "a refused proof was changed");
+                return Ok(());
+            }
+            signed.set(signed.get() + 1);
+            let now = ProofSubject::from_bip127_psbt(&q, f.policy.hash());
+            prop_assert_eq!(now.as_ref().ok(), Some(&subject), "edits {:?}", &edits);
+            let tx = &q.unsigned_tx;
+            prop_assert_eq!(tx.input[0].previous_output, commitment_outpoint(msg));
+            prop_assert_eq!(tx.output.len(), 1);
+            prop_assert_eq!(&tx.output[0].script_pubkey, &proof_output_script(msg));
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        parsed.get() > 50,
+        "only {} damaged proofs parsed",
+        parsed.get()
+    );
+    assert!(
+        signed.get() < parsed.get(),
+        "every damaged proof was signed ({} parsed)",
+        parsed.get()
+    );
+    eprintln!(
+        "{} damaged proofs parsed, {} signed",
+        parsed.get(),
         signed.get()
     );
 }

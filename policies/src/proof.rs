@@ -91,6 +91,9 @@ pub enum ProofError {
     /// The output could be spent.
     #[error("the proof output is not an op_return output: it could be spent")]
     SpendableOutput,
+    /// The output is an `OP_RETURN` but not the one this service builds for the message.
+    #[error("the proof output is not op_return <commitment of the message>")]
+    OutputScript,
     /// The output does not carry exactly the sum of the real inputs.
     #[error("the output pays {output} but the real inputs sum to {inputs}: a proof pays no fee")]
     Fee {
@@ -263,8 +266,10 @@ pub fn check_zero_fee(
 
 /// The shape a signer checks before it signs a proof: input 0 is the commitment of exactly
 /// `message` (outpoint and `PSBT_IN_POR_COMMITMENT` field, empty, spending nothing real), no
-/// other input spends the commitment txid nor repeats an outpoint, exactly one `OP_RETURN`
-/// output whose value is the sum of the real inputs (zero fee), every real input has its
+/// other input spends the commitment txid nor repeats an outpoint, exactly one output,
+/// `OP_RETURN <commitment hash of the message>` ([`proof_output_script`], what this service
+/// builds; the offline verifier accepts any `OP_RETURN`, as BIP-127 does), whose value is the
+/// sum of the real inputs (zero fee), every real input has its
 /// `witness_utxo` (consistent with its full previous transaction when present), asks for
 /// `SIGHASH_ALL` if it asks anything, and every partial signature it already holds is
 /// `SIGHASH_ALL`. Returns the amount the proof would prove.
@@ -290,6 +295,11 @@ pub fn check_proof_shape(psbt: &Psbt, message: &[u8]) -> Result<Amount, ProofErr
         _ => return Err(ProofError::CommitmentFieldMismatch),
     }
     let output = check_tx_shape(tx, message)?;
+    // What is signed is exactly what this service builds: BIP-127 lets the output be any
+    // unspendable script, but the signer has no reason to sign any other.
+    if tx.output.first().map(|o| &o.script_pubkey) != Some(&proof_output_script(message)) {
+        return Err(ProofError::OutputScript);
+    }
     if first.final_script_sig.is_some() || first.final_script_witness.is_some() {
         return Err(ProofError::CommitmentNotEmpty("it carries a final script"));
     }
