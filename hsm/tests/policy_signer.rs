@@ -1538,3 +1538,77 @@ fn a_damaged_proof_is_refused_or_is_still_the_approved_unspendable_proof() {
         signed.get()
     );
 }
+
+/// And for the BIP-322 form: a damaged approved `to_sign` that the policy key still signs is
+/// the same subject, its input 0 still spends the virtual `to_spend` of the message and the
+/// vault's challenge (no such output exists on chain), and its only output is still the empty
+/// zero-value `OP_RETURN`.
+#[test]
+fn a_damaged_bip322_proof_is_refused_or_is_still_the_approved_unspendable_proof() {
+    use policies::proof_of_funds::{to_sign_output_script, to_spend};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let Some(f) = fixture("policy-bip322-fuzz") else {
+        return;
+    };
+    let ch = challenge(&f);
+    let good = to_sign_psbt(&f, PROOF_MESSAGE, &ch);
+    let subject = f.signer.proof_of_funds_subject(&good, None, &ch).unwrap();
+    let quorum = proof_approvals(&subject, &["alice", "bob", "carol"]);
+    let virtual_input = OutPoint::new(to_spend(PROOF_MESSAGE.as_bytes(), &ch).compute_txid(), 0);
+    let bytes = good.serialize();
+    let f = std::cell::RefCell::new(f);
+    let sign = |f: &mut Fixture, p: &mut Psbt| {
+        f.signer
+            .sign_proof_of_funds(p, None, &ch, "por-1", &quorum, NOW)
+    };
+    sign(&mut f.borrow_mut(), &mut good.clone()).unwrap();
+    let (parsed, signed) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
+    let mut runner = TestRunner::new(Config {
+        cases: 2048,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&damage, |edits| {
+            let mut b = bytes.clone();
+            for (at, v) in &edits {
+                b[*at] = *v;
+            }
+            let Ok(mut q) = Psbt::deserialize(&b) else {
+                return Ok(());
+            };
+            parsed.set(parsed.get() + 1);
+            let mut f = f.borrow_mut();
+            if sign(&mut f, &mut q).is_err() {
+                prop_assert!(no_signatures(&q), "a refused proof was changed");
+                return Ok(());
+            }
+            signed.set(signed.get() + 1);
+            let now = f.signer.proof_of_funds_subject(&q, None, &ch);
+            prop_assert_eq!(now.as_ref().ok(), Some(&subject), "edits {:?}", &edits);
+            let tx = &q.unsigned_tx;
+            prop_assert_eq!(tx.input[0].previous_output, virtual_input);
+            prop_assert_eq!(tx.output.len(), 1);
+            prop_assert_eq!(&tx.output[0].script_pubkey, &to_sign_output_script());
+            prop_assert_eq!(tx.output[0].value, Amount::ZERO);
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        parsed.get() > 50,
+        "only {} damaged proofs parsed",
+        parsed.get()
+    );
+    assert!(
+        signed.get() < parsed.get(),
+        "every damaged proof was signed ({} parsed)",
+        parsed.get()
+    );
+    eprintln!(
+        "{} damaged to_sign PSBTs parsed, {} signed",
+        parsed.get(),
+        signed.get()
+    );
+}
