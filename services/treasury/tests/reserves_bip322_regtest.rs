@@ -14,19 +14,21 @@
 
 mod common;
 
-use common::{node_config, officer, private_descriptors, rpc, softhsm_token, Faucet, Officer, NET};
+use common::{
+    hsm_policy_key, ledger_key_file, node_config, officer, private_descriptors, rpc, Faucet,
+    Officer, NET,
+};
 use std::process::Command;
 use std::str::FromStr;
 
 use bdk_wallet::bitcoin::psbt::Psbt;
 use bdk_wallet::bitcoin::{Amount, ScriptBuf, Transaction, TxOut, Witness};
-use custody::ledger::{KeyFileSigner, VerifierKey};
+use custody::ledger::VerifierKey;
 use custody::reserves::bip322::{
     self, build_proof_of_funds, decode_full, encode_full, to_spend, Bip322Error, Challenge,
 };
 use custody::reserves::ProofMessage;
 use custody::vault::{Template, TemplateKey, VaultConfig};
-use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
 use treasury::reserves_audit::{audit_bundle, Bip322Problem, BundleAudit};
@@ -140,20 +142,14 @@ async fn both_forms_are_signed_bundled_and_audited_and_each_bip322_fault_is_name
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let Some(conf) = softhsm_token(dir.path(), "reserves_bip322_regtest", PIN) else {
+    // Before the first C_Initialize of this process (the only test of this binary).
+    let Some((conf, policy_key)) = hsm_policy_key(dir.path(), "reserves_bip322_regtest", PIN)
+    else {
         return;
     };
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let hsm_cfg = || Pkcs11Config::new(MODULE, "reserve", "policy-key", Pkcs11Pin::new(PIN));
-    let hsm_key = Pkcs11Signer::generate(hsm_cfg()).unwrap();
-    let policy_key = TemplateKey::parse(&hsm_key.descriptor_key()).unwrap();
-    drop(hsm_key);
 
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let key_file = dir.path().join("ledger.key");
-    std::fs::write(&key_file, KeyFileSigner::key_file_text(&SECRET).as_str()).unwrap();
-    let ledger_signer = KeyFileSigner::from_secret_bytes(&SECRET).unwrap();
-    let vk = VerifierKey::of_signer(ORIGIN.to_string(), &ledger_signer).unwrap();
+    let (key_file, ledger_signer, vk) = ledger_key_file(dir.path(), &SECRET, ORIGIN);
     let cli = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_treasury"))
             .args(args)

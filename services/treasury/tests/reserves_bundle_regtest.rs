@@ -17,7 +17,10 @@
 
 mod common;
 
-use common::{node_config, officer, private_descriptors, rpc, softhsm_token, Faucet, Officer, NET};
+use common::{
+    hsm_policy_key, ledger_key_file, node_config, officer, private_descriptors, rpc, Faucet,
+    Officer, NET,
+};
 use std::process::Command;
 use std::str::FromStr;
 
@@ -215,21 +218,15 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let Some(conf) = softhsm_token(dir.path(), "reserves_bundle_regtest", PIN) else {
+    // Before the first C_Initialize of this process (the only test of this binary).
+    let Some((conf, policy_key)) = hsm_policy_key(dir.path(), "reserves_bundle_regtest", PIN)
+    else {
         return;
     };
-    // Before the first C_Initialize of this process (the only test of this binary).
-    std::env::set_var("SOFTHSM2_CONF", &conf);
     let hsm_cfg = || Pkcs11Config::new(MODULE, "reserve", "policy-key", Pkcs11Pin::new(PIN));
-    let hsm_key = Pkcs11Signer::generate(hsm_cfg()).unwrap();
-    let policy_key = TemplateKey::parse(&hsm_key.descriptor_key()).unwrap();
-    drop(hsm_key);
 
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let key_file = dir.path().join("ledger.key");
-    std::fs::write(&key_file, KeyFileSigner::key_file_text(&SECRET).as_str()).unwrap();
-    let ledger_signer = KeyFileSigner::from_secret_bytes(&SECRET).unwrap();
-    let vk = VerifierKey::of_signer(ORIGIN.to_string(), &ledger_signer).unwrap();
+    let (key_file, ledger_signer, vk) = ledger_key_file(dir.path(), &SECRET, ORIGIN);
     // The officers of the policy's proof quorum hold keystores (approval key and account key):
     // their approval keys replace the example's, and alice's account key is in the wsh vault.
     let account = bdk_wallet::bitcoin::bip32::DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();

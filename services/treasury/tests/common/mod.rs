@@ -189,3 +189,47 @@ pub fn softhsm_token(dir: &std::path::Path, test: &str, pin: &str) -> Option<std
     );
     Some(conf)
 }
+
+/// The policy key of a reserve test: a fresh SoftHSM2 token in `dir` (label `reserve`, user
+/// PIN `pin`) holding a generated key `policy-key`, with `SOFTHSM2_CONF` set for this process
+/// (call it before any other PKCS#11 use in the test binary). Returns the token's config file
+/// and the key as it goes into a descriptor; `None` (the test skips) without SoftHSM2.
+pub fn hsm_policy_key(
+    dir: &std::path::Path,
+    test: &str,
+    pin: &str,
+) -> Option<(std::path::PathBuf, custody::vault::TemplateKey)> {
+    let conf = softhsm_token(dir, test, pin)?;
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let cfg = hsm::Pkcs11Config::new(
+        SOFTHSM_MODULE,
+        "reserve",
+        "policy-key",
+        hsm::Pkcs11Pin::new(pin),
+    );
+    let key = hsm::Pkcs11Signer::generate(cfg).unwrap();
+    let policy_key = custody::vault::TemplateKey::parse(&key.descriptor_key()).unwrap();
+    Some((conf, policy_key))
+}
+
+/// A ledger key file `ledger.key` in `dir` for `secret`, its signer, and the verifier key an
+/// auditor pins for `origin`.
+pub fn ledger_key_file(
+    dir: &std::path::Path,
+    secret: &[u8; 32],
+    origin: &str,
+) -> (
+    std::path::PathBuf,
+    custody::ledger::KeyFileSigner,
+    custody::ledger::VerifierKey,
+) {
+    let file = dir.join("ledger.key");
+    std::fs::write(
+        &file,
+        custody::ledger::KeyFileSigner::key_file_text(secret).as_str(),
+    )
+    .unwrap();
+    let signer = custody::ledger::KeyFileSigner::from_secret_bytes(secret).unwrap();
+    let vk = custody::ledger::VerifierKey::of_signer(origin.to_string(), &signer).unwrap();
+    (file, signer, vk)
+}
