@@ -253,6 +253,39 @@ macro_rules! batch_drivers {
                 i += k;
             }
         }
+
+        /// As `hash_fixed`, each message continuing from the midstate `init` after `prefix`
+        /// bytes (a multiple of 64) were compressed: e.g. a tagged hash's tag prefix.
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn hash_fixed_from(
+            init: &[u32; 8],
+            prefix: u64,
+            messages: &[u8],
+            len: usize,
+            out: &mut [Digest],
+        ) {
+            let count = out.len();
+            if messages.len() != len * count {
+                return;
+            }
+            let mut i = 0;
+            while i < count {
+                let k = (count - i).min($n);
+                let mut lanes: [&[u8]; $n] = [&[]; $n];
+                for (j, lane) in lanes.iter_mut().enumerate() {
+                    // Tail groups repeat the last real message in the unused lanes.
+                    let m = i + j.min(k - 1);
+                    *lane = &messages[m * len..(m + 1) * len];
+                }
+                let mut bo = [[0u8; 32]; $n];
+                gfixed_from(init, prefix, &lanes, len, &mut bo);
+                out[i..i + k].copy_from_slice(&bo[..k]);
+                i += k;
+            }
+        }
     };
 }
 
@@ -659,6 +692,43 @@ macro_rules! lane_kernels {
             for b in whole..nblocks {
                 for (bl, m) in blk.iter_mut().zip(lanes.iter()) {
                     fill_block(m, b, nblocks, bl);
+                }
+                compress_w(&mut st, load_words(&blk));
+            }
+            store_digests(&st, out);
+        }
+
+        /// As `gfixed_any`, every lane starting from the midstate `init` after `prefix`
+        /// compressed bytes (a multiple of 64).
+        #[target_feature(enable = $feat)]
+        fn gfixed_from(
+            init: &[u32; 8],
+            prefix: u64,
+            lanes: &[&[u8]; N],
+            len: usize,
+            out: &mut [Digest; N],
+        ) {
+            let nblocks = block_count(len);
+            let whole = (len / 64).min(nblocks - 1);
+            let mut st = [
+                set1(init[0]),
+                set1(init[1]),
+                set1(init[2]),
+                set1(init[3]),
+                set1(init[4]),
+                set1(init[5]),
+                set1(init[6]),
+                set1(init[7]),
+            ];
+            for b in 0..whole {
+                let rows: [&[u8; 64]; N] =
+                    core::array::from_fn(|l| &lanes[l].as_chunks::<64>().0[b]);
+                compress_w(&mut st, load_rows(&rows));
+            }
+            let mut blk = [[0u8; 64]; N];
+            for b in whole..nblocks {
+                for (bl, m) in blk.iter_mut().zip(lanes.iter()) {
+                    fill_block_after(m, prefix, b, nblocks, bl);
                 }
                 compress_w(&mut st, load_words(&blk));
             }

@@ -5,7 +5,9 @@
 use core::arch::x86_64::*;
 
 use super::batch_drivers;
-use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
+use crate::portable::{
+    block_count, fill_block, fill_block_after, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK,
+};
 use crate::Digest;
 
 /// Number of interleaved messages in the batched kernels.
@@ -311,6 +313,42 @@ fn gfixed<const W: usize>(lanes: &[&[u8]; W], len: usize, out: &mut [Digest; W])
                 Some(full) if b + 1 < nblocks => load_block(full),
                 _ => {
                     fill_block(m, b, nblocks, &mut blk);
+                    load_block(&blk)
+                }
+            };
+        }
+        let save = st;
+        rounds(&mut st, w);
+        add_st(&mut st, &save);
+    }
+    for (s, o) in st.iter().zip(out.iter_mut()) {
+        store_digest(*s, o);
+    }
+}
+
+/// As [`gfixed`], every message continuing from the midstate `init` after `prefix` compressed
+/// bytes (a multiple of 64).
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+fn gfixed_from<const W: usize>(
+    init: &[u32; 8],
+    prefix: u64,
+    lanes: &[&[u8]; W],
+    len: usize,
+    out: &mut [Digest; W],
+) {
+    let nblocks = block_count(len);
+    let mut st = [to_st(init); W];
+    let mut blk = [0u8; 64];
+    let mut w = [[_mm_setzero_si128(); 4]; W];
+    for b in 0..nblocks {
+        for (wl, m) in w.iter_mut().zip(lanes.iter()) {
+            let whole = m
+                .get(b * 64..b * 64 + 64)
+                .and_then(|s| <&[u8; 64]>::try_from(s).ok());
+            *wl = match whole {
+                Some(full) if b + 1 < nblocks => load_block(full),
+                _ => {
+                    fill_block_after(m, prefix, b, nblocks, &mut blk);
                     load_block(&blk)
                 }
             };
