@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bdk_wallet::bitcoin::Amount;
 use custody::liabilities::{Account, AccountId, LiabilitiesTree, ACCOUNT_TAG, ROOT_TAG};
+use hashcore::merkle::sum::SumLeaf;
 use sha2::Digest as _;
 
 type Digest = [u8; 32];
@@ -126,6 +127,156 @@ fn ours(accounts: Vec<Account>) -> ((Digest, u64, usize), LiabilitiesTree) {
     ((root.hash, root.total.to_sat(), proof.path.len()), tree)
 }
 
+const PHASES: [&str; 6] = [
+    "id checks + total",
+    "commitments",
+    "sort",
+    "leaf hashes",
+    "node levels",
+    "account moves",
+];
+
+fn lap(t: &mut Instant) -> f64 {
+    let e = t.elapsed().as_secs_f64();
+    *t = Instant::now();
+    e
+}
+
+fn id_checks(accounts: &[Account]) -> Amount {
+    let mut seen = std::collections::HashSet::with_capacity(accounts.len());
+    let mut total = Amount::ZERO;
+    for a in accounts {
+        assert!(seen.insert(a.id().as_str()));
+        total = total.checked_add(a.balance()).unwrap();
+    }
+    total
+}
+
+/// The phases of `LiabilitiesTree::build` as the library runs them, through the public API.
+fn phases_ours(accounts: Vec<Account>) -> [f64; 6] {
+    let engine = hashcore::Engine::auto();
+    let mut p = [0.0; 6];
+    let mut t = Instant::now();
+    black_box(id_checks(&accounts));
+    p[0] = lap(&mut t);
+    let commitments = custody::liabilities::account_commitments(engine, &accounts);
+    let mut keyed: Vec<(Digest, u32)> = commitments
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c, i as u32))
+        .collect();
+    p[1] = lap(&mut t);
+    keyed.sort_unstable_by_key(|k| k.0);
+    p[2] = lap(&mut t);
+    let leaves: Vec<SumLeaf> = keyed
+        .iter()
+        .map(|&(c, i)| SumLeaf {
+            account_commitment: c,
+            balance: accounts[i as usize].balance().to_sat(),
+        })
+        .collect();
+    // `SumTree::build`, its two halves as it runs them: the leaf level in one batched
+    // `hash_fixed` call of 41-byte messages, then one call of 81-byte messages per level.
+    let mut msgs = Vec::with_capacity(leaves.len() * 41);
+    for l in &leaves {
+        msgs.push(0);
+        msgs.extend_from_slice(&l.account_commitment);
+        msgs.extend_from_slice(&l.balance.to_be_bytes());
+    }
+    let mut hashes = vec![[0u8; 32]; leaves.len()];
+    engine.hash_fixed(&msgs, 41, &mut hashes).unwrap();
+    let mut level: Vec<(Digest, u64)> = hashes
+        .into_iter()
+        .zip(&leaves)
+        .map(|(h, l)| (h, l.balance))
+        .collect();
+    p[3] = lap(&mut t);
+    let mut levels = Vec::new();
+    while level.len() > 1 {
+        msgs.clear();
+        let mut sums = Vec::with_capacity(level.len() / 2 + 1);
+        for p in level.chunks_exact(2) {
+            sums.push(p[0].1.checked_add(p[1].1).unwrap());
+            msgs.push(1);
+            msgs.extend_from_slice(&p[0].0);
+            msgs.extend_from_slice(&p[0].1.to_be_bytes());
+            msgs.extend_from_slice(&p[1].0);
+            msgs.extend_from_slice(&p[1].1.to_be_bytes());
+        }
+        let mut out = vec![[0u8; 32]; sums.len()];
+        engine.hash_fixed(&msgs, 81, &mut out).unwrap();
+        let mut next: Vec<(Digest, u64)> = out.into_iter().zip(sums).collect();
+        if level.len() % 2 == 1 {
+            next.push(level[level.len() - 1]);
+        }
+        levels.push(std::mem::replace(&mut level, next));
+    }
+    let tree = (levels, level);
+    p[4] = lap(&mut t);
+    let order: Vec<u32> = keyed.iter().map(|k| k.1).collect();
+    black_box((&order, &accounts));
+    p[5] = lap(&mut t);
+    drop((tree, order, accounts));
+    p
+}
+
+fn sha2_leaf(c: &Digest, b: u64) -> (Digest, u64) {
+    let mut m = [0u8; 41];
+    m[1..33].copy_from_slice(c);
+    m[33..].copy_from_slice(&b.to_be_bytes());
+    (sha2::Sha256::digest(m).into(), b)
+}
+
+fn sha2_node(l: &(Digest, u64), r: &(Digest, u64)) -> (Digest, u64) {
+    let mut m = [0u8; 81];
+    m[0] = 1;
+    m[1..33].copy_from_slice(&l.0);
+    m[33..41].copy_from_slice(&l.1.to_be_bytes());
+    m[41..73].copy_from_slice(&r.0);
+    m[73..].copy_from_slice(&r.1.to_be_bytes());
+    (
+        sha2::Sha256::digest(m).into(),
+        l.1.checked_add(r.1).unwrap(),
+    )
+}
+
+/// The same phases with sha2 (no account moves: 0).
+fn phases_sha2(accounts: &[Account]) -> [f64; 6] {
+    let mut p = [0.0; 6];
+    let mut t = Instant::now();
+    black_box(id_checks(accounts));
+    p[0] = lap(&mut t);
+    let tag = tagged(ACCOUNT_TAG);
+    let mut leaves: Vec<(Digest, u64)> = accounts
+        .iter()
+        .map(|a| {
+            let mut h = tag.clone();
+            h.update(a.salt());
+            h.update(a.id().as_str().as_bytes());
+            (h.finalize().into(), a.balance().to_sat())
+        })
+        .collect();
+    p[1] = lap(&mut t);
+    leaves.sort_unstable_by_key(|x| x.0);
+    p[2] = lap(&mut t);
+    let mut level: Vec<(Digest, u64)> = leaves.iter().map(|(c, b)| sha2_leaf(c, *b)).collect();
+    p[3] = lap(&mut t);
+    let mut levels = Vec::new();
+    while level.len() > 1 {
+        let mut next: Vec<(Digest, u64)> = level
+            .chunks_exact(2)
+            .map(|p| sha2_node(&p[0], &p[1]))
+            .collect();
+        if level.len() % 2 == 1 {
+            next.push(level[level.len() - 1]);
+        }
+        levels.push(std::mem::replace(&mut level, next));
+    }
+    p[4] = lap(&mut t);
+    black_box((&levels, &level));
+    p
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -187,6 +338,24 @@ fn main() {
         bs / bo,
         median(&mut ratios)
     );
+    // Every phase apart, both sides, median of `rounds` (alternated).
+    let mut po: Vec<[f64; 6]> = Vec::new();
+    let mut ps: Vec<[f64; 6]> = Vec::new();
+    for _ in 0..rounds {
+        let input = list.clone();
+        po.push(phases_ours(input));
+        ps.push(phases_sha2(&list));
+    }
+    println!("phases (median ms)      hashcore     sha2");
+    for (k, name) in PHASES.iter().enumerate() {
+        let mut a: Vec<f64> = po.iter().map(|p| p[k]).collect();
+        let mut b: Vec<f64> = ps.iter().map(|p| p[k]).collect();
+        println!(
+            "  {name:<20} {:>9.1} {:>9.1}",
+            median(&mut a) * 1e3,
+            median(&mut b) * 1e3
+        );
+    }
     // One phase apart: the commitments alone (single-stream tagged hashes), best of 3.
     let (mut c_ours, mut c_sha2) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..3 {

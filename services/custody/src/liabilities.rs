@@ -27,6 +27,7 @@
 //! `treasury`.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use bdk_wallet::bitcoin::Amount;
 use hashcore::merkle::sum::{SumLeaf, SumNode, SumProof, SumTree};
@@ -242,6 +243,69 @@ fn account_commitment_with(tag: &TaggedHash, id: &AccountId, salt: &[u8; 32]) ->
     tag.hasher().chain(salt).chain(id.0.as_bytes()).finalize()
 }
 
+/// Accounts per batched commitment call: the messages (at most 96 bytes each) and digests of
+/// one chunk stay in the L1/L2 cache.
+const COMMIT_CHUNK: usize = 1024;
+
+/// The commitments of `accounts` ([`account_commitment`] of each, in the same order), hashed
+/// on `engine` in batches: the messages `salt || id` of all ids of one length have the same
+/// length, so they go side by side through [`TaggedHash::hash_fixed`].
+pub fn account_commitments(engine: &Engine, accounts: &[Account]) -> Vec<Digest> {
+    let tag = TaggedHash::new(ACCOUNT_TAG);
+    let mut out = vec![[0u8; 32]; accounts.len()];
+    // Positions grouped by id length (a counting sort; ids are 1..=64 bytes).
+    let mut starts = [0usize; MAX_ACCOUNT_ID_LEN + 2];
+    for a in accounts {
+        if let Some(c) = starts.get_mut(a.id.0.len().min(MAX_ACCOUNT_ID_LEN) + 1) {
+            *c += 1;
+        }
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts;
+    let mut by_len = vec![0u32; accounts.len()];
+    for (i, a) in accounts.iter().enumerate() {
+        let l = a.id.0.len().min(MAX_ACCOUNT_ID_LEN);
+        if let (Some(n), Ok(i)) = (next.get_mut(l), u32::try_from(i)) {
+            if let Some(slot) = by_len.get_mut(*n) {
+                *slot = i;
+            }
+            *n += 1;
+        }
+    }
+    let mut msgs = Vec::with_capacity(COMMIT_CHUNK * (32 + MAX_ACCOUNT_ID_LEN));
+    let mut digests = vec![[0u8; 32]; COMMIT_CHUNK];
+    for (id_len, w) in starts.windows(2).enumerate() {
+        let group = by_len.get(w[0]..w[1]).unwrap_or(&[]);
+        let len = 32 + id_len;
+        for chunk in group.chunks(COMMIT_CHUNK) {
+            msgs.clear();
+            for &i in chunk {
+                if let Some(a) = accounts.get(i as usize) {
+                    msgs.extend_from_slice(&a.salt);
+                    msgs.extend_from_slice(a.id.0.as_bytes());
+                }
+            }
+            let d = &mut digests[..chunk.len()];
+            if tag.hash_fixed(engine, &msgs, len, d).is_err() {
+                // Unreachable: one message of `len` bytes per slot. Stay correct anyway.
+                for (o, &i) in d.iter_mut().zip(chunk) {
+                    if let Some(a) = accounts.get(i as usize) {
+                        *o = account_commitment_with(&tag, &a.id, &a.salt);
+                    }
+                }
+            }
+            for (&i, dg) in chunk.iter().zip(d.iter()) {
+                if let Some(o) = out.get_mut(i as usize) {
+                    *o = *dg;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The published root hash: `tagged_hash(ROOT_TAG, tree_root || total || accounts)` (total in
 /// satoshis and the number of accounts, both 8 bytes big-endian).
 ///
@@ -415,10 +479,16 @@ pub fn check_reserves(total: Amount, reserves: Amount) -> Result<(), LiabilityEr
     Ok(())
 }
 
-/// A built liabilities tree: the accounts in leaf order (sorted by commitment) and the tree.
+/// A built liabilities tree: the accounts (kept in their input order, with the leaf order as a
+/// permutation, so building moves no accounts) and the tree.
 #[derive(Debug, Clone)]
 pub struct LiabilitiesTree {
+    /// The accounts as given to [`LiabilitiesTree::build`].
     accounts: Vec<Account>,
+    /// `order[leaf] = position in accounts`.
+    order: Vec<u32>,
+    /// The accounts in leaf order, built on the first call of [`LiabilitiesTree::accounts`].
+    in_leaf_order: OnceLock<Vec<Account>>,
     tree: SumTree,
     total: Amount,
 }
@@ -457,29 +527,25 @@ impl LiabilitiesTree {
                 .ok_or(LiabilityError::Overflow)?;
         }
         drop(seen);
-        let tag = TaggedHash::new(ACCOUNT_TAG);
-        // Sort small (commitment, position) pairs, then move each account once.
-        let mut keyed: Vec<(Digest, usize)> = accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (account_commitment_with(&tag, &a.id, &a.salt), i))
+        // Sort small (commitment, position) pairs; `MAX_ACCOUNTS` positions fit in a `u32`.
+        let mut keyed: Vec<(Digest, u32)> = account_commitments(engine, &accounts)
+            .into_iter()
+            .zip(0u32..)
             .collect();
         keyed.sort_unstable_by_key(|k| k.0);
         let leaves: Vec<SumLeaf> = keyed
             .iter()
             .map(|&(c, i)| SumLeaf {
                 account_commitment: c,
-                balance: accounts.get(i).map_or(0, |a| a.balance.to_sat()),
+                balance: accounts.get(i as usize).map_or(0, |a| a.balance.to_sat()),
             })
             .collect();
         let tree = SumTree::build(engine, &leaves).map_err(from_merkle)?;
-        let mut slots: Vec<Option<Account>> = accounts.into_iter().map(Some).collect();
-        let accounts: Vec<Account> = keyed
-            .iter()
-            .filter_map(|&(_, i)| slots.get_mut(i).and_then(Option::take))
-            .collect();
+        let order = keyed.into_iter().map(|k| k.1).collect();
         Ok(LiabilitiesTree {
             accounts,
+            order,
+            in_leaf_order: OnceLock::new(),
             tree,
             total,
         })
@@ -495,9 +561,21 @@ impl LiabilitiesTree {
         }
     }
 
-    /// The accounts in leaf order.
+    /// The accounts in leaf order. The tree keeps them in their input order; this list is
+    /// copied into leaf order on the first call (use [`LiabilitiesTree::account`] for one).
     pub fn accounts(&self) -> &[Account] {
-        &self.accounts
+        self.in_leaf_order.get_or_init(|| {
+            self.order
+                .iter()
+                .filter_map(|&i| self.accounts.get(i as usize).cloned())
+                .collect()
+        })
+    }
+
+    /// The account at leaf `index`.
+    pub fn account(&self, index: u64) -> Option<&Account> {
+        let i = usize::try_from(index).ok()?;
+        self.accounts.get(*self.order.get(i)? as usize)
     }
 
     /// The number of accounts.
@@ -512,10 +590,11 @@ impl LiabilitiesTree {
 
     /// The leaf index of account `id`.
     pub fn index_of(&self, id: &AccountId) -> Option<u64> {
-        self.accounts
+        let pos = self.accounts.iter().position(|a| &a.id == id)?;
+        self.order
             .iter()
-            .position(|a| &a.id == id)
-            .map(|i| i as u64)
+            .position(|&i| i as usize == pos)
+            .map(|leaf| leaf as u64)
     }
 
     /// The inclusion proof of the account at leaf `index`.
@@ -523,13 +602,10 @@ impl LiabilitiesTree {
     /// # Errors
     /// [`LiabilityError::IndexOutOfRange`].
     pub fn proof(&self, index: u64) -> Result<LiabilityProof, LiabilityError> {
-        let account = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.accounts.get(i))
-            .ok_or(LiabilityError::IndexOutOfRange {
-                index,
-                size: self.tree.len(),
-            })?;
+        let account = self.account(index).ok_or(LiabilityError::IndexOutOfRange {
+            index,
+            size: self.tree.len(),
+        })?;
         let p = self.tree.proof(index).map_err(from_merkle)?;
         let root = self.root();
         Ok(LiabilityProof {
