@@ -32,6 +32,16 @@ fn accounts(n: u64) -> Vec<Account> {
         .collect()
 }
 
+/// The digest order both sides sort by (as `LiabilitiesTree::build`): lexicographic, compared
+/// as four big-endian words (same order as `[u8; 32]`'s, without a `memcmp` call).
+fn cmp_digest(a: &Digest, b: &Digest) -> std::cmp::Ordering {
+    let w = |d: &Digest, i: usize| u64::from_be_bytes(d[8 * i..8 * i + 8].try_into().unwrap());
+    (0..4)
+        .map(|i| w(a, i).cmp(&w(b, i)))
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal)
+}
+
 fn tagged(tag: &str) -> sha2::Sha256 {
     let t: Digest = sha2::Sha256::digest(tag.as_bytes()).into();
     let mut h = sha2::Sha256::new();
@@ -61,7 +71,7 @@ fn sha2_tree(accounts: &[Account]) -> (Digest, u64, usize) {
             (h.finalize().into(), a.balance().to_sat())
         })
         .collect();
-    leaves.sort_unstable_by_key(|x| x.0);
+    leaves.sort_unstable_by(|a, b| cmp_digest(&a.0, &b.0));
     let mut level: Vec<(Digest, u64)> = leaves
         .iter()
         .map(|(c, b)| {
@@ -154,58 +164,61 @@ fn id_checks(accounts: &[Account]) -> Amount {
 
 /// The phases of `LiabilitiesTree::build` as the library runs them, through the public API.
 fn phases_ours(accounts: Vec<Account>) -> [f64; 6] {
+    const CHUNK: usize = 4096; // as `SumTree::build`
     let engine = hashcore::Engine::auto();
     let mut p = [0.0; 6];
     let mut t = Instant::now();
     black_box(id_checks(&accounts));
+    let balances: Vec<u64> = accounts.iter().map(|a| a.balance().to_sat()).collect();
     p[0] = lap(&mut t);
     let commitments = custody::liabilities::account_commitments(engine, &accounts);
-    let mut keyed: Vec<(Digest, u32)> = commitments
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| (c, i as u32))
-        .collect();
+    let mut keyed: Vec<(Digest, u32)> = commitments.into_iter().zip(0u32..).collect();
     p[1] = lap(&mut t);
-    keyed.sort_unstable_by_key(|k| k.0);
+    keyed.sort_unstable_by(|a, b| cmp_digest(&a.0, &b.0));
     p[2] = lap(&mut t);
     let leaves: Vec<SumLeaf> = keyed
         .iter()
         .map(|&(c, i)| SumLeaf {
             account_commitment: c,
-            balance: accounts[i as usize].balance().to_sat(),
+            balance: balances[i as usize],
         })
         .collect();
-    // `SumTree::build`, its two halves as it runs them: the leaf level in one batched
-    // `hash_fixed` call of 41-byte messages, then one call of 81-byte messages per level.
-    let mut msgs = Vec::with_capacity(leaves.len() * 41);
-    for l in &leaves {
-        msgs.push(0);
-        msgs.extend_from_slice(&l.account_commitment);
-        msgs.extend_from_slice(&l.balance.to_be_bytes());
+    // `SumTree::build` in its two halves: the leaf level, then the node levels, each in
+    // batched `hash_fixed` calls of `CHUNK` messages (41 and 81 bytes).
+    let mut msgs = Vec::with_capacity(CHUNK * 81);
+    let mut out = vec![[0u8; 32]; CHUNK];
+    let mut level: Vec<(Digest, u64)> = Vec::with_capacity(leaves.len());
+    for chunk in leaves.chunks(CHUNK) {
+        msgs.clear();
+        for l in chunk {
+            msgs.push(0);
+            msgs.extend_from_slice(&l.account_commitment);
+            msgs.extend_from_slice(&l.balance.to_be_bytes());
+        }
+        let o = &mut out[..chunk.len()];
+        engine.hash_fixed(&msgs, 41, o).unwrap();
+        level.extend(o.iter().zip(chunk).map(|(h, l)| (*h, l.balance)));
     }
-    let mut hashes = vec![[0u8; 32]; leaves.len()];
-    engine.hash_fixed(&msgs, 41, &mut hashes).unwrap();
-    let mut level: Vec<(Digest, u64)> = hashes
-        .into_iter()
-        .zip(&leaves)
-        .map(|(h, l)| (h, l.balance))
-        .collect();
     p[3] = lap(&mut t);
     let mut levels = Vec::new();
+    let mut sums = Vec::with_capacity(CHUNK);
     while level.len() > 1 {
-        msgs.clear();
-        let mut sums = Vec::with_capacity(level.len() / 2 + 1);
-        for p in level.chunks_exact(2) {
-            sums.push(p[0].1.checked_add(p[1].1).unwrap());
-            msgs.push(1);
-            msgs.extend_from_slice(&p[0].0);
-            msgs.extend_from_slice(&p[0].1.to_be_bytes());
-            msgs.extend_from_slice(&p[1].0);
-            msgs.extend_from_slice(&p[1].1.to_be_bytes());
+        let mut next: Vec<(Digest, u64)> = Vec::with_capacity(level.len().div_ceil(2));
+        for chunk in level.chunks(2 * CHUNK) {
+            msgs.clear();
+            sums.clear();
+            for p in chunk.chunks_exact(2) {
+                sums.push(p[0].1.checked_add(p[1].1).unwrap());
+                msgs.push(1);
+                msgs.extend_from_slice(&p[0].0);
+                msgs.extend_from_slice(&p[0].1.to_be_bytes());
+                msgs.extend_from_slice(&p[1].0);
+                msgs.extend_from_slice(&p[1].1.to_be_bytes());
+            }
+            let o = &mut out[..sums.len()];
+            engine.hash_fixed(&msgs, 81, o).unwrap();
+            next.extend(o.iter().copied().zip(sums.iter().copied()));
         }
-        let mut out = vec![[0u8; 32]; sums.len()];
-        engine.hash_fixed(&msgs, 81, &mut out).unwrap();
-        let mut next: Vec<(Digest, u64)> = out.into_iter().zip(sums).collect();
         if level.len() % 2 == 1 {
             next.push(level[level.len() - 1]);
         }
@@ -216,7 +229,7 @@ fn phases_ours(accounts: Vec<Account>) -> [f64; 6] {
     let order: Vec<u32> = keyed.iter().map(|k| k.1).collect();
     black_box((&order, &accounts));
     p[5] = lap(&mut t);
-    drop((tree, order, accounts));
+    drop((tree, order, accounts, leaves));
     p
 }
 
@@ -257,7 +270,7 @@ fn phases_sha2(accounts: &[Account]) -> [f64; 6] {
         })
         .collect();
     p[1] = lap(&mut t);
-    leaves.sort_unstable_by_key(|x| x.0);
+    leaves.sort_unstable_by(|a, b| cmp_digest(&a.0, &b.0));
     p[2] = lap(&mut t);
     let mut level: Vec<(Digest, u64)> = leaves.iter().map(|(c, b)| sha2_leaf(c, *b)).collect();
     p[3] = lap(&mut t);

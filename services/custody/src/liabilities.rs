@@ -243,6 +243,20 @@ fn account_commitment_with(tag: &TaggedHash, id: &AccountId, salt: &[u8; 32]) ->
     tag.hasher().chain(salt).chain(id.0.as_bytes()).finalize()
 }
 
+/// Byte-wise (lexicographic) order of two digests, compared as four big-endian words (the
+/// same order as comparing the arrays, without a `memcmp` call per comparison).
+fn cmp_digest(a: &Digest, b: &Digest) -> std::cmp::Ordering {
+    let (wa, _) = a.as_chunks::<8>();
+    let (wb, _) = b.as_chunks::<8>();
+    for (x, y) in wa.iter().zip(wb) {
+        let o = u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y));
+        if o.is_ne() {
+            return o;
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
 /// Accounts per batched commitment call: the messages (at most 96 bytes each) and digests of
 /// one chunk stay in the L1/L2 cache.
 const COMMIT_CHUNK: usize = 1024;
@@ -517,8 +531,11 @@ impl LiabilitiesTree {
         }
         let mut seen = HashSet::with_capacity(accounts.len());
         let mut total = Amount::ZERO;
+        // The balances in input order (8 bytes each), for the leaves after the sort.
+        let mut balances = Vec::with_capacity(accounts.len());
         for a in &accounts {
             check_balance(a.balance)?;
+            balances.push(a.balance.to_sat());
             if !seen.insert(a.id.as_str()) {
                 return Err(LiabilityError::DuplicateAccount(a.id.0.clone()));
             }
@@ -532,14 +549,15 @@ impl LiabilitiesTree {
             .into_iter()
             .zip(0u32..)
             .collect();
-        keyed.sort_unstable_by_key(|k| k.0);
+        keyed.sort_unstable_by(|a, b| cmp_digest(&a.0, &b.0));
         let leaves: Vec<SumLeaf> = keyed
             .iter()
             .map(|&(c, i)| SumLeaf {
                 account_commitment: c,
-                balance: accounts.get(i as usize).map_or(0, |a| a.balance.to_sat()),
+                balance: balances.get(i as usize).copied().unwrap_or(0),
             })
             .collect();
+        drop(balances);
         let tree = SumTree::build(engine, &leaves).map_err(from_merkle)?;
         let order = keyed.into_iter().map(|k| k.1).collect();
         Ok(LiabilitiesTree {

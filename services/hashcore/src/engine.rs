@@ -599,6 +599,11 @@ impl Engine {
             Backend::ShaNi => unsafe { x86::shani::hash_fixed(messages, message_len, out) },
             // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 if message_len <= SHORT_MAX => unsafe {
+                x86::avx2::hash_short(&IV, 0, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => unsafe { x86::avx2::hash_fixed(messages, message_len, out) },
             // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
@@ -656,6 +661,11 @@ impl Engine {
             },
             // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 if message_len <= SHORT_MAX => unsafe {
+                x86::avx2::hash_short(init, prefix, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => unsafe {
                 x86::avx2::hash_fixed_from(init, prefix, messages, message_len, out)
             },
@@ -682,6 +692,11 @@ type BatchKernel<T> = unsafe fn(&[T], &mut [Digest]);
 /// In-place level kernels: the first half of `nodes` (even length) becomes the parents.
 #[cfg(target_arch = "x86_64")]
 type LevelKernel = unsafe fn(&mut [Digest]);
+
+/// Longest message the lane backends hash with `hash_short` (one block: data, the 0x80 byte
+/// and the 8-byte length fit in 64 bytes). Messages of length 0 never reach a kernel.
+#[cfg(target_arch = "x86_64")]
+const SHORT_MAX: usize = 55;
 
 /// At most this many messages after the last whole 16-lane group go to SHA-NI 4-way (each
 /// costs about 1/9 of a 16-lane group there: measured ~60 M compressions/s against ~110 M/s
@@ -755,8 +770,13 @@ impl Engine {
         let w = self.wide_count(out.len());
         let (wm, nm) = messages.split_at(w * len);
         let (wo, no) = out.split_at_mut(w);
-        // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
-        unsafe { x86::avx512::hash_fixed(wm, len, wo) };
+        if len <= SHORT_MAX {
+            // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
+            unsafe { x86::avx512::hash_short(&IV, 0, wm, len, wo) };
+        } else {
+            // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
+            unsafe { x86::avx512::hash_fixed(wm, len, wo) };
+        }
         if !no.is_empty() {
             // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
             unsafe { x86::shani::hash_fixed(nm, len, no) };
@@ -781,8 +801,13 @@ impl Engine {
         let w = self.wide_count(out.len());
         let (wm, nm) = messages.split_at(w * len);
         let (wo, no) = out.split_at_mut(w);
-        // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
-        unsafe { x86::avx512::hash_fixed_from(init, prefix, wm, len, wo) };
+        if len <= SHORT_MAX {
+            // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
+            unsafe { x86::avx512::hash_short(init, prefix, wm, len, wo) };
+        } else {
+            // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
+            unsafe { x86::avx512::hash_fixed_from(init, prefix, wm, len, wo) };
+        }
         if !no.is_empty() {
             // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
             unsafe { x86::shani::hash_fixed_from(init, prefix, nm, len, no) };
