@@ -265,56 +265,78 @@ const COMMIT_CHUNK: usize = 1024;
 /// on `engine` in batches: the messages `salt || id` of all ids of one length have the same
 /// length, so they go side by side through [`TaggedHash::hash_fixed`].
 pub fn account_commitments(engine: &Engine, accounts: &[Account]) -> Vec<Digest> {
+    /// The pending messages of one id length and their positions.
+    struct Pending {
+        msgs: Vec<u8>,
+        pos: Vec<usize>,
+    }
+    fn flush(
+        tag: &TaggedHash,
+        engine: &Engine,
+        accounts: &[Account],
+        len: usize,
+        p: &mut Pending,
+        digests: &mut [Digest],
+        out: &mut [Digest],
+    ) {
+        let d = &mut digests[..p.pos.len()];
+        if tag.hash_fixed(engine, &p.msgs, len, d).is_err() {
+            // Unreachable: one message of `len` bytes per slot. Stay correct anyway.
+            for (o, &i) in d.iter_mut().zip(&p.pos) {
+                if let Some(a) = accounts.get(i) {
+                    *o = account_commitment_with(tag, &a.id, &a.salt);
+                }
+            }
+        }
+        for (&i, dg) in p.pos.iter().zip(d.iter()) {
+            if let Some(o) = out.get_mut(i) {
+                *o = *dg;
+            }
+        }
+        p.msgs.clear();
+        p.pos.clear();
+    }
     let tag = TaggedHash::new(ACCOUNT_TAG);
     let mut out = vec![[0u8; 32]; accounts.len()];
-    // Positions grouped by id length (a counting sort; ids are 1..=64 bytes).
-    let mut starts = [0usize; MAX_ACCOUNT_ID_LEN + 2];
-    for a in accounts {
-        if let Some(c) = starts.get_mut(a.id.0.len().min(MAX_ACCOUNT_ID_LEN) + 1) {
-            *c += 1;
-        }
-    }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    let mut next = starts;
-    let mut by_len = vec![0u32; accounts.len()];
-    for (i, a) in accounts.iter().enumerate() {
-        let l = a.id.0.len().min(MAX_ACCOUNT_ID_LEN);
-        if let (Some(n), Ok(i)) = (next.get_mut(l), u32::try_from(i)) {
-            if let Some(slot) = by_len.get_mut(*n) {
-                *slot = i;
-            }
-            *n += 1;
-        }
-    }
-    let mut msgs = Vec::with_capacity(COMMIT_CHUNK * (32 + MAX_ACCOUNT_ID_LEN));
     let mut digests = vec![[0u8; 32]; COMMIT_CHUNK];
-    for (id_len, w) in starts.windows(2).enumerate() {
-        let group = by_len.get(w[0]..w[1]).unwrap_or(&[]);
-        let len = 32 + id_len;
-        for chunk in group.chunks(COMMIT_CHUNK) {
-            msgs.clear();
-            for &i in chunk {
-                if let Some(a) = accounts.get(i as usize) {
-                    msgs.extend_from_slice(&a.salt);
-                    msgs.extend_from_slice(a.id.0.as_bytes());
-                }
-            }
-            let d = &mut digests[..chunk.len()];
-            if tag.hash_fixed(engine, &msgs, len, d).is_err() {
-                // Unreachable: one message of `len` bytes per slot. Stay correct anyway.
-                for (o, &i) in d.iter_mut().zip(chunk) {
-                    if let Some(a) = accounts.get(i as usize) {
-                        *o = account_commitment_with(&tag, &a.id, &a.salt);
-                    }
-                }
-            }
-            for (&i, dg) in chunk.iter().zip(d.iter()) {
-                if let Some(o) = out.get_mut(i as usize) {
-                    *o = *dg;
-                }
-            }
+    // One pass in input order; one chunk buffer per id length (1..=64 bytes), made when
+    // first needed.
+    let mut pending: Vec<Option<Pending>> = (0..=MAX_ACCOUNT_ID_LEN).map(|_| None).collect();
+    for (i, a) in accounts.iter().enumerate() {
+        let id = a.id.0.as_bytes();
+        let Some(slot) = pending.get_mut(id.len()) else {
+            continue; // Unreachable: `AccountId` holds at most 64 bytes.
+        };
+        let p = slot.get_or_insert_with(|| Pending {
+            msgs: Vec::with_capacity(COMMIT_CHUNK * (32 + id.len())),
+            pos: Vec::with_capacity(COMMIT_CHUNK),
+        });
+        p.msgs.extend_from_slice(&a.salt);
+        p.msgs.extend_from_slice(id);
+        p.pos.push(i);
+        if p.pos.len() == COMMIT_CHUNK {
+            flush(
+                &tag,
+                engine,
+                accounts,
+                32 + id.len(),
+                p,
+                &mut digests,
+                &mut out,
+            );
+        }
+    }
+    for (id_len, slot) in pending.iter_mut().enumerate() {
+        if let Some(p) = slot.as_mut().filter(|p| !p.pos.is_empty()) {
+            flush(
+                &tag,
+                engine,
+                accounts,
+                32 + id_len,
+                p,
+                &mut digests,
+                &mut out,
+            );
         }
     }
     out
