@@ -572,15 +572,12 @@ impl LiabilitiesTree {
             .zip(0u32..)
             .collect();
         keyed.sort_unstable_by(|a, b| cmp_digest(&a.0, &b.0));
-        let leaves: Vec<SumLeaf> = keyed
-            .iter()
-            .map(|&(c, i)| SumLeaf {
-                account_commitment: c,
-                balance: balances.get(i as usize).copied().unwrap_or(0),
-            })
-            .collect();
+        let leaves = keyed.iter().map(|&(c, i)| SumLeaf {
+            account_commitment: c,
+            balance: balances.get(i as usize).copied().unwrap_or(0),
+        });
+        let tree = SumTree::from_leaves(engine, leaves).map_err(from_merkle)?;
         drop(balances);
-        let tree = SumTree::build(engine, &leaves).map_err(from_merkle)?;
         let order = keyed.into_iter().map(|k| k.1).collect();
         Ok(LiabilitiesTree {
             accounts,

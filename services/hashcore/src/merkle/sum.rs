@@ -111,30 +111,49 @@ impl SumTree {
     /// [`MerkleError::SumOverflow`] when the total (or any partial sum) overflows 64 bits;
     /// [`MerkleError::Empty`] for no leaves.
     pub fn build(engine: &Engine, leaves: &[SumLeaf]) -> Result<SumTree, MerkleError> {
-        if leaves.is_empty() {
-            return Err(MerkleError::Empty);
-        }
+        Self::from_leaves(engine, leaves.iter().copied())
+    }
+
+    /// As [`SumTree::build`], taking the leaves from an iterator (in leaf order), so a caller
+    /// that derives them (e.g. from a sorted index) needs no leaf array of its own.
+    ///
+    /// # Errors
+    /// As [`SumTree::build`].
+    pub fn from_leaves(
+        engine: &Engine,
+        leaves: impl IntoIterator<Item = SumLeaf>,
+    ) -> Result<SumTree, MerkleError> {
+        let mut leaves = leaves.into_iter();
         // In chunks of `CHUNK` messages, so each chunk's messages and digests stay in cache
         // between encoding, hashing and storing (one batched call per chunk).
         let mut msgs = Vec::with_capacity(CHUNK * 81);
         let mut out = vec![[0u8; 32]; CHUNK];
-        let mut first = Vec::with_capacity(leaves.len());
-        for chunk in leaves.chunks(CHUNK) {
+        let mut sums = Vec::with_capacity(CHUNK);
+        let mut first = Vec::with_capacity(leaves.size_hint().0);
+        loop {
             msgs.clear();
-            for l in chunk {
+            sums.clear();
+            for l in leaves.by_ref().take(CHUNK) {
                 l.encode(&mut msgs);
+                sums.push(l.balance);
             }
-            let o = &mut out[..chunk.len()];
+            if sums.is_empty() {
+                break;
+            }
+            let o = &mut out[..sums.len()];
             hash_msgs(engine, &msgs, 41, o);
-            first.extend(o.iter().zip(chunk).map(|(&hash, l)| SumNode {
-                hash,
-                sum: l.balance,
-            }));
+            first.extend(
+                o.iter()
+                    .zip(&sums)
+                    .map(|(&hash, &sum)| SumNode { hash, sum }),
+            );
+        }
+        if first.is_empty() {
+            return Err(MerkleError::Empty);
         }
         let mut levels = vec![first];
         while let Some(level) = levels.last().filter(|l| l.len() > 1) {
             let mut next = Vec::with_capacity(level.len().div_ceil(2));
-            let mut sums = Vec::with_capacity(CHUNK);
             for chunk in level.chunks(2 * CHUNK) {
                 msgs.clear();
                 sums.clear();
