@@ -171,6 +171,7 @@ fn phases_ours(accounts: Vec<Account>) -> [f64; 6] {
     black_box(id_checks(&accounts));
     let balances: Vec<u64> = accounts.iter().map(|a| a.balance().to_sat()).collect();
     p[0] = lap(&mut t);
+    // (The library writes these pairs directly; the public function returns the digests.)
     let commitments = custody::liabilities::account_commitments(engine, &accounts);
     let mut keyed: Vec<(Digest, u32)> = commitments.into_iter().zip(0u32..).collect();
     p[1] = lap(&mut t);

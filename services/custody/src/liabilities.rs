@@ -265,6 +265,18 @@ const COMMIT_CHUNK: usize = 1024;
 /// on `engine` in batches: the messages `salt || id` of all ids of one length have the same
 /// length, so they go side by side through [`TaggedHash::hash_fixed`].
 pub fn account_commitments(engine: &Engine, accounts: &[Account]) -> Vec<Digest> {
+    let mut out = vec![[0u8; 32]; accounts.len()];
+    for_each_commitment(engine, accounts, |i, d| {
+        if let Some(o) = out.get_mut(i) {
+            *o = d;
+        }
+    });
+    out
+}
+
+/// Computes the commitments of `accounts` as [`account_commitments`] does and hands each to
+/// `put(position, commitment)` (so the tree build writes its sort keys directly).
+fn for_each_commitment(engine: &Engine, accounts: &[Account], mut put: impl FnMut(usize, Digest)) {
     /// The pending messages of one id length and their positions.
     struct Pending {
         msgs: Vec<u8>,
@@ -277,7 +289,7 @@ pub fn account_commitments(engine: &Engine, accounts: &[Account]) -> Vec<Digest>
         len: usize,
         p: &mut Pending,
         digests: &mut [Digest],
-        out: &mut [Digest],
+        put: &mut impl FnMut(usize, Digest),
     ) {
         let d = &mut digests[..p.pos.len()];
         if tag.hash_fixed(engine, &p.msgs, len, d).is_err() {
@@ -289,15 +301,12 @@ pub fn account_commitments(engine: &Engine, accounts: &[Account]) -> Vec<Digest>
             }
         }
         for (&i, dg) in p.pos.iter().zip(d.iter()) {
-            if let Some(o) = out.get_mut(i) {
-                *o = *dg;
-            }
+            put(i, *dg);
         }
         p.msgs.clear();
         p.pos.clear();
     }
     let tag = TaggedHash::new(ACCOUNT_TAG);
-    let mut out = vec![[0u8; 32]; accounts.len()];
     let mut digests = vec![[0u8; 32]; COMMIT_CHUNK];
     // One pass in input order; one chunk buffer per id length (1..=64 bytes), made when
     // first needed.
@@ -322,7 +331,7 @@ pub fn account_commitments(engine: &Engine, accounts: &[Account]) -> Vec<Digest>
                 32 + id.len(),
                 p,
                 &mut digests,
-                &mut out,
+                &mut put,
             );
         }
     }
@@ -335,11 +344,10 @@ pub fn account_commitments(engine: &Engine, accounts: &[Account]) -> Vec<Digest>
                 32 + id_len,
                 p,
                 &mut digests,
-                &mut out,
+                &mut put,
             );
         }
     }
-    out
 }
 
 /// The published root hash: `tagged_hash(ROOT_TAG, tree_root || total || accounts)` (total in
@@ -567,10 +575,12 @@ impl LiabilitiesTree {
         }
         drop(seen);
         // Sort small (commitment, position) pairs; `MAX_ACCOUNTS` positions fit in a `u32`.
-        let mut keyed: Vec<(Digest, u32)> = account_commitments(engine, &accounts)
-            .into_iter()
-            .zip(0u32..)
-            .collect();
+        let mut keyed: Vec<(Digest, u32)> = vec![([0u8; 32], 0); accounts.len()];
+        for_each_commitment(engine, &accounts, |i, d| {
+            if let (Some(k), Ok(pos)) = (keyed.get_mut(i), u32::try_from(i)) {
+                *k = (d, pos);
+            }
+        });
         keyed.sort_unstable_by(|a, b| cmp_digest(&a.0, &b.0));
         let leaves = keyed.iter().map(|&(c, i)| SumLeaf {
             account_commitment: c,
