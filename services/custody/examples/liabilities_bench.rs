@@ -2,7 +2,9 @@
 //! liabilities tree over 1,000,000 accounts (commitments, sort, sum tree, published root, one
 //! proof and its verification), with hashcore against the same tree built with the `sha2`
 //! crate, in one process, rounds alternated (ours, sha2, ours, sha2, ...). Both must give the
-//! same root. Prints the median of the paired ratios and the ratio of the best rounds.
+//! same root. Prints the median of the paired ratios and the ratio of the best rounds, then
+//! every phase of both sides and the commitments alone. `LIAB_BACKEND=sha-ni` (or `avx2`,
+//! `avx512`, `portable`) forces hashcore's backend instead of `Engine::auto()`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::hint::black_box;
@@ -130,7 +132,7 @@ fn sha2_tree(accounts: &[Account]) -> (Digest, u64, usize) {
 /// The tree with hashcore; the tree is returned so that freeing it is not timed (the sha2
 /// side does not own the accounts either).
 fn ours(accounts: Vec<Account>) -> ((Digest, u64, usize), LiabilitiesTree) {
-    let tree = LiabilitiesTree::build(accounts).unwrap();
+    let tree = LiabilitiesTree::build_with(engine(), accounts).unwrap();
     let root = tree.root();
     let proof = tree.proof(0).unwrap();
     proof.verify(&root.hash_hex(), Some(root.total)).unwrap();
@@ -145,6 +147,21 @@ const PHASES: [&str; 6] = [
     "node levels",
     "account moves",
 ];
+
+/// Our engine: `Engine::auto()`, or the backend named by `LIAB_BACKEND` (`sha-ni`, `avx2`,
+/// `avx512`, `portable`), e.g. to see a CPU without AVX-512 on one that has it.
+fn engine() -> &'static hashcore::Engine {
+    match std::env::var("LIAB_BACKEND") {
+        Ok(name) => {
+            let b = hashcore::Backend::ALL
+                .into_iter()
+                .find(|b| b.name() == name)
+                .expect("LIAB_BACKEND: sha-ni, avx2, avx512 or portable");
+            hashcore::Engine::forced(b).unwrap()
+        }
+        Err(_) => hashcore::Engine::auto(),
+    }
+}
 
 fn lap(t: &mut Instant) -> f64 {
     let e = t.elapsed().as_secs_f64();
@@ -165,7 +182,7 @@ fn id_checks(accounts: &[Account]) -> Amount {
 /// The phases of `LiabilitiesTree::build` as the library runs them, through the public API.
 fn phases_ours(accounts: Vec<Account>) -> [f64; 6] {
     const CHUNK: usize = 4096; // as `SumTree::build`
-    let engine = hashcore::Engine::auto();
+    let engine = engine();
     let mut p = [0.0; 6];
     let mut t = Instant::now();
     // As the library: the balances are gathered in the same loop as the id checks.
@@ -318,7 +335,7 @@ fn main() {
     let list = accounts(n);
     println!(
         "liabilities tree: {n} accounts, {rounds} rounds, hashcore backend {}",
-        hashcore::Engine::auto().backend()
+        engine().backend()
     );
     // Warm-up pair, which must agree.
     let a = ours(list.clone()).0;
@@ -382,7 +399,7 @@ fn main() {
     // The commitments alone, best of 5: the library's batched `account_commitments`, the
     // batched kernel alone over prebuilt `salt || id` messages (all ids here are 15 bytes), and
     // sha2 one message at a time.
-    let engine = hashcore::Engine::auto();
+    let engine = engine();
     let tag = hashcore::TaggedHash::new(ACCOUNT_TAG);
     let len = 32 + list[0].id().as_str().len();
     let mut flat = Vec::with_capacity(list.len() * len);
