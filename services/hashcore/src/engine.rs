@@ -596,6 +596,11 @@ impl Engine {
             // compiled for; `messages.len() == message_len * out.len()` was checked above.
             // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi if message_len <= SHORT_MAX => unsafe {
+                x86::shani::hash_short(&IV, 0, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
             Backend::ShaNi => unsafe { x86::shani::hash_fixed(messages, message_len, out) },
             // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
@@ -656,6 +661,11 @@ impl Engine {
             // compiled for; `messages.len() == message_len * out.len()` was checked above.
             // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi if message_len <= SHORT_MAX => unsafe {
+                x86::shani::hash_short(init, prefix, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
             Backend::ShaNi => unsafe {
                 x86::shani::hash_fixed_from(init, prefix, messages, message_len, out)
             },
@@ -693,7 +703,7 @@ type BatchKernel<T> = unsafe fn(&[T], &mut [Digest]);
 #[cfg(target_arch = "x86_64")]
 type LevelKernel = unsafe fn(&mut [Digest]);
 
-/// Longest message the lane backends hash with `hash_short` (one block: data, the 0x80 byte
+/// Longest message the SIMD backends hash with `hash_short` (one block: data, the 0x80 byte
 /// and the 8-byte length fit in 64 bytes). Messages of length 0 never reach a kernel.
 #[cfg(target_arch = "x86_64")]
 const SHORT_MAX: usize = 55;
@@ -777,7 +787,10 @@ impl Engine {
             // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
             unsafe { x86::avx512::hash_fixed(wm, len, wo) };
         }
-        if !no.is_empty() {
+        if !no.is_empty() && len <= SHORT_MAX {
+            // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
+            unsafe { x86::shani::hash_short(&IV, 0, nm, len, no) };
+        } else if !no.is_empty() {
             // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
             unsafe { x86::shani::hash_fixed(nm, len, no) };
         }
@@ -808,7 +821,10 @@ impl Engine {
             // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
             unsafe { x86::avx512::hash_fixed_from(init, prefix, wm, len, wo) };
         }
-        if !no.is_empty() {
+        if !no.is_empty() && len <= SHORT_MAX {
+            // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
+            unsafe { x86::shani::hash_short(init, prefix, nm, len, no) };
+        } else if !no.is_empty() {
             // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
             unsafe { x86::shani::hash_fixed_from(init, prefix, nm, len, no) };
         }
