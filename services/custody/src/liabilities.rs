@@ -27,6 +27,7 @@
 //! `treasury`.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use bdk_wallet::bitcoin::Amount;
 use hashcore::merkle::sum::{SumLeaf, SumNode, SumProof, SumTree};
@@ -242,6 +243,113 @@ fn account_commitment_with(tag: &TaggedHash, id: &AccountId, salt: &[u8; 32]) ->
     tag.hasher().chain(salt).chain(id.0.as_bytes()).finalize()
 }
 
+/// Byte-wise (lexicographic) order of two digests, compared as four big-endian words (the
+/// same order as comparing the arrays, without a `memcmp` call per comparison).
+fn cmp_digest(a: &Digest, b: &Digest) -> std::cmp::Ordering {
+    let (wa, _) = a.as_chunks::<8>();
+    let (wb, _) = b.as_chunks::<8>();
+    for (x, y) in wa.iter().zip(wb) {
+        let o = u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y));
+        if o.is_ne() {
+            return o;
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
+/// Accounts per batched commitment call: the messages (at most 96 bytes each) and digests of
+/// one chunk stay in the L1/L2 cache.
+const COMMIT_CHUNK: usize = 1024;
+
+/// The commitments of `accounts` ([`account_commitment`] of each, in the same order), hashed
+/// on `engine` in batches: the messages `salt || id` of all ids of one length have the same
+/// length, so they go side by side through [`TaggedHash::hash_fixed`].
+pub fn account_commitments(engine: &Engine, accounts: &[Account]) -> Vec<Digest> {
+    let mut out = vec![[0u8; 32]; accounts.len()];
+    for_each_commitment(engine, accounts, |i, d| {
+        if let Some(o) = out.get_mut(i) {
+            *o = d;
+        }
+    });
+    out
+}
+
+/// Computes the commitments of `accounts` as [`account_commitments`] does and hands each to
+/// `put(position, commitment)` (so the tree build writes its sort keys directly).
+fn for_each_commitment(engine: &Engine, accounts: &[Account], mut put: impl FnMut(usize, Digest)) {
+    /// The pending messages of one id length and their positions.
+    struct Pending {
+        msgs: Vec<u8>,
+        pos: Vec<usize>,
+    }
+    fn flush(
+        tag: &TaggedHash,
+        engine: &Engine,
+        accounts: &[Account],
+        len: usize,
+        p: &mut Pending,
+        digests: &mut [Digest],
+        put: &mut impl FnMut(usize, Digest),
+    ) {
+        let d = &mut digests[..p.pos.len()];
+        if tag.hash_fixed(engine, &p.msgs, len, d).is_err() {
+            // Unreachable: one message of `len` bytes per slot. Stay correct anyway.
+            for (o, &i) in d.iter_mut().zip(&p.pos) {
+                if let Some(a) = accounts.get(i) {
+                    *o = account_commitment_with(tag, &a.id, &a.salt);
+                }
+            }
+        }
+        for (&i, dg) in p.pos.iter().zip(d.iter()) {
+            put(i, *dg);
+        }
+        p.msgs.clear();
+        p.pos.clear();
+    }
+    let tag = TaggedHash::new(ACCOUNT_TAG);
+    let mut digests = vec![[0u8; 32]; COMMIT_CHUNK];
+    // One pass in input order; one chunk buffer per id length (1..=64 bytes), made when
+    // first needed.
+    let mut pending: Vec<Option<Pending>> = (0..=MAX_ACCOUNT_ID_LEN).map(|_| None).collect();
+    for (i, a) in accounts.iter().enumerate() {
+        let id = a.id.0.as_bytes();
+        let Some(slot) = pending.get_mut(id.len()) else {
+            continue; // Unreachable: `AccountId` holds at most 64 bytes.
+        };
+        let p = slot.get_or_insert_with(|| Pending {
+            msgs: Vec::with_capacity(COMMIT_CHUNK * (32 + id.len())),
+            pos: Vec::with_capacity(COMMIT_CHUNK),
+        });
+        p.msgs.extend_from_slice(&a.salt);
+        p.msgs.extend_from_slice(id);
+        p.pos.push(i);
+        if p.pos.len() == COMMIT_CHUNK {
+            flush(
+                &tag,
+                engine,
+                accounts,
+                32 + id.len(),
+                p,
+                &mut digests,
+                &mut put,
+            );
+        }
+    }
+    for (id_len, slot) in pending.iter_mut().enumerate() {
+        if let Some(p) = slot.as_mut().filter(|p| !p.pos.is_empty()) {
+            flush(
+                &tag,
+                engine,
+                accounts,
+                32 + id_len,
+                p,
+                &mut digests,
+                &mut put,
+            );
+        }
+    }
+}
+
 /// The published root hash: `tagged_hash(ROOT_TAG, tree_root || total || accounts)` (total in
 /// satoshis and the number of accounts, both 8 bytes big-endian).
 ///
@@ -415,10 +523,16 @@ pub fn check_reserves(total: Amount, reserves: Amount) -> Result<(), LiabilityEr
     Ok(())
 }
 
-/// A built liabilities tree: the accounts in leaf order (sorted by commitment) and the tree.
+/// A built liabilities tree: the accounts (kept in their input order, with the leaf order as a
+/// permutation, so building moves no accounts) and the tree.
 #[derive(Debug, Clone)]
 pub struct LiabilitiesTree {
+    /// The accounts as given to [`LiabilitiesTree::build`].
     accounts: Vec<Account>,
+    /// `order[leaf] = position in accounts`.
+    order: Vec<u32>,
+    /// The accounts in leaf order, built on the first call of [`LiabilitiesTree::accounts`].
+    in_leaf_order: OnceLock<Vec<Account>>,
     tree: SumTree,
     total: Amount,
 }
@@ -447,8 +561,11 @@ impl LiabilitiesTree {
         }
         let mut seen = HashSet::with_capacity(accounts.len());
         let mut total = Amount::ZERO;
+        // The balances in input order (8 bytes each), for the leaves after the sort.
+        let mut balances = Vec::with_capacity(accounts.len());
         for a in &accounts {
             check_balance(a.balance)?;
+            balances.push(a.balance.to_sat());
             if !seen.insert(a.id.as_str()) {
                 return Err(LiabilityError::DuplicateAccount(a.id.0.clone()));
             }
@@ -457,29 +574,25 @@ impl LiabilitiesTree {
                 .ok_or(LiabilityError::Overflow)?;
         }
         drop(seen);
-        let tag = TaggedHash::new(ACCOUNT_TAG);
-        // Sort small (commitment, position) pairs, then move each account once.
-        let mut keyed: Vec<(Digest, usize)> = accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (account_commitment_with(&tag, &a.id, &a.salt), i))
-            .collect();
-        keyed.sort_unstable_by_key(|k| k.0);
-        let leaves: Vec<SumLeaf> = keyed
-            .iter()
-            .map(|&(c, i)| SumLeaf {
-                account_commitment: c,
-                balance: accounts.get(i).map_or(0, |a| a.balance.to_sat()),
-            })
-            .collect();
-        let tree = SumTree::build(engine, &leaves).map_err(from_merkle)?;
-        let mut slots: Vec<Option<Account>> = accounts.into_iter().map(Some).collect();
-        let accounts: Vec<Account> = keyed
-            .iter()
-            .filter_map(|&(_, i)| slots.get_mut(i).and_then(Option::take))
-            .collect();
+        // Sort small (commitment, position) pairs; `MAX_ACCOUNTS` positions fit in a `u32`.
+        let mut keyed: Vec<(Digest, u32)> = vec![([0u8; 32], 0); accounts.len()];
+        for_each_commitment(engine, &accounts, |i, d| {
+            if let (Some(k), Ok(pos)) = (keyed.get_mut(i), u32::try_from(i)) {
+                *k = (d, pos);
+            }
+        });
+        keyed.sort_unstable_by(|a, b| cmp_digest(&a.0, &b.0));
+        let leaves = keyed.iter().map(|&(c, i)| SumLeaf {
+            account_commitment: c,
+            balance: balances.get(i as usize).copied().unwrap_or(0),
+        });
+        let tree = SumTree::from_leaves(engine, leaves).map_err(from_merkle)?;
+        drop(balances);
+        let order = keyed.into_iter().map(|k| k.1).collect();
         Ok(LiabilitiesTree {
             accounts,
+            order,
+            in_leaf_order: OnceLock::new(),
             tree,
             total,
         })
@@ -495,9 +608,21 @@ impl LiabilitiesTree {
         }
     }
 
-    /// The accounts in leaf order.
+    /// The accounts in leaf order. The tree keeps them in their input order; this list is
+    /// copied into leaf order on the first call (use [`LiabilitiesTree::account`] for one).
     pub fn accounts(&self) -> &[Account] {
-        &self.accounts
+        self.in_leaf_order.get_or_init(|| {
+            self.order
+                .iter()
+                .filter_map(|&i| self.accounts.get(i as usize).cloned())
+                .collect()
+        })
+    }
+
+    /// The account at leaf `index`.
+    pub fn account(&self, index: u64) -> Option<&Account> {
+        let i = usize::try_from(index).ok()?;
+        self.accounts.get(*self.order.get(i)? as usize)
     }
 
     /// The number of accounts.
@@ -512,10 +637,11 @@ impl LiabilitiesTree {
 
     /// The leaf index of account `id`.
     pub fn index_of(&self, id: &AccountId) -> Option<u64> {
-        self.accounts
+        let pos = self.accounts.iter().position(|a| &a.id == id)?;
+        self.order
             .iter()
-            .position(|a| &a.id == id)
-            .map(|i| i as u64)
+            .position(|&i| i as usize == pos)
+            .map(|leaf| leaf as u64)
     }
 
     /// The inclusion proof of the account at leaf `index`.
@@ -523,13 +649,10 @@ impl LiabilitiesTree {
     /// # Errors
     /// [`LiabilityError::IndexOutOfRange`].
     pub fn proof(&self, index: u64) -> Result<LiabilityProof, LiabilityError> {
-        let account = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.accounts.get(i))
-            .ok_or(LiabilityError::IndexOutOfRange {
-                index,
-                size: self.tree.len(),
-            })?;
+        let account = self.account(index).ok_or(LiabilityError::IndexOutOfRange {
+            index,
+            size: self.tree.len(),
+        })?;
         let p = self.tree.proof(index).map_err(from_merkle)?;
         let root = self.root();
         Ok(LiabilityProof {

@@ -300,6 +300,32 @@ impl Engine {
                 return false;
             }
         }
+        // The same from a midstate (one and two blocks after a 64-byte prefix, with tails).
+        let mid = [
+            0x6a09_e667,
+            0xbb67_ae85,
+            0x3c6e_f372,
+            0xa54f_f53a,
+            0x510e_527f,
+            0x9b05_688c,
+            0x1f83_d9ab,
+            0x5be0_cd19,
+        ]
+        .map(|x: u32| x.rotate_left(7));
+        for len in [47usize, 96] {
+            let count = flat.len() / len;
+            let data = &flat[..count * len];
+            let mut got = vec![[0u8; 32]; count];
+            let mut want = vec![[0u8; 32]; count];
+            if self.hash_fixed_from(&mid, 64, data, len, &mut got).is_err()
+                || PORTABLE
+                    .hash_fixed_from(&mid, 64, data, len, &mut want)
+                    .is_err()
+                || got != want
+            {
+                return false;
+            }
+        }
         true
     }
 
@@ -570,7 +596,17 @@ impl Engine {
             // compiled for; `messages.len() == message_len * out.len()` was checked above.
             // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi if message_len <= SHORT_MAX => unsafe {
+                x86::shani::hash_short(&IV, 0, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
             Backend::ShaNi => unsafe { x86::shani::hash_fixed(messages, message_len, out) },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 if message_len <= SHORT_MAX => unsafe {
+                x86::avx2::hash_short(&IV, 0, messages, message_len, out)
+            },
             // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => unsafe { x86::avx2::hash_fixed(messages, message_len, out) },
@@ -589,12 +625,88 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// As [`Engine::hash_fixed`], every message continuing from the midstate `init` after
+    /// `prefix` bytes (a multiple of 64) were compressed: `out[i]` is the digest of
+    /// `prefix_bytes || messages[i*len .. (i+1)*len]` (the tagged hashes of
+    /// [`crate::TaggedHash::hash_fixed`]).
+    ///
+    /// # Errors
+    /// As [`Engine::hash_fixed`].
+    pub(crate) fn hash_fixed_from(
+        &self,
+        init: &[u32; 8],
+        prefix: u64,
+        messages: &[u8],
+        message_len: usize,
+        out: &mut [Digest],
+    ) -> Result<(), BatchError> {
+        let count = match messages.len().checked_div(message_len) {
+            Some(n) if messages.len().is_multiple_of(message_len) => n,
+            None if messages.is_empty() => 0,
+            _ => {
+                return Err(BatchError::RaggedMessages {
+                    buffer: messages.len(),
+                    message_len,
+                })
+            }
+        };
+        check_len(count, out.len())?;
+        if count == 0 {
+            return Ok(());
+        }
+        match self.backend {
+            // Soundness of the arms below: an `Engine` with this backend is only built by
+            // `Engine::forced` after `is_supported()` confirmed the CPU features the kernel is
+            // compiled for; `messages.len() == message_len * out.len()` was checked above.
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi if message_len <= SHORT_MAX => unsafe {
+                x86::shani::hash_short(init, prefix, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => unsafe {
+                x86::shani::hash_fixed_from(init, prefix, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 if message_len <= SHORT_MAX => unsafe {
+                x86::avx2::hash_short(init, prefix, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => unsafe {
+                x86::avx2::hash_fixed_from(init, prefix, messages, message_len, out)
+            },
+            // SAFETY: the engine was built by `Engine::forced` after `is_supported()`.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => unsafe {
+                self.fixed_from_wide_then_narrow(init, prefix, messages, message_len, out)
+            },
+            _ => {
+                for (m, o) in messages.chunks_exact(message_len).zip(out.iter_mut()) {
+                    let mut h = crate::Sha256::from_midstate(*init, prefix, &PORTABLE);
+                    h.update(m);
+                    *o = h.finalize();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Batch kernels of one backend: `out[i]` from `inputs[i]`, `out.len() == inputs.len()`.
 #[cfg(target_arch = "x86_64")]
 type BatchKernel<T> = unsafe fn(&[T], &mut [Digest]);
 /// In-place level kernels: the first half of `nodes` (even length) becomes the parents.
 #[cfg(target_arch = "x86_64")]
 type LevelKernel = unsafe fn(&mut [Digest]);
+
+/// Longest message the SIMD backends hash with `hash_short` (one block: data, the 0x80 byte
+/// and the 8-byte length fit in 64 bytes). Messages of length 0 never reach a kernel.
+#[cfg(target_arch = "x86_64")]
+const SHORT_MAX: usize = 55;
 
 /// At most this many messages after the last whole 16-lane group go to SHA-NI 4-way (each
 /// costs about 1/9 of a 16-lane group there: measured ~60 M compressions/s against ~110 M/s
@@ -668,11 +780,53 @@ impl Engine {
         let w = self.wide_count(out.len());
         let (wm, nm) = messages.split_at(w * len);
         let (wo, no) = out.split_at_mut(w);
-        // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
-        unsafe { x86::avx512::hash_fixed(wm, len, wo) };
-        if !no.is_empty() {
+        if len <= SHORT_MAX {
+            // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
+            unsafe { x86::avx512::hash_short(&IV, 0, wm, len, wo) };
+        } else {
+            // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
+            unsafe { x86::avx512::hash_fixed(wm, len, wo) };
+        }
+        if !no.is_empty() && len <= SHORT_MAX {
+            // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
+            unsafe { x86::shani::hash_short(&IV, 0, nm, len, no) };
+        } else if !no.is_empty() {
             // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
             unsafe { x86::shani::hash_fixed(nm, len, no) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Engine {
+    /// As [`Engine::fixed_wide_then_narrow`] from a midstate.
+    ///
+    /// # Safety
+    /// This engine is AVX-512 and `messages.len() == len * out.len()`.
+    unsafe fn fixed_from_wide_then_narrow(
+        &self,
+        init: &[u32; 8],
+        prefix: u64,
+        messages: &[u8],
+        len: usize,
+        out: &mut [Digest],
+    ) {
+        let w = self.wide_count(out.len());
+        let (wm, nm) = messages.split_at(w * len);
+        let (wo, no) = out.split_at_mut(w);
+        if len <= SHORT_MAX {
+            // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
+            unsafe { x86::avx512::hash_short(init, prefix, wm, len, wo) };
+        } else {
+            // SAFETY: the caller's guarantee; `wm.len() == len * wo.len()`.
+            unsafe { x86::avx512::hash_fixed_from(init, prefix, wm, len, wo) };
+        }
+        if !no.is_empty() && len <= SHORT_MAX {
+            // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
+            unsafe { x86::shani::hash_short(init, prefix, nm, len, no) };
+        } else if !no.is_empty() {
+            // SAFETY: as in `wide_then_narrow`; `nm.len() == len * no.len()`.
+            unsafe { x86::shani::hash_fixed_from(init, prefix, nm, len, no) };
         }
     }
 }

@@ -117,6 +117,18 @@ pub(crate) const NODE_PREFIX: u8 = 0x01;
 
 /// Fills `blk` with block `b` (of `nblocks`) of the padded message `msg`.
 pub(crate) fn fill_block(msg: &[u8], b: usize, nblocks: usize, blk: &mut [u8; 64]) {
+    fill_block_after(msg, 0, b, nblocks, blk);
+}
+
+/// As [`fill_block`] for a message that follows `prefix` bytes already compressed (a multiple
+/// of 64, e.g. a tagged hash's midstate): only the bit length in the last block differs.
+pub(crate) fn fill_block_after(
+    msg: &[u8],
+    prefix: u64,
+    b: usize,
+    nblocks: usize,
+    blk: &mut [u8; 64],
+) {
     let start = b * 64;
     let len = msg.len();
     if start + 64 <= len {
@@ -134,7 +146,7 @@ pub(crate) fn fill_block(msg: &[u8], b: usize, nblocks: usize, blk: &mut [u8; 64
         }
     }
     if b + 1 == nblocks {
-        blk[56..].copy_from_slice(&(len as u64).wrapping_mul(8).to_be_bytes());
+        blk[56..].copy_from_slice(&(len as u64 + prefix).wrapping_mul(8).to_be_bytes());
     }
 }
 

@@ -1,7 +1,7 @@
 //! One-shot, streaming and tagged SHA-256.
 
 use crate::portable::{state_to_digest, IV};
-use crate::{Digest, Engine};
+use crate::{BatchError, Digest, Engine};
 
 /// SHA-256 of `data` in one call.
 pub fn sha256(data: &[u8]) -> Digest {
@@ -59,7 +59,11 @@ impl Sha256 {
     }
 
     /// Resumes from a midstate: the state after `compressed_bytes` bytes (a multiple of 64).
-    fn from_midstate(state: [u32; 8], compressed_bytes: u64, engine: &'static Engine) -> Self {
+    pub(crate) fn from_midstate(
+        state: [u32; 8],
+        compressed_bytes: u64,
+        engine: &'static Engine,
+    ) -> Self {
         Sha256 {
             state,
             buf: [0; 64],
@@ -175,5 +179,23 @@ impl TaggedHash {
     /// The tagged hash of `msg`.
     pub fn hash(&self, msg: &[u8]) -> Digest {
         self.hasher().chain(msg).finalize()
+    }
+
+    /// The tagged hashes of many messages of the same length `message_len`, laid end to end
+    /// in `messages`: `out[i]` is the tagged hash of `messages[i*len .. (i+1)*len]`, equal to
+    /// [`TaggedHash::hash`] of it. Batched on `engine`'s backend (several messages side by side
+    /// from the tag's midstate), for many short independent messages such as salted
+    /// commitments.
+    ///
+    /// # Errors
+    /// As [`Engine::hash_fixed`]: [`BatchError::RaggedMessages`], [`BatchError::OutputLength`].
+    pub fn hash_fixed(
+        &self,
+        engine: &Engine,
+        messages: &[u8],
+        message_len: usize,
+        out: &mut [Digest],
+    ) -> Result<(), BatchError> {
+        engine.hash_fixed_from(&self.midstate, 64, messages, message_len, out)
     }
 }

@@ -40,6 +40,10 @@ pub struct SumLeaf {
     pub balance: u64,
 }
 
+/// Messages per batched call when building a tree: 4096 81-byte messages and their digests
+/// (about 450 KiB) stay in the L2 cache between encoding and hashing.
+const CHUNK: usize = 4096;
+
 fn hash_msgs(engine: &Engine, msgs: &[u8], len: usize, out: &mut [Digest]) {
     if engine.hash_fixed(msgs, len, out).is_err() {
         // Unreachable: callers pass whole messages and one slot each. Stay correct anyway.
@@ -100,49 +104,75 @@ pub struct SumTree {
 }
 
 impl SumTree {
-    /// Builds the tree over `leaves` (at least one), one batched hash call per level.
+    /// Builds the tree over `leaves` (at least one), each level in batched hash calls of up
+    /// to `CHUNK` (4096) messages.
     ///
     /// # Errors
     /// [`MerkleError::SumOverflow`] when the total (or any partial sum) overflows 64 bits;
     /// [`MerkleError::Empty`] for no leaves.
     pub fn build(engine: &Engine, leaves: &[SumLeaf]) -> Result<SumTree, MerkleError> {
-        if leaves.is_empty() {
+        Self::from_leaves(engine, leaves.iter().copied())
+    }
+
+    /// As [`SumTree::build`], taking the leaves from an iterator (in leaf order), so a caller
+    /// that derives them (e.g. from a sorted index) needs no leaf array of its own.
+    ///
+    /// # Errors
+    /// As [`SumTree::build`].
+    pub fn from_leaves(
+        engine: &Engine,
+        leaves: impl IntoIterator<Item = SumLeaf>,
+    ) -> Result<SumTree, MerkleError> {
+        let mut leaves = leaves.into_iter();
+        // In chunks of `CHUNK` messages, so each chunk's messages and digests stay in cache
+        // between encoding, hashing and storing (one batched call per chunk).
+        let mut msgs = Vec::with_capacity(CHUNK * 81);
+        let mut out = vec![[0u8; 32]; CHUNK];
+        let mut sums = Vec::with_capacity(CHUNK);
+        let mut first = Vec::with_capacity(leaves.size_hint().0);
+        loop {
+            msgs.clear();
+            sums.clear();
+            for l in leaves.by_ref().take(CHUNK) {
+                l.encode(&mut msgs);
+                sums.push(l.balance);
+            }
+            if sums.is_empty() {
+                break;
+            }
+            let o = &mut out[..sums.len()];
+            hash_msgs(engine, &msgs, 41, o);
+            first.extend(
+                o.iter()
+                    .zip(&sums)
+                    .map(|(&hash, &sum)| SumNode { hash, sum }),
+            );
+        }
+        if first.is_empty() {
             return Err(MerkleError::Empty);
         }
-        let mut msgs = Vec::with_capacity(leaves.len() * 41);
-        for l in leaves {
-            l.encode(&mut msgs);
-        }
-        let mut hashes = vec![[0u8; 32]; leaves.len()];
-        hash_msgs(engine, &msgs, 41, &mut hashes);
-        let first: Vec<SumNode> = hashes
-            .into_iter()
-            .zip(leaves)
-            .map(|(hash, l)| SumNode {
-                hash,
-                sum: l.balance,
-            })
-            .collect();
         let mut levels = vec![first];
         while let Some(level) = levels.last().filter(|l| l.len() > 1) {
-            let pairs = level.len() / 2;
-            msgs.clear();
-            let mut sums = Vec::with_capacity(pairs + 1);
-            for p in level.chunks_exact(2) {
-                sums.push(
-                    p[0].sum
-                        .checked_add(p[1].sum)
-                        .ok_or(MerkleError::SumOverflow)?,
+            let mut next = Vec::with_capacity(level.len().div_ceil(2));
+            for chunk in level.chunks(2 * CHUNK) {
+                msgs.clear();
+                sums.clear();
+                for p in chunk.chunks_exact(2) {
+                    sums.push(
+                        p[0].sum
+                            .checked_add(p[1].sum)
+                            .ok_or(MerkleError::SumOverflow)?,
+                    );
+                    encode_node(&mut msgs, &p[0], &p[1]);
+                }
+                let o = &mut out[..sums.len()];
+                hash_msgs(engine, &msgs, 81, o);
+                next.extend(
+                    o.iter()
+                        .zip(&sums)
+                        .map(|(&hash, &sum)| SumNode { hash, sum }),
                 );
-                encode_node(&mut msgs, &p[0], &p[1]);
             }
-            let mut out = vec![[0u8; 32]; pairs];
-            hash_msgs(engine, &msgs, 81, &mut out);
-            let mut next: Vec<SumNode> = out
-                .into_iter()
-                .zip(sums)
-                .map(|(hash, sum)| SumNode { hash, sum })
-                .collect();
             if !level.len().is_multiple_of(2) {
                 next.extend(level.last().copied());
             }

@@ -6,7 +6,9 @@ use super::{
     batch_drivers, lane_compress, lane_compress2, lane_kernels, lane_round, lane_rounds8,
     lane_rounds8x2, tail_words,
 };
-use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
+use crate::portable::{
+    block_count, fill_block, fill_block_after, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK,
+};
 use crate::Digest;
 
 /// Lanes per vector.

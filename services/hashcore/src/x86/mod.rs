@@ -253,6 +253,39 @@ macro_rules! batch_drivers {
                 i += k;
             }
         }
+
+        /// As `hash_fixed`, each message continuing from the midstate `init` after `prefix`
+        /// bytes (a multiple of 64) were compressed: e.g. a tagged hash's tag prefix.
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn hash_fixed_from(
+            init: &[u32; 8],
+            prefix: u64,
+            messages: &[u8],
+            len: usize,
+            out: &mut [Digest],
+        ) {
+            let count = out.len();
+            if messages.len() != len * count {
+                return;
+            }
+            let mut i = 0;
+            while i < count {
+                let k = (count - i).min($n);
+                let mut lanes: [&[u8]; $n] = [&[]; $n];
+                for (j, lane) in lanes.iter_mut().enumerate() {
+                    // Tail groups repeat the last real message in the unused lanes.
+                    let m = i + j.min(k - 1);
+                    *lane = &messages[m * len..(m + 1) * len];
+                }
+                let mut bo = [[0u8; 32]; $n];
+                gfixed_from(init, prefix, &lanes, len, &mut bo);
+                out[i..i + k].copy_from_slice(&bo[..k]);
+                i += k;
+            }
+        }
     };
 }
 
@@ -665,6 +698,43 @@ macro_rules! lane_kernels {
             store_digests(&st, out);
         }
 
+        /// As `gfixed_any`, every lane starting from the midstate `init` after `prefix`
+        /// compressed bytes (a multiple of 64).
+        #[target_feature(enable = $feat)]
+        fn gfixed_from(
+            init: &[u32; 8],
+            prefix: u64,
+            lanes: &[&[u8]; N],
+            len: usize,
+            out: &mut [Digest; N],
+        ) {
+            let nblocks = block_count(len);
+            let whole = (len / 64).min(nblocks - 1);
+            let mut st = [
+                set1(init[0]),
+                set1(init[1]),
+                set1(init[2]),
+                set1(init[3]),
+                set1(init[4]),
+                set1(init[5]),
+                set1(init[6]),
+                set1(init[7]),
+            ];
+            for b in 0..whole {
+                let rows: [&[u8; 64]; N] =
+                    core::array::from_fn(|l| &lanes[l].as_chunks::<64>().0[b]);
+                compress_w(&mut st, load_rows(&rows));
+            }
+            let mut blk = [[0u8; 64]; N];
+            for b in whole..nblocks {
+                for (bl, m) in blk.iter_mut().zip(lanes.iter()) {
+                    fill_block_after(m, prefix, b, nblocks, bl);
+                }
+                compress_w(&mut st, load_words(&blk));
+            }
+            store_digests(&st, out);
+        }
+
         /// As `gfixed` for a length `LEN` whose padding fits in the block after its whole
         /// blocks (`64 <= LEN`, `LEN % 64 <= 55`): the words of that last block past the data
         /// are constants, so their part of the schedule folds away at compile time.
@@ -708,6 +778,86 @@ macro_rules! lane_kernels {
             let s = &mut st;
             lane_compress!(s, sched_wk, w);
             store_digests(&st, out);
+        }
+
+        /// SHA-256 of `out.len()` messages of `len` bytes (`1 <= len <= 55`: one block each)
+        /// laid end to end in `messages`, each continuing from the midstate `init` after
+        /// `prefix` compressed bytes (a multiple of 64; `IV` and 0 for plain hashes).
+        ///
+        /// Each lane's block is read in place as the 64 bytes from its message's start (they
+        /// run on into the next messages; only messages near the buffer's end are copied),
+        /// then the words from the one holding the 0x80 byte on are replaced in registers:
+        /// no per-lane block is built.
+        ///
+        /// # Safety
+        /// The CPU must have the features this backend is compiled for.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn hash_short(
+            init: &[u32; 8],
+            prefix: u64,
+            messages: &[u8],
+            len: usize,
+            out: &mut [Digest],
+        ) {
+            let count = out.len();
+            if len == 0 || len > 55 || messages.len() != len * count {
+                return;
+            }
+            // The padding: word `q` keeps its first `rem` data bytes and takes 0x80 after
+            // them (a `Ch` with a byte mask selects between the two), words past it are zero
+            // but the two of the bit length.
+            let (q, rem) = (len / 4, len % 4);
+            let keep = if rem == 0 { 0 } else { !0u32 << (32 - 8 * rem) };
+            let pad = 0x80u32 << (24 - 8 * rem);
+            let bits = (prefix.wrapping_add(len as u64)).wrapping_mul(8);
+            let mut tail = [0u32; 16];
+            tail[14] = (bits >> 32) as u32;
+            tail[15] = bits as u32;
+            let (keep, pad) = (set1(keep), set1(pad));
+            let tail: [V; 16] = core::array::from_fn(|t| set1(tail[t]));
+            let st0 = [
+                set1(init[0]),
+                set1(init[1]),
+                set1(init[2]),
+                set1(init[3]),
+                set1(init[4]),
+                set1(init[5]),
+                set1(init[6]),
+                set1(init[7]),
+            ];
+            let mut spare = [[0u8; 64]; N];
+            let mut i = 0;
+            while i < count {
+                let k = (count - i).min(N);
+                // Tail groups repeat the last real message in the unused lanes.
+                let off: [usize; N] = core::array::from_fn(|j| (i + j.min(k - 1)) * len);
+                for (sp, &o) in spare.iter_mut().zip(&off) {
+                    if o + 64 > messages.len() {
+                        let m = &messages[o..o + len];
+                        sp[..len].copy_from_slice(m);
+                    }
+                }
+                let rows: [&[u8; 64]; N] = core::array::from_fn(|j| {
+                    match messages
+                        .get(off[j]..off[j] + 64)
+                        .and_then(|r| <&[u8; 64]>::try_from(r).ok())
+                    {
+                        Some(r) => r,
+                        None => &spare[j],
+                    }
+                });
+                let mut w = load_rows(&rows);
+                w[q] = ch(keep, w[q], pad);
+                for t in q + 1..16 {
+                    w[t] = tail[t];
+                }
+                let mut st = st0;
+                compress_w(&mut st, w);
+                let mut bo = [[0u8; 32]; N];
+                store_digests(&st, &mut bo);
+                out[i..i + k].copy_from_slice(&bo[..k]);
+                i += k;
+            }
         }
 
         batch_drivers!($feat, N, pairs);

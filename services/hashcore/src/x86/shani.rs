@@ -5,7 +5,9 @@
 use core::arch::x86_64::*;
 
 use super::batch_drivers;
-use crate::portable::{block_count, fill_block, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK};
+use crate::portable::{
+    block_count, fill_block, fill_block_after, D64_TAIL, IV, K, NODE_PREFIX, PAD64_WK,
+};
 use crate::Digest;
 
 /// Number of interleaved messages in the batched kernels.
@@ -321,6 +323,129 @@ fn gfixed<const W: usize>(lanes: &[&[u8]; W], len: usize, out: &mut [Digest; W])
     }
     for (s, o) in st.iter().zip(out.iter_mut()) {
         store_digest(*s, o);
+    }
+}
+
+/// As [`gfixed`], every message continuing from the midstate `init` after `prefix` compressed
+/// bytes (a multiple of 64).
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+fn gfixed_from<const W: usize>(
+    init: &[u32; 8],
+    prefix: u64,
+    lanes: &[&[u8]; W],
+    len: usize,
+    out: &mut [Digest; W],
+) {
+    let nblocks = block_count(len);
+    let mut st = [to_st(init); W];
+    let mut blk = [0u8; 64];
+    let mut w = [[_mm_setzero_si128(); 4]; W];
+    for b in 0..nblocks {
+        for (wl, m) in w.iter_mut().zip(lanes.iter()) {
+            let whole = m
+                .get(b * 64..b * 64 + 64)
+                .and_then(|s| <&[u8; 64]>::try_from(s).ok());
+            *wl = match whole {
+                Some(full) if b + 1 < nblocks => load_block(full),
+                _ => {
+                    fill_block_after(m, prefix, b, nblocks, &mut blk);
+                    load_block(&blk)
+                }
+            };
+        }
+        let save = st;
+        rounds(&mut st, w);
+        add_st(&mut st, &save);
+    }
+    for (s, o) in st.iter().zip(out.iter_mut()) {
+        store_digest(*s, o);
+    }
+}
+
+/// SHA-256 of `out.len()` messages of `len` bytes (`1 <= len <= 55`: one block each) laid end
+/// to end in `messages`, each continuing from the midstate `init` after `prefix` compressed
+/// bytes (a multiple of 64; `IV` and 0 for plain hashes), `WAYS` streams interleaved.
+///
+/// As the lane kernels' `hash_short`: each block is read in place as the 64 bytes from its
+/// message's start (only messages near the buffer's end are copied), then its words are
+/// masked to the data and the padding (0x80, zeros, bit length) is or-ed in: no block is
+/// built byte by byte.
+///
+/// # Safety
+/// The CPU must have SHA, SSE2, SSSE3 and SSE4.1.
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+pub(crate) unsafe fn hash_short(
+    init: &[u32; 8],
+    prefix: u64,
+    messages: &[u8],
+    len: usize,
+    out: &mut [Digest],
+) {
+    let count = out.len();
+    if len == 0 || len > 55 || messages.len() != len * count {
+        return;
+    }
+    let mut keep = [0u32; 16];
+    let mut pad = [0u32; 16];
+    for (t, k) in keep.iter_mut().enumerate() {
+        let lo = 4 * t;
+        *k = if lo + 4 <= len {
+            !0
+        } else if lo < len {
+            !0u32 << (32 - 8 * (len - lo))
+        } else {
+            0
+        };
+    }
+    pad[len / 4] |= 0x80u32 << (24 - 8 * (len % 4));
+    let bits = (prefix.wrapping_add(len as u64)).wrapping_mul(8);
+    pad[14] = (bits >> 32) as u32;
+    pad[15] = bits as u32;
+    let v = |x: &[u32; 16], g: usize| {
+        _mm_set_epi32(
+            x[4 * g + 3] as i32,
+            x[4 * g + 2] as i32,
+            x[4 * g + 1] as i32,
+            x[4 * g] as i32,
+        )
+    };
+    let km: [__m128i; 4] = core::array::from_fn(|g| v(&keep, g));
+    let pm: [__m128i; 4] = core::array::from_fn(|g| v(&pad, g));
+    let st0 = [to_st(init); WAYS];
+    let mut spare = [[0u8; 64]; WAYS];
+    let mut i = 0;
+    while i < count {
+        let k = (count - i).min(WAYS);
+        // Tail groups repeat the last real message in the unused streams.
+        let off: [usize; WAYS] = core::array::from_fn(|j| (i + j.min(k - 1)) * len);
+        for (sp, &o) in spare.iter_mut().zip(&off) {
+            if o + 64 > messages.len() {
+                sp[..len].copy_from_slice(&messages[o..o + len]);
+            }
+        }
+        let mut w = [[_mm_setzero_si128(); 4]; WAYS];
+        for ((wl, &o), sp) in w.iter_mut().zip(&off).zip(&spare) {
+            let row = match messages
+                .get(o..o + 64)
+                .and_then(|r| <&[u8; 64]>::try_from(r).ok())
+            {
+                Some(r) => r,
+                None => sp,
+            };
+            let b = load_block(row);
+            for g in 0..4 {
+                wl[g] = _mm_or_si128(_mm_and_si128(b[g], km[g]), pm[g]);
+            }
+        }
+        let mut st = st0;
+        rounds(&mut st, w);
+        add_st(&mut st, &st0);
+        let mut bo = [[0u8; 32]; WAYS];
+        for (s, o) in st.iter().zip(bo.iter_mut()) {
+            store_digest(*s, o);
+        }
+        out[i..i + k].copy_from_slice(&bo[..k]);
+        i += k;
     }
 }
 
