@@ -319,7 +319,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
     fn parallel_equals_serial_for_any_tampering(
-        positions in prop::collection::vec(1..=UTXOS, 0..4),
+        // Distinct inputs: tampering one twice could find no signature left to damage.
+        positions in prop::collection::btree_set(1..=UTXOS, 0..4),
         how in any::<u8>(),
         taproot in any::<bool>(),
     ) {
