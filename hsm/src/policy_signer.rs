@@ -187,6 +187,10 @@ pub enum PolicySignerError {
     /// The policy key signed no input.
     #[error("the policy key signs no input of this transaction")]
     NothingSigned,
+    /// The policy key could sign some of the inputs it must sign but not these (their PSBT
+    /// maps do not name it): nothing is signed.
+    #[error("the policy key cannot sign inputs {0:?}: their psbt maps do not name it")]
+    Unsigned(Vec<usize>),
     /// A freeze order was refused.
     #[error("freeze order refused: {0}")]
     Freeze(#[from] FreezeError),
@@ -697,9 +701,8 @@ impl<S: Signer> PolicySigner<S> {
         let checked = self.check(psbt, auth, now_ms, tip_height)?;
         let mut copy = psbt.clone();
         let report: SignReport = self.key.sign_psbt(&mut copy)?;
-        if report.is_empty() {
-            return Err(PolicySignerError::NothingSigned);
-        }
+        // Every input of a spend is the vault's (checked above) and needs the policy key.
+        signed_all(&report, 0..psbt.inputs.len())?;
         *psbt = copy;
         self.record_signed(
             &auth.vault,
@@ -862,7 +865,8 @@ impl<S: Signer> PolicySigner<S> {
     /// As [`PolicySigner::check_proof`] and [`PolicySigner::check_proof_approvals`];
     /// [`PolicySignerError::ProofSubject`] when the PSBT carries no valid proof terms,
     /// [`PolicySignerError::ProofRequestMismatch`], [`PolicySignerError::NothingSigned`] when
-    /// the key is in no input; [`PolicySignerError::Signer`] when the key fails.
+    /// the key is in no input, [`PolicySignerError::Unsigned`] when it is missing from a real
+    /// input; [`PolicySignerError::Signer`] when the key fails.
     pub fn sign_proof(
         &mut self,
         psbt: &mut Psbt,
@@ -885,9 +889,8 @@ impl<S: Signer> PolicySigner<S> {
         let counted = self.proof_quorum(&subject, approvals, now_ms)?;
         let mut copy = psbt.clone();
         let report: SignReport = self.key.sign_psbt(&mut copy)?;
-        if report.is_empty() {
-            return Err(PolicySignerError::NothingSigned);
-        }
+        // Every real input (all but the commitment) needs the policy key.
+        signed_all(&report, 1..psbt.inputs.len())?;
         // The signatures made must pass the same shape check (SIGHASH_ALL only).
         self.check_proof(&copy)?;
         *psbt = copy;
@@ -1038,7 +1041,8 @@ impl<S: Signer> PolicySigner<S> {
     /// # Errors
     /// As [`PolicySigner::proof_of_funds_subject`] and [`PolicySigner::check_proof_approvals`];
     /// [`PolicySignerError::ProofRequestMismatch`], [`PolicySignerError::NothingSigned`] when the
-    /// key is in no input; [`PolicySignerError::Signer`] when the key fails.
+    /// key is in no input, [`PolicySignerError::Unsigned`] when it is missing from a real
+    /// input; [`PolicySignerError::Signer`] when the key fails.
     pub fn sign_proof_of_funds(
         &mut self,
         psbt: &mut Psbt,
@@ -1058,9 +1062,8 @@ impl<S: Signer> PolicySigner<S> {
         let counted = self.proof_quorum(&subject, approvals, now_ms)?;
         let mut copy = psbt.clone();
         let report: SignReport = self.key.sign_psbt(&mut copy)?;
-        if report.is_empty() {
-            return Err(PolicySignerError::NothingSigned);
-        }
+        // Every real input (after the virtual to_spend) needs the policy key.
+        signed_all(&report, 1..psbt.inputs.len())?;
         self.proof_of_funds_shape(&copy, message, challenge)?;
         *psbt = copy;
         Ok(ProofSignature {
@@ -1361,6 +1364,27 @@ fn compare_subjects(
         ));
     }
     Ok(())
+}
+
+/// Whether `report` covers every input in `needed`.
+///
+/// # Errors
+/// [`PolicySignerError::NothingSigned`] when it signed nothing,
+/// [`PolicySignerError::Unsigned`] naming the inputs it missed.
+fn signed_all(
+    report: &SignReport,
+    needed: std::ops::Range<usize>,
+) -> Result<(), PolicySignerError> {
+    if report.is_empty() {
+        return Err(PolicySignerError::NothingSigned);
+    }
+    let done = report.inputs();
+    let missing: Vec<usize> = needed.filter(|i| !done.contains(i)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicySignerError::Unsigned(missing))
+    }
 }
 
 #[cfg(test)]

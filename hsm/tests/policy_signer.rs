@@ -1414,7 +1414,7 @@ fn a_damaged_psbt_is_refused_or_is_still_the_approved_transaction() {
     );
     let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
     let mut runner = TestRunner::new(Config {
-        cases: 2048,
+        cases: fuzz_cases(),
         failure_persistence: None,
         ..Config::default()
     });
@@ -1437,14 +1437,19 @@ fn a_damaged_psbt_is_refused_or_is_still_the_approved_transaction() {
             let now: Vec<_> = q.inputs.iter().map(|i| i.witness_utxo.clone()).collect();
             prop_assert_eq!(&now, &prevouts, "edits {:?}", &edits);
             // A few signatures (each counts against the velocity limit of the fixture).
-            if signed.get() < 4 && f.signer.sign(&mut q, &a, NOW + 2, TIP).is_ok() {
+            if signed.get() < fuzz_cases() / 512 && f.signer.sign(&mut q, &a, NOW + 2, TIP).is_ok()
+            {
                 signed.set(signed.get() + 1);
                 let mut original = p.clone();
                 for (o, s) in original.inputs.iter_mut().zip(&q.inputs) {
                     o.partial_sigs = s.partial_sigs.clone();
                 }
-                let tx = officers_finalize(&f, original);
-                prop_assert_eq!(tx.compute_txid(), txid);
+                for o in &f.officers[..2] {
+                    o.sign_psbt(&mut original).unwrap();
+                }
+                let secp = Secp256k1::verification_only();
+                let done = original.finalize(&secp).map_err(|(_, e)| e);
+                prop_assert!(done.is_ok(), "edits {:?}: {:?}", &edits, done.err());
             }
             Ok(())
         })
@@ -1493,7 +1498,7 @@ fn a_damaged_proof_is_refused_or_is_still_the_approved_unspendable_proof() {
     let (parsed, signed) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
     let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
     let mut runner = TestRunner::new(Config {
-        cases: 2048,
+        cases: fuzz_cases(),
         failure_persistence: None,
         ..Config::default()
     });
@@ -1566,7 +1571,7 @@ fn a_damaged_bip322_proof_is_refused_or_is_still_the_approved_unspendable_proof(
     let (parsed, signed) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
     let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
     let mut runner = TestRunner::new(Config {
-        cases: 2048,
+        cases: fuzz_cases(),
         failure_persistence: None,
         ..Config::default()
     });
@@ -1611,4 +1616,47 @@ fn a_damaged_bip322_proof_is_refused_or_is_still_the_approved_unspendable_proof(
         parsed.get(),
         signed.get()
     );
+}
+
+/// Cases per damaged-input property test: 2,048, or `TREASURY_FUZZ_CASES` for a longer hunt.
+fn fuzz_cases() -> u32 {
+    std::env::var("TREASURY_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048)
+}
+
+/// Found by the damaged-PSBT property test: a PSBT whose input map no longer names the policy
+/// key (its `bip32_derivation` entry dropped or turned into an unknown field) used to be
+/// "signed" with that input left unsigned. Now the signer refuses, naming the input, and the
+/// PSBT is unchanged; dropping any other key's entry changes nothing.
+#[test]
+fn a_psbt_that_hides_the_policy_key_on_one_input_is_refused_whole() {
+    let Some(mut f) = fixture("policy-hidden-key") else {
+        return;
+    };
+    let p = small(&f);
+    let mut a = auth(&f, "r-hidden", &p);
+    approve(&mut a, &["bob"], NOW);
+    f.signer.observe(&a, NOW + 1);
+    let keys: Vec<_> = p.inputs[0].bip32_derivation.keys().copied().collect();
+    let mut refused = 0;
+    for k in keys {
+        let mut q = p.clone();
+        q.inputs[0].bip32_derivation.remove(&k);
+        let before = q.clone();
+        match f.signer.sign(&mut q, &a, NOW + 2, TIP) {
+            Ok(sig) => assert_eq!(sig.inputs, vec![0, 1], "dropping {k}"),
+            Err(e) => {
+                assert!(
+                    matches!(e, PolicySignerError::Unsigned(ref v) if v == &vec![0]),
+                    "dropping {k}: {e}"
+                );
+                assert!(e.to_string().contains("cannot sign inputs [0]"), "{e}");
+                assert_eq!(q, before, "a refused psbt was changed");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 1, "exactly the policy key's entry matters");
 }
