@@ -46,6 +46,11 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("api.db").display());
         let store = LedgerStore::open(&url).await.unwrap();
+        World::on(limits, store, dir).await
+    }
+
+    /// The same world on `store` (e.g. a PostgreSQL schema).
+    async fn on(limits: Limits, store: LedgerStore, dir: tempfile::TempDir) -> World {
         let svc = treasury::vaults::VaultService::new(store.clone());
         let t = Template::SortedMulti {
             k: 2,
@@ -577,11 +582,38 @@ async fn whoami_on(state: &AppState, token: &str) -> StatusCode {
 /// it refuses within a bounded wait); with the cache off, at once.
 #[tokio::test]
 async fn token_cache_honours_revocations() {
-    let limits = |ms| Limits {
+    revocations_reach_every_instance(World::new(recheck(3_600_000)).await).await;
+}
+
+/// The same with the instances on one PostgreSQL schema (the multi-instance deployment).
+#[tokio::test]
+async fn token_cache_honours_revocations_on_postgres() {
+    let Ok(url) = std::env::var("TREASURY_TEST_POSTGRES_URL") else {
+        regtest::skip_or_fail(
+            "postgres",
+            "token_cache_honours_revocations_on_postgres",
+            &"TREASURY_TEST_POSTGRES_URL is not set",
+        );
+        return;
+    };
+    let schema = format!("tokens_{}_{}", std::process::id(), rand::random::<u32>());
+    let store = LedgerStore::open_in_schema(&url, Some(&schema))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    revocations_reach_every_instance(World::on(recheck(3_600_000), store, dir).await).await;
+}
+
+fn recheck(ms: u64) -> Limits {
+    Limits {
         token_recheck: Duration::from_millis(ms),
         ..Limits::default()
-    };
-    let w = World::new(limits(3_600_000)).await;
+    }
+}
+
+/// `w` re-checks revocations every hour; three more instances on its store.
+async fn revocations_reach_every_instance(w: World) {
+    let limits = recheck;
     let slow = AppState::builder()
         .limits(limits(3_600_000))
         .build(w.store.clone());

@@ -466,5 +466,31 @@ async fn walkthrough_runs(extra: &[&str]) {
     )
     .await;
     assert_eq!(again["signatures"], 0, "{again}");
+    if software {
+        // A missing or wrong passphrase file: a clear error, no panic, nothing signed.
+        let wrong = tmp.path().join("wrong-passphrase");
+        std::fs::write(&wrong, "not the passphrase\n").unwrap();
+        for (file, says) in [(tmp.path().join("missing"), "missing"), (wrong, "keystore")] {
+            let out = Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    ". {} && treasury reserves sign-policy {id} --passphrase-file {}",
+                    dir.join("env.sh").display(),
+                    file.display()
+                ))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "signed with {}", file.display());
+            assert!(err.contains(says) && !err.contains("panicked"), "{err}");
+        }
+        let (_, again) = get(
+            &c,
+            &format!("{}/v1/reserves/proofs/{id}", run.url),
+            Some(&toks["demo-auditor"].token),
+        )
+        .await;
+        assert_eq!(again["signatures"], 0, "{again}");
+    }
     run.interrupt();
 }
