@@ -1394,7 +1394,6 @@ fn signs_a_well_formed_bip322_proof_of_funds_and_refuses_every_other_shape() {
 #[test]
 fn a_damaged_psbt_is_refused_or_is_still_the_approved_transaction() {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
     let Some(mut f) = fixture("policy-fuzz") else {
         return;
     };
@@ -1407,67 +1406,40 @@ fn a_damaged_psbt_is_refused_or_is_still_the_approved_transaction() {
     let txid = p.unsigned_tx.compute_txid();
     let prevouts: Vec<_> = p.inputs.iter().map(|i| i.witness_utxo.clone()).collect();
     let f = std::cell::RefCell::new(f);
-    let (parsed, passed, signed) = (
-        std::cell::Cell::new(0u32),
-        std::cell::Cell::new(0u32),
-        std::cell::Cell::new(0u32),
-    );
-    let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
-    let mut runner = TestRunner::new(Config {
-        cases: fuzz_cases(),
-        failure_persistence: None,
-        ..Config::default()
+    let (passed, signed) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    let parsed = for_each_damaged(&bytes, |edits, mut q| {
+        let mut f = f.borrow_mut();
+        if f.signer.check(&q, &a, NOW + 2, TIP).is_err() {
+            return Ok(());
+        }
+        passed.set(passed.get() + 1);
+        prop_assert_eq!(q.unsigned_tx.compute_txid(), txid, "edits {:?}", &edits);
+        let now: Vec<_> = q.inputs.iter().map(|i| i.witness_utxo.clone()).collect();
+        prop_assert_eq!(&now, &prevouts, "edits {:?}", &edits);
+        // A few signatures (each counts against the velocity limit of the fixture).
+        if signed.get() < fuzz_cases() / 512 && f.signer.sign(&mut q, &a, NOW + 2, TIP).is_ok() {
+            signed.set(signed.get() + 1);
+            let mut original = p.clone();
+            for (o, s) in original.inputs.iter_mut().zip(&q.inputs) {
+                o.partial_sigs = s.partial_sigs.clone();
+            }
+            for o in &f.officers[..2] {
+                o.sign_psbt(&mut original).unwrap();
+            }
+            let secp = Secp256k1::verification_only();
+            let done = original.finalize(&secp).map_err(|(_, e)| e);
+            prop_assert!(done.is_ok(), "edits {:?}: {:?}", &edits, done.err());
+        }
+        Ok(())
     });
-    runner
-        .run(&damage, |edits| {
-            let mut b = bytes.clone();
-            for (at, v) in &edits {
-                b[*at] = *v;
-            }
-            let Ok(mut q) = Psbt::deserialize(&b) else {
-                return Ok(());
-            };
-            parsed.set(parsed.get() + 1);
-            let mut f = f.borrow_mut();
-            if f.signer.check(&q, &a, NOW + 2, TIP).is_err() {
-                return Ok(());
-            }
-            passed.set(passed.get() + 1);
-            prop_assert_eq!(q.unsigned_tx.compute_txid(), txid, "edits {:?}", &edits);
-            let now: Vec<_> = q.inputs.iter().map(|i| i.witness_utxo.clone()).collect();
-            prop_assert_eq!(&now, &prevouts, "edits {:?}", &edits);
-            // A few signatures (each counts against the velocity limit of the fixture).
-            if signed.get() < fuzz_cases() / 512 && f.signer.sign(&mut q, &a, NOW + 2, TIP).is_ok()
-            {
-                signed.set(signed.get() + 1);
-                let mut original = p.clone();
-                for (o, s) in original.inputs.iter_mut().zip(&q.inputs) {
-                    o.partial_sigs = s.partial_sigs.clone();
-                }
-                for o in &f.officers[..2] {
-                    o.sign_psbt(&mut original).unwrap();
-                }
-                let secp = Secp256k1::verification_only();
-                let done = original.finalize(&secp).map_err(|(_, e)| e);
-                prop_assert!(done.is_ok(), "edits {:?}: {:?}", &edits, done.err());
-            }
-            Ok(())
-        })
-        .unwrap();
-    // The damage must have reached the signer in both directions for the test to mean much.
     assert!(
-        parsed.get() > 50,
-        "only {} damaged PSBTs parsed",
-        parsed.get()
-    );
-    assert!(
-        passed.get() < parsed.get(),
+        passed.get() < parsed,
         "no damaged PSBT was refused ({} parsed)",
-        parsed.get()
+        parsed
     );
     eprintln!(
         "{} damaged PSBTs parsed, {} passed the check, {} signed",
-        parsed.get(),
+        parsed,
         passed.get(),
         signed.get()
     );
@@ -1481,7 +1453,6 @@ fn a_damaged_psbt_is_refused_or_is_still_the_approved_transaction() {
 fn a_damaged_proof_is_refused_or_is_still_the_approved_unspendable_proof() {
     use policies::proof::{commitment_outpoint, proof_output_script};
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
     let Some(f) = fixture("policy-proof-fuzz") else {
         return;
     };
@@ -1495,53 +1466,28 @@ fn a_damaged_proof_is_refused_or_is_still_the_approved_unspendable_proof() {
         .signer
         .sign_proof(&mut good.clone(), "por-1", &quorum, NOW)
         .unwrap();
-    let (parsed, signed) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
-    let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
-    let mut runner = TestRunner::new(Config {
-        cases: fuzz_cases(),
-        failure_persistence: None,
-        ..Config::default()
+    let signed = std::cell::Cell::new(0u32);
+    let parsed = for_each_damaged(&bytes, |edits, mut q| {
+        let mut f = f.borrow_mut();
+        if f.signer.sign_proof(&mut q, "por-1", &quorum, NOW).is_err() {
+            prop_assert!(no_signatures(&q), "a refused proof was changed");
+            return Ok(());
+        }
+        signed.set(signed.get() + 1);
+        let now = ProofSubject::from_bip127_psbt(&q, f.policy.hash());
+        prop_assert_eq!(now.as_ref().ok(), Some(&subject), "edits {:?}", &edits);
+        let tx = &q.unsigned_tx;
+        prop_assert_eq!(tx.input[0].previous_output, commitment_outpoint(msg));
+        prop_assert_eq!(tx.output.len(), 1);
+        prop_assert_eq!(&tx.output[0].script_pubkey, &proof_output_script(msg));
+        Ok(())
     });
-    runner
-        .run(&damage, |edits| {
-            let mut b = bytes.clone();
-            for (at, v) in &edits {
-                b[*at] = *v;
-            }
-            let Ok(mut q) = Psbt::deserialize(&b) else {
-                return Ok(());
-            };
-            parsed.set(parsed.get() + 1);
-            let mut f = f.borrow_mut();
-            if f.signer.sign_proof(&mut q, "por-1", &quorum, NOW).is_err() {
-                prop_assert!(no_signatures(&q), "a refused proof was changed");
-                return Ok(());
-            }
-            signed.set(signed.get() + 1);
-            let now = ProofSubject::from_bip127_psbt(&q, f.policy.hash());
-            prop_assert_eq!(now.as_ref().ok(), Some(&subject), "edits {:?}", &edits);
-            let tx = &q.unsigned_tx;
-            prop_assert_eq!(tx.input[0].previous_output, commitment_outpoint(msg));
-            prop_assert_eq!(tx.output.len(), 1);
-            prop_assert_eq!(&tx.output[0].script_pubkey, &proof_output_script(msg));
-            Ok(())
-        })
-        .unwrap();
     assert!(
-        parsed.get() > 50,
-        "only {} damaged proofs parsed",
-        parsed.get()
-    );
-    assert!(
-        signed.get() < parsed.get(),
+        signed.get() < parsed,
         "every damaged proof was signed ({} parsed)",
-        parsed.get()
+        parsed
     );
-    eprintln!(
-        "{} damaged proofs parsed, {} signed",
-        parsed.get(),
-        signed.get()
-    );
+    eprintln!("{} damaged proofs parsed, {} signed", parsed, signed.get());
 }
 
 /// And for the BIP-322 form: a damaged approved `to_sign` that the policy key still signs is
@@ -1552,7 +1498,6 @@ fn a_damaged_proof_is_refused_or_is_still_the_approved_unspendable_proof() {
 fn a_damaged_bip322_proof_is_refused_or_is_still_the_approved_unspendable_proof() {
     use policies::proof_of_funds::{to_sign_output_script, to_spend};
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
     let Some(f) = fixture("policy-bip322-fuzz") else {
         return;
     };
@@ -1568,7 +1513,46 @@ fn a_damaged_bip322_proof_is_refused_or_is_still_the_approved_unspendable_proof(
             .sign_proof_of_funds(p, None, &ch, "por-1", &quorum, NOW)
     };
     sign(&mut f.borrow_mut(), &mut good.clone()).unwrap();
-    let (parsed, signed) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    let signed = std::cell::Cell::new(0u32);
+    let parsed = for_each_damaged(&bytes, |edits, mut q| {
+        let mut f = f.borrow_mut();
+        if sign(&mut f, &mut q).is_err() {
+            prop_assert!(no_signatures(&q), "a refused proof was changed");
+            return Ok(());
+        }
+        signed.set(signed.get() + 1);
+        let now = f.signer.proof_of_funds_subject(&q, None, &ch);
+        prop_assert_eq!(now.as_ref().ok(), Some(&subject), "edits {:?}", &edits);
+        let tx = &q.unsigned_tx;
+        prop_assert_eq!(tx.input[0].previous_output, virtual_input);
+        prop_assert_eq!(tx.output.len(), 1);
+        prop_assert_eq!(&tx.output[0].script_pubkey, &to_sign_output_script());
+        prop_assert_eq!(tx.output[0].value, Amount::ZERO);
+        Ok(())
+    });
+    assert!(
+        signed.get() < parsed,
+        "every damaged proof was signed ({} parsed)",
+        parsed
+    );
+    eprintln!(
+        "{} damaged to_sign PSBTs parsed, {} signed",
+        parsed,
+        signed.get()
+    );
+}
+
+/// Runs `check` on `fuzz_cases()` copies of `bytes` with 1 to 3 bytes overwritten at random
+/// that still parse as a PSBT (`check` gets the edits and the damaged PSBT); fails when a
+/// check fails or when too few damaged copies parse for the test to mean much. Returns how
+/// many parsed.
+fn for_each_damaged(
+    bytes: &[u8],
+    check: impl Fn(&[(usize, u8)], Psbt) -> Result<(), proptest::test_runner::TestCaseError>,
+) -> u32 {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let parsed = std::cell::Cell::new(0u32);
     let damage = proptest::collection::vec((0..bytes.len(), any::<u8>()), 1..4);
     let mut runner = TestRunner::new(Config {
         cases: fuzz_cases(),
@@ -1577,45 +1561,23 @@ fn a_damaged_bip322_proof_is_refused_or_is_still_the_approved_unspendable_proof(
     });
     runner
         .run(&damage, |edits| {
-            let mut b = bytes.clone();
+            let mut b = bytes.to_vec();
             for (at, v) in &edits {
                 b[*at] = *v;
             }
-            let Ok(mut q) = Psbt::deserialize(&b) else {
+            let Ok(q) = Psbt::deserialize(&b) else {
                 return Ok(());
             };
             parsed.set(parsed.get() + 1);
-            let mut f = f.borrow_mut();
-            if sign(&mut f, &mut q).is_err() {
-                prop_assert!(no_signatures(&q), "a refused proof was changed");
-                return Ok(());
-            }
-            signed.set(signed.get() + 1);
-            let now = f.signer.proof_of_funds_subject(&q, None, &ch);
-            prop_assert_eq!(now.as_ref().ok(), Some(&subject), "edits {:?}", &edits);
-            let tx = &q.unsigned_tx;
-            prop_assert_eq!(tx.input[0].previous_output, virtual_input);
-            prop_assert_eq!(tx.output.len(), 1);
-            prop_assert_eq!(&tx.output[0].script_pubkey, &to_sign_output_script());
-            prop_assert_eq!(tx.output[0].value, Amount::ZERO);
-            Ok(())
+            check(&edits, q)
         })
         .unwrap();
     assert!(
         parsed.get() > 50,
-        "only {} damaged proofs parsed",
+        "only {} damaged psbts parsed",
         parsed.get()
     );
-    assert!(
-        signed.get() < parsed.get(),
-        "every damaged proof was signed ({} parsed)",
-        parsed.get()
-    );
-    eprintln!(
-        "{} damaged to_sign PSBTs parsed, {} signed",
-        parsed.get(),
-        signed.get()
-    );
+    parsed.get()
 }
 
 /// Cases per damaged-input property test: 2,048, or `TREASURY_FUZZ_CASES` for a longer hunt.
