@@ -576,18 +576,7 @@ impl Engine {
         message_len: usize,
         out: &mut [Digest],
     ) -> Result<(), BatchError> {
-        let count = match messages.len().checked_div(message_len) {
-            Some(n) if messages.len().is_multiple_of(message_len) => n,
-            None if messages.is_empty() => 0,
-            _ => {
-                return Err(BatchError::RaggedMessages {
-                    buffer: messages.len(),
-                    message_len,
-                })
-            }
-        };
-        check_len(count, out.len())?;
-        if count == 0 {
+        if fixed_count(messages, message_len, out.len())? == 0 {
             return Ok(());
         }
         match self.backend {
@@ -625,6 +614,26 @@ impl Engine {
     }
 }
 
+/// The number of `message_len`-byte messages laid end to end in `messages`, checked against
+/// the `out_len` output slots.
+///
+/// # Errors
+/// [`BatchError::RaggedMessages`], [`BatchError::OutputLength`] (see [`Engine::hash_fixed`]).
+fn fixed_count(messages: &[u8], message_len: usize, out_len: usize) -> Result<usize, BatchError> {
+    let count = match messages.len().checked_div(message_len) {
+        Some(n) if messages.len().is_multiple_of(message_len) => n,
+        None if messages.is_empty() => 0,
+        _ => {
+            return Err(BatchError::RaggedMessages {
+                buffer: messages.len(),
+                message_len,
+            })
+        }
+    };
+    check_len(count, out_len)?;
+    Ok(count)
+}
+
 impl Engine {
     /// As [`Engine::hash_fixed`], every message continuing from the midstate `init` after
     /// `prefix` bytes (a multiple of 64) were compressed: `out[i]` is the digest of
@@ -641,18 +650,7 @@ impl Engine {
         message_len: usize,
         out: &mut [Digest],
     ) -> Result<(), BatchError> {
-        let count = match messages.len().checked_div(message_len) {
-            Some(n) if messages.len().is_multiple_of(message_len) => n,
-            None if messages.is_empty() => 0,
-            _ => {
-                return Err(BatchError::RaggedMessages {
-                    buffer: messages.len(),
-                    message_len,
-                })
-            }
-        };
-        check_len(count, out.len())?;
-        if count == 0 {
+        if fixed_count(messages, message_len, out.len())? == 0 {
             return Ok(());
         }
         match self.backend {
