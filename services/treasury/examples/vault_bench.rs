@@ -21,8 +21,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::RegtestNode;
 use serde_json::json;
+use treasury::service::vaults::{NodeAuth, NodeConfig, VaultService};
 use treasury::store::LedgerStore;
-use treasury::vaults::{NodeAuth, NodeConfig, VaultService};
 
 const BLOCKS: usize = 1_000;
 const OUTPUTS_PER_BLOCK: usize = 10;

@@ -34,12 +34,12 @@ use regtest::RegtestNode;
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Role;
-use crate::governance::Governance;
 use crate::hsm_cli::{run_hsm, HsmCommand, HsmOpts};
 use crate::ledger_cli::{run_ledger, LedgerCommand, LedgerOpts, DEFAULT_ORIGIN};
 use crate::officer_cli::{run_officer, OfficerCommand};
+use crate::service::governance::Governance;
+use crate::service::vaults::{NodeAuth, NodeConfig, VaultService};
 use crate::store::LedgerStore;
-use crate::vaults::{NodeAuth, NodeConfig, VaultService};
 
 /// The example policy the demo installs, with the demo officers' approval keys in place of
 /// the example's test keys of alice, bob and carol.
@@ -641,7 +641,7 @@ async fn reserve_in(
         let doc = std::fs::read_to_string(layout.policy())
             .map_err(io(format!("read {}", layout.policy().display())))?;
         governance
-            .init(&doc, "demo-admin", crate::vaults::now_ms())
+            .init(&doc, "demo-admin", crate::service::vaults::now_ms())
             .await
             .map_err(|e| s("policy init")(e.to_string()))?;
     }
@@ -734,7 +734,7 @@ async fn tokens(layout: &Layout) -> Result<Tokens, DemoError> {
             &principal,
             role,
             &vaults,
-            crate::vaults::now_ms(),
+            crate::service::vaults::now_ms(),
         )
         .await
         .map_err(|e| step("issue token")(e.to_string()));

@@ -21,9 +21,9 @@ use policies::freeze::AdminSignature;
 use policies::Verdict;
 use zeroize::Zeroizing;
 
-use crate::governance::OrderFile;
-use crate::reserves_service::ProofSubjectFile;
-use crate::spend::{utc, verdict_text, RequestFile};
+use crate::service::governance::OrderFile;
+use crate::service::reserves::ProofSubjectFile;
+use crate::service::spend::{utc, verdict_text, RequestFile};
 use crate::spend_cli::read_json;
 
 /// `treasury officer` subcommands.
@@ -177,10 +177,10 @@ pub fn run_officer(cmd: OfficerCommand) -> Result<String, String> {
         }
         OfficerCommand::Review { file, now_ms } => {
             if let Some(p) = proof_subject_file(&file)? {
-                return review_proof(&p, now_ms.unwrap_or_else(crate::vaults::now_ms));
+                return review_proof(&p, now_ms.unwrap_or_else(crate::service::vaults::now_ms));
             }
             let f: RequestFile = read_json(&file)?;
-            review(&f, now_ms.unwrap_or_else(crate::vaults::now_ms))
+            review(&f, now_ms.unwrap_or_else(crate::service::vaults::now_ms))
         }
         OfficerCommand::Approve {
             file,

@@ -14,7 +14,9 @@ use policies::freeze::AdminSignature;
 use policies::{ApprovalSubject, Policy, SpendRequestFacts, Verdict};
 use serde::Deserialize;
 
-use crate::governance::{ApproveOutcome, Governance, OrderFile, PolicyVersion, VersionStatus};
+use crate::service::governance::{
+    ApproveOutcome, Governance, OrderFile, PolicyVersion, VersionStatus,
+};
 use crate::spend_cli::read_json;
 
 /// Database and clock of the governance commands.
@@ -30,7 +32,7 @@ pub struct GovOpts {
 
 impl GovOpts {
     fn now(&self) -> i64 {
-        self.now_ms.unwrap_or_else(crate::vaults::now_ms)
+        self.now_ms.unwrap_or_else(crate::service::vaults::now_ms)
     }
 }
 
@@ -342,7 +344,10 @@ fn describe_version(v: &PolicyVersion) -> String {
         s.push_str(&format!(" {k:?}").to_lowercase());
     }
     if let (VersionStatus::Accepted, Some(t)) = (v.status, v.activates_at_ms) {
-        s.push_str(&format!(" activates at {} ({t} ms)", crate::spend::utc(t)));
+        s.push_str(&format!(
+            " activates at {} ({t} ms)",
+            crate::service::spend::utc(t)
+        ));
     }
     if !v.loosened.is_empty() {
         s.push_str(&format!(" loosens: {}", v.loosened.join("; ")));
@@ -375,7 +380,7 @@ fn run_governance(cmd: PolicyCommand) -> Result<String, String> {
 }
 
 async fn governance_db(g: &Governance, cmd: PolicyCommand, now: i64) -> Result<String, String> {
-    let e = |e: crate::governance::GovernanceStoreError| e.to_string();
+    let e = |e: crate::service::governance::GovernanceStoreError| e.to_string();
     let change_order = |path: &PathBuf| -> Result<policies::governance::ChangeOrder, String> {
         match read_json::<OrderFile>(path)? {
             OrderFile::Change(c) => Ok(c),
@@ -411,7 +416,7 @@ async fn governance_db(g: &Governance, cmd: PolicyCommand, now: i64) -> Result<S
                 ),
                 ApproveOutcome::Accepted { activates_at_ms } => format!(
                     "accepted: a loosening; activates at {} ({activates_at_ms} ms) unless vetoed\n",
-                    crate::spend::utc(activates_at_ms)
+                    crate::service::spend::utc(activates_at_ms)
                 ),
                 ApproveOutcome::Activated => format!("activated: {} is in force\n", o.proposed),
             })

@@ -55,12 +55,12 @@ use custody::reserves::file::ProofFile;
 use custody::reserves::{commitment_hash, ProofMessage};
 use serde_json::Value;
 
-use crate::reserves_service::{
+use crate::reserves_verify::{verify_reserves_with, ReserveReport, SpendSearch, VerifyError};
+use crate::service::reserves::{
     decode_checkpoint_field, Bip322ProofJson, Bundle, DeclaredDescriptor, Manifest, APPROVAL_TYPE,
     BIP322_FORMAT, BIP322_FULL_PATH, BIP322_JSON_PATH, BUNDLE_FORMAT, FINALIZED_TYPE, MANIFEST,
     REQUESTED_TYPE, SIGNATURE_TYPE,
 };
-use crate::reserves_verify::{verify_reserves_with, ReserveReport, SpendSearch, VerifyError};
 
 /// What is wrong with a bundle (besides the reserves report's own problems).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1030,7 +1030,7 @@ fn check_proof_quorum(
         if b["proof_request"] != id.as_str() {
             continue;
         }
-        if b["type"] == SIGNATURE_TYPE && b["by"] == crate::signing::POLICY_SIGNER_ACTOR {
+        if b["type"] == SIGNATURE_TYPE && b["by"] == crate::service::signing::POLICY_SIGNER_ACTOR {
             signed_at = Some(e.time_ms());
         }
         if b["type"] == FINALIZED_TYPE {

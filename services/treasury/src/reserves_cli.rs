@@ -1,7 +1,7 @@
 //! `treasury reserves ...`: the reserve's own side of proofs of reserves and liabilities.
 //!
 //! `prove`, `show`, `list`, `psbt`, `submit-psbt`, `sign-policy`, `finalize` and `bundle` are
-//! thin layers over [`crate::reserves_service::ReserveService`] (the API calls the same
+//! thin layers over [`crate::service::reserves::ReserveService`] (the API calls the same
 //! functions). `treasury audit reserves` ([`audit_reserves`]) is the auditor's side.
 //!
 //! `liabilities` builds the liabilities sum tree from an account list, writes the published
@@ -21,13 +21,13 @@ use custody::liabilities::{
 
 use crate::hsm_cli::HsmKeyOpts;
 use crate::ledger_cli::{runtime, LedgerSigner, DEFAULT_ORIGIN};
-use crate::reserves_service::{
+use crate::service::reserves::{
     Bundle, BundleOptions, CheckpointSource, ProofForm, ProveRequest, ReserveService, StoredProof,
 };
-use crate::spend::SpendService;
+use crate::service::spend::SpendService;
+use crate::service::vaults::{NodeAuth, NodeConfig, VaultService};
 use crate::store::LedgerStore;
 use crate::vault_cli::VaultOpts;
-use crate::vaults::{NodeAuth, NodeConfig, VaultService};
 
 /// Options shared by the reserves commands: the database, network and node (as for vaults).
 #[derive(Debug, Clone, Args)]
@@ -187,7 +187,7 @@ pub enum ReservesCommand {
 
 fn parse_form(s: &str) -> Result<ProofForm, String> {
     s.parse()
-        .map_err(|e: crate::reserves_service::ReserveServiceError| e.to_string())
+        .map_err(|e: crate::service::reserves::ReserveServiceError| e.to_string())
 }
 
 fn now_ms() -> i64 {
@@ -385,7 +385,7 @@ async fn run_proof(
     svc: &ReserveService,
     cmd: ReservesCommand,
 ) -> Result<String, String> {
-    let err = |e: crate::reserves_service::ReserveServiceError| e.to_string();
+    let err = |e: crate::service::reserves::ReserveServiceError| e.to_string();
     match cmd {
         ReservesCommand::Prove {
             vaults,
@@ -620,7 +620,7 @@ async fn sign_policy_with<S: hsm::Signer>(
     form: Option<ProofForm>,
     key: S,
 ) -> Result<String, String> {
-    let err = |e: crate::reserves_service::ReserveServiceError| e.to_string();
+    let err = |e: crate::service::reserves::ReserveServiceError| e.to_string();
     let now = now_ms();
     let mut signer = svc.policy_signer(key, network, now).await.map_err(err)?;
     let sigs = match form {
@@ -633,7 +633,7 @@ async fn sign_policy_with<S: hsm::Signer>(
             let mut forms = vec![ProofForm::Bip127];
             if p.bip322
                 .as_ref()
-                .is_some_and(|b| b.state == crate::reserves_service::Bip322State::Signing)
+                .is_some_and(|b| b.state == crate::service::reserves::Bip322State::Signing)
             {
                 forms.push(ProofForm::Bip322);
             }

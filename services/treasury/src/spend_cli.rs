@@ -14,14 +14,14 @@ use custody::vault::spend::Payment;
 use policies::approval::Approval;
 use policies::freeze::{AdminSignature, FreezeAction};
 
-use crate::governance::OrderFile;
 use crate::ledger_cli::runtime;
-use crate::spend::{
+use crate::service::governance::OrderFile;
+use crate::service::spend::{
     utc, verdict_text, At, Bump, CreateSpend, RequestFile, SpendService, SpendView,
 };
+use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
 use crate::vault_cli::VaultOpts;
-use crate::vaults::VaultService;
 
 /// The clock and tip the service decides at.
 #[derive(Debug, Clone, Args)]
@@ -38,7 +38,7 @@ impl ClockOpts {
     /// The time and tip to decide at.
     pub fn at(&self) -> At {
         At {
-            now_ms: self.now_ms.unwrap_or_else(crate::vaults::now_ms),
+            now_ms: self.now_ms.unwrap_or_else(crate::service::vaults::now_ms),
             tip_height: self.tip_height,
         }
     }
@@ -302,7 +302,7 @@ async fn spend_db(
     cmd: SpendCommand,
 ) -> Result<String, String> {
     let at = clock.at();
-    let e = |e: crate::spend::SpendServiceError| e.to_string();
+    let e = |e: crate::service::spend::SpendServiceError| e.to_string();
     match cmd {
         SpendCommand::Create {
             vault,
@@ -490,7 +490,7 @@ async fn freeze_db(
 ) -> Result<String, String> {
     let now = clock.at().now_ms;
     let g = &svc.governance;
-    let e = |e: crate::governance::GovernanceStoreError| e.to_string();
+    let e = |e: crate::service::governance::GovernanceStoreError| e.to_string();
     match cmd {
         FreezeCommand::Order { action, reason } => {
             let action = match action {
@@ -522,7 +522,7 @@ async fn freeze_db(
 }
 
 async fn apply_order(
-    g: &crate::governance::Governance,
+    g: &crate::service::governance::Governance,
     now: i64,
     order: &PathBuf,
     sigs: &[PathBuf],

@@ -371,7 +371,7 @@ impl LedgerStore {
     }
 
     /// Appends entries in one transaction, all or nothing. Inside
-    /// [`crate::principal::acting_as`] (an API request), entries under a service actor get
+    /// [`crate::actor::acting_as`] (an API request), entries under a service actor get
     /// the acting principal as actor.
     ///
     /// # Errors
@@ -379,7 +379,7 @@ impl LedgerStore {
     /// [`StoreError::Corrupt`].
     pub async fn append_batch(&self, drafts: Vec<EntryDraft>) -> Result<Vec<Entry>, StoreError> {
         let mut drafts = drafts;
-        crate::principal::attribute(&mut drafts);
+        crate::actor::attribute(&mut drafts);
         self.append_with(&[], |head| Ok(head.append_batch(drafts)?))
             .await
     }
@@ -397,7 +397,7 @@ impl LedgerStore {
         writes: &[Write],
     ) -> Result<Vec<Entry>, StoreError> {
         let mut drafts = drafts;
-        crate::principal::attribute(&mut drafts);
+        crate::actor::attribute(&mut drafts);
         self.append_with(writes, |head| Ok(head.append_batch(drafts)?))
             .await
     }

@@ -13,8 +13,8 @@ use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultDescript
 use zeroize::Zeroizing;
 
 use crate::ledger_cli::{runtime, DEFAULT_DB};
+use crate::service::vaults::{NodeAuth, NodeConfig, OpError, VaultService};
 use crate::store::LedgerStore;
-use crate::vaults::{NodeAuth, NodeConfig, OpError, VaultService};
 
 /// Database, network, node and fee-cap options shared by vault and PSBT commands.
 #[derive(Debug, Clone, Args)]
@@ -610,7 +610,8 @@ pub fn run_psbt(opts: &VaultOpts, cmd: PsbtCommand) -> Result<String, String> {
             let tx = spend::finalize(read_psbt(file)?).map_err(|e| e.to_string())?;
             let node = opts.node()?;
             let network = opts.network;
-            let txid = crate::vaults::broadcast(&node, network, &tx).map_err(|e| e.to_string())?;
+            let txid = crate::service::vaults::broadcast(&node, network, &tx)
+                .map_err(|e| e.to_string())?;
             return Ok(format!("{txid}\n"));
         }
         _ => {}
@@ -634,7 +635,7 @@ async fn estimate_fee_rate(opts: &VaultOpts) -> Result<FeeRate, OpError> {
         let client = node.connect_checked(network, 3, Duration::from_millis(500))?;
         let est = client
             .estimate_smart_fee(6, None)
-            .map_err(|e| crate::vaults::SyncError::Rpc(e.to_string()))?;
+            .map_err(|e| crate::service::vaults::SyncError::Rpc(e.to_string()))?;
         match est.fee_rate {
             // BTC/kvB -> sat/kwu: sat per 1000 vB / 4.
             Some(rate) => Ok(FeeRate::from_sat_per_kwu(rate.to_sat() / 4)),

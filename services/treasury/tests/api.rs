@@ -51,7 +51,7 @@ impl World {
 
     /// The same world on `store` (e.g. a PostgreSQL schema).
     async fn on(limits: Limits, store: LedgerStore, dir: tempfile::TempDir) -> World {
-        let svc = treasury::vaults::VaultService::new(store.clone());
+        let svc = treasury::service::vaults::VaultService::new(store.clone());
         let t = Template::SortedMulti {
             k: 2,
             officers: vec![officer_key(1), officer_key(2)],
@@ -61,7 +61,7 @@ impl World {
         svc.create(VaultConfig::new("v1", d, 0).unwrap(), "create")
             .await
             .unwrap();
-        treasury::governance::Governance::new(store.clone())
+        treasury::service::governance::Governance::new(store.clone())
             .init(EXAMPLE, "admin", 1_000)
             .await
             .unwrap();

@@ -28,11 +28,11 @@ use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
 use treasury::api::{bind, issue_token, Role, ServeConfig};
 use treasury::reserves_audit::audit_bundle;
-use treasury::reserves_service::Bundle;
 use treasury::reserves_verify::SpendSearch;
-use treasury::spend::SpendService;
+use treasury::service::reserves::Bundle;
+use treasury::service::spend::SpendService;
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
-use treasury::vaults::VaultService;
 
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -205,7 +205,7 @@ async fn setup(
         .await
         .unwrap();
     svc.governance
-        .init(EXAMPLE, "admins", treasury::vaults::now_ms())
+        .init(EXAMPLE, "admins", treasury::service::vaults::now_ms())
         .await
         .unwrap();
     let addr = svc.vaults.next_address("reserve").await.unwrap().address;

@@ -24,8 +24,8 @@ use custody::reserves::ProofMessage;
 use custody::vault::{Template, TemplateKey, VaultConfig, VaultDescriptor};
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
-use treasury::vaults::VaultService;
 
 fn wsh_2_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
     let o = [officer(seed), officer(seed + 1), officer(seed + 2)];

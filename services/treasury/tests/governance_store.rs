@@ -7,7 +7,9 @@
 use bdk_wallet::bitcoin::secp256k1::SecretKey;
 use policies::freeze::{AdminSignature, FreezeAction, FreezeError};
 use policies::governance::GovernanceError;
-use treasury::governance::{ApproveOutcome, Governance, GovernanceStoreError, VersionStatus};
+use treasury::service::governance::{
+    ApproveOutcome, Governance, GovernanceStoreError, VersionStatus,
+};
 use treasury::store::LedgerStore;
 
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");

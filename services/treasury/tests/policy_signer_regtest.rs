@@ -33,10 +33,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::node_or_skip;
 use serde_json::{json, Value};
-use treasury::signing::SigningError;
-use treasury::spend::{At, CreateSpend, SpendService};
+use treasury::service::signing::SigningError;
+use treasury::service::spend::{At, CreateSpend, SpendService};
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
-use treasury::vaults::VaultService;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
@@ -122,7 +122,7 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     // The vault, funded by mining to its first address, and the example policy.
     let ledger = LedgerStore::open(&db).await.unwrap();
     let svc = SpendService::new(VaultService::new(ledger.clone()));
-    let now = treasury::vaults::now_ms();
+    let now = treasury::service::vaults::now_ms();
     svc.vaults
         .create(VaultConfig::new("reserve", d.clone(), 0).unwrap(), "create")
         .await

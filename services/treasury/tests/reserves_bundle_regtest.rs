@@ -37,14 +37,14 @@ use policies::Approval;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
 use treasury::reserves_audit::{audit_bundle, BundleAudit, BundleProblem};
-use treasury::reserves_service::{
+use treasury::reserves_verify::{Problem, SpendSearch, UtxoProblem};
+use treasury::service::reserves::{
     Bundle, BundleOptions, CheckpointSource, ProofApprovals, ProveRequest, ReserveService,
     ReserveServiceError,
 };
-use treasury::reserves_verify::{Problem, SpendSearch, UtxoProblem};
-use treasury::spend::SpendService;
+use treasury::service::spend::SpendService;
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
-use treasury::vaults::VaultService;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
@@ -277,7 +277,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     // The three vaults, funded from outside (two coins each), and the example policy.
     let ledger = LedgerStore::open(&db).await.unwrap();
     let svc = ReserveService::new(SpendService::new(VaultService::new(ledger.clone())));
-    let now = treasury::vaults::now_ms();
+    let now = treasury::service::vaults::now_ms();
     svc.spend
         .governance
         .init(&policy_text, "admins", now)
@@ -1182,7 +1182,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     assert!(hsm_vk.verify(&note).is_ok(), "{note}");
     assert!(vk.verify(&note).is_err());
     // On the system clock, as the binary that requested it (the expiry is now + max age).
-    let t = treasury::vaults::now_ms();
+    let t = treasury::service::vaults::now_ms();
     let st = approve_proof(&svc, "por-hsm", &officers, t).await;
     assert!(st.complete(), "{st:?}");
     // Both vaults (10 BTC: above the 4 BTC of liabilities recorded last), signed through Core.

@@ -22,8 +22,8 @@ use custody::vault::{Template, TemplateKey, VaultConfig};
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
 use treasury::reserves_verify::verify_reserves;
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
-use treasury::vaults::VaultService;
 
 fn sign_with_core(node: &RegtestNode, psbt: &Psbt, private: Vec<String>) -> Psbt {
     let signed = rpc(

@@ -18,13 +18,13 @@ use custody::vault::{Template, TemplateKey, VaultConfig};
 use regtest::node_or_skip;
 use serde_json::json;
 use treasury::reserves_audit::audit_bundle;
-use treasury::reserves_service::{
+use treasury::reserves_verify::SpendSearch;
+use treasury::service::reserves::{
     BundleOptions, CheckpointSource, ProofState, ProveRequest, ReserveService, ReserveServiceError,
 };
-use treasury::reserves_verify::SpendSearch;
-use treasury::spend::SpendService;
+use treasury::service::spend::SpendService;
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
-use treasury::vaults::VaultService;
 
 const ORIGIN: &str = "reserve.example/ledger";
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
@@ -54,7 +54,7 @@ async fn a_taproot_proof_on_postgres_bundles_and_audits() {
     let svc = ReserveService::new(SpendService::new(VaultService::new(ledger.clone())));
     svc.spend
         .governance
-        .init(EXAMPLE, "admins", treasury::vaults::now_ms())
+        .init(EXAMPLE, "admins", treasury::service::vaults::now_ms())
         .await
         .unwrap();
     let signer = KeyFileSigner::from_secret_bytes(&[5; 32]).unwrap();
@@ -86,7 +86,7 @@ async fn a_taproot_proof_on_postgres_bundles_and_audits() {
         faucet.pay(&node, &addr, Amount::from_sat(sat));
     }
     node.mine_blocks(1, &node.new_address()).unwrap();
-    let now = treasury::vaults::now_ms();
+    let now = treasury::service::vaults::now_ms();
     let req = ProveRequest {
         id: Some("por-pg".into()),
         vaults: vec!["tr".into()],

@@ -22,8 +22,8 @@ use serde_json::json;
 use treasury::reserves_verify::{
     verify_reserves, verify_reserves_with, Problem, ReserveReport, SpendSearch, UtxoProblem,
 };
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
-use treasury::vaults::VaultService;
 
 const GAP: u32 = 30;
 

@@ -31,10 +31,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
-use treasury::governance::{ApproveOutcome, GovernanceStoreError, VersionStatus};
-use treasury::spend::{At, CreateSpend, SpendService, SpendServiceError};
+use treasury::service::governance::{ApproveOutcome, GovernanceStoreError, VersionStatus};
+use treasury::service::spend::{At, CreateSpend, SpendService, SpendServiceError};
+use treasury::service::vaults::{NodeAuth, NodeConfig, VaultService};
 use treasury::store::LedgerStore;
-use treasury::vaults::{NodeAuth, NodeConfig, VaultService};
 
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
 const T0: i64 = 1_800_000_000_000;
@@ -152,7 +152,7 @@ impl World<'_> {
         to: &Address,
         sat: u64,
         now: i64,
-    ) -> Result<treasury::spend::StoredRequest, SpendServiceError> {
+    ) -> Result<treasury::service::spend::StoredRequest, SpendServiceError> {
         let c = CreateSpend {
             id: Some(id.into()),
             vault: vault.into(),
@@ -181,7 +181,7 @@ impl World<'_> {
         id: &str,
         person: &str,
         now: i64,
-    ) -> Result<treasury::spend::StoredRequest, SpendServiceError> {
+    ) -> Result<treasury::service::spend::StoredRequest, SpendServiceError> {
         let a = self.approval(id, person).await;
         self.svc.approve(id, a, At::ms(now)).await
     }
@@ -201,7 +201,7 @@ impl World<'_> {
     }
 }
 
-fn refused(r: Result<treasury::spend::StoredRequest, SpendServiceError>) -> RequestError {
+fn refused(r: Result<treasury::service::spend::StoredRequest, SpendServiceError>) -> RequestError {
     match r {
         Err(SpendServiceError::Request(e)) => e,
         other => panic!("expected a refusal, got {other:?}"),
@@ -430,7 +430,7 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
     // the old one is replaced, old approvals do not carry over.
     let old_subject = s.request.subject.clone();
     let bob_r4 = w.approval(&r4, "bob").await;
-    let low = treasury::spend::Bump {
+    let low = treasury::service::spend::Bump {
         old_id: r4.clone(),
         new_id: Some(format!("{p}-r4b")),
         fee_rate: FeeRate::from_sat_per_vb_u32(5),
@@ -446,7 +446,7 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
         })
     ));
     assert_eq!(w.state(&r4).await, State::ReadyToSign);
-    let bump = treasury::spend::Bump {
+    let bump = treasury::service::spend::Bump {
         fee_rate: FeeRate::from_sat_per_vb_u32(12),
         ..low
     };

@@ -19,8 +19,8 @@ use custody::vault::{Template, TemplateKey, VaultConfig};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::node_or_skip;
+use treasury::service::vaults::{OpError, VaultService};
 use treasury::store::LedgerStore;
-use treasury::vaults::{OpError, VaultService};
 
 const COINS: usize = 6;
 

@@ -23,8 +23,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
+use treasury::service::vaults::{OpError, SyncError, VaultService, VaultStoreError};
 use treasury::store::LedgerStore;
-use treasury::vaults::{OpError, SyncError, VaultService, VaultStoreError};
 
 fn tkey(o: &Officer) -> TemplateKey {
     TemplateKey::parse(&o.public).unwrap()

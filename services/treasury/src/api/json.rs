@@ -11,10 +11,10 @@ use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
 use super::problem::{Problem, ProblemKind};
-use crate::governance::GovernanceStoreError;
-use crate::signing::SigningError;
-use crate::spend::SpendServiceError;
-use crate::vaults::{OpError, SyncError, VaultStoreError};
+use crate::service::governance::GovernanceStoreError;
+use crate::service::signing::SigningError;
+use crate::service::spend::SpendServiceError;
+use crate::service::vaults::{OpError, SyncError, VaultStoreError};
 
 /// A JSON body whose rejections are problems.
 #[derive(Debug, Clone)]

@@ -48,9 +48,9 @@ pub use config::ServeConfig;
 pub use problem::{Problem, ProblemKind};
 pub use server::{bind, bind_state, init_logging, ServeError, Server};
 
-use crate::spend::SpendService;
+use crate::service::spend::SpendService;
+use crate::service::vaults::{NodeConfig, VaultService};
 use crate::store::LedgerStore;
-use crate::vaults::{NodeConfig, VaultService};
 
 /// What a connection tells its requests (set by the TLS accept loop).
 #[derive(Debug, Clone, Copy)]
@@ -555,8 +555,8 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         Err(e) => return Problem::internal(e).into_response(),
     };
     req.extensions_mut().insert(principal);
-    // Every ledger entry the request writes carries the caller (crate::principal).
-    crate::principal::acting_as(actor, next.run(req)).await
+    // Every ledger entry the request writes carries the caller (crate::actor).
+    crate::actor::acting_as(actor, next.run(req)).await
 }
 
 /// `GET /healthz`: the process is up.

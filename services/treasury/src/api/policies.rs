@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use super::json::ApiJson;
 use super::problem::{ApiResult, Problem};
 use super::{AppState, Caller, Role};
-use crate::governance::{ApproveOutcome, OrderFile, PolicyVersion};
+use crate::service::governance::{ApproveOutcome, OrderFile, PolicyVersion};
 
 /// A policy version.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -125,7 +125,7 @@ pub async fn active(State(state): State<AppState>, caller: Caller) -> ApiResult<
     let v = state
         .spend()
         .governance
-        .active(crate::vaults::now_ms())
+        .active(crate::service::vaults::now_ms())
         .await?;
     Ok(Json(view(&v)?))
 }
@@ -155,7 +155,11 @@ pub async fn propose(
     let v = state
         .spend()
         .governance
-        .propose(&body.document, &caller.0.name, crate::vaults::now_ms())
+        .propose(
+            &body.document,
+            &caller.0.name,
+            crate::service::vaults::now_ms(),
+        )
         .await?;
     state.metrics().ledger_appended(1);
     Ok((StatusCode::CREATED, Json(view(&v)?)))
@@ -182,7 +186,7 @@ pub async fn approve(
         .order()
         .ok_or_else(|| Problem::validation("this version is not a proposal"))?;
     let out = g
-        .approve(&order, &body.signatures, crate::vaults::now_ms())
+        .approve(&order, &body.signatures, crate::service::vaults::now_ms())
         .await?;
     state.metrics().ledger_appended(1);
     Ok(Json(match out {
@@ -224,7 +228,7 @@ pub async fn simulate(
                 .map_err(|_| Problem::not_found(format!("no policy {h:?}")))?;
             g.version(&h).await?
         }
-        None => g.active(crate::vaults::now_ms()).await?,
+        None => g.active(crate::service::vaults::now_ms()).await?,
     };
     let text = serde_json::to_string(&body.request).map_err(Problem::internal)?;
     let eval = crate::policy_cli::simulate_json(&v.policy, &text).map_err(Problem::validation)?;

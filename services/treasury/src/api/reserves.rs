@@ -10,7 +10,7 @@
 //!   assembles signatures already verified) so any reader may do it. Integrators have no part
 //!   in reserve proofs. A token scoped to vaults sees only proofs over vaults it covers.
 //! - Every step is a ledger entry written by the service in the same transaction as the row it
-//!   changes; the API runs each request as its caller ([`crate::principal`]), so each entry
+//!   changes; the API runs each request as its caller ([`crate::actor`]), so each entry
 //!   names the principal who caused it.
 //! - The bundle is served as one JSON document ([`Bundle::to_json`]) with its SHA-256 in a
 //!   `Repr-Digest` header (RFC 9530); an auditor turns it back into files with
@@ -37,7 +37,7 @@ use super::json::ApiJson;
 use super::json::{op_problem, signing_problem};
 use super::problem::{ApiResult, Problem, ProblemKind};
 use super::{AppState, Caller, Role};
-use crate::reserves_service::{
+use crate::service::reserves::{
     Bundle, BundleOptions, CheckpointSource, ProofForm, ProofOutput, ProofState, ProveRequest,
     ReserveService, ReserveServiceError, StoredProof,
 };
@@ -270,7 +270,7 @@ where
 {
     let actor = custody::ledger::Actor::new(caller.0.name.clone()).map_err(Problem::internal)?;
     let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || handle.block_on(crate::principal::acting_as(actor, f())))
+    tokio::task::spawn_blocking(move || handle.block_on(crate::actor::acting_as(actor, f())))
         .await
         .map_err(Problem::internal)?
 }
@@ -328,7 +328,7 @@ pub async fn request_proof(
             None => CheckpointSource::Latest,
         };
         Ok(service(&st)
-            .prove(&req, &node, source, crate::vaults::now_ms())
+            .prove(&req, &node, source, crate::service::vaults::now_ms())
             .await?)
     })
     .await?;
@@ -435,7 +435,9 @@ pub async fn proof_subject(
     caller.require(READERS)?;
     let svc = service(&state);
     scoped(&svc, &caller, &id).await?;
-    let file = svc.subject_file(&id, crate::vaults::now_ms()).await?;
+    let file = svc
+        .subject_file(&id, crate::service::vaults::now_ms())
+        .await?;
     let body = serde_json::to_string_pretty(&file).map_err(Problem::internal)?;
     Ok((
         [(
@@ -464,8 +466,8 @@ pub struct ProofApprovalsView {
     pub complete: bool,
 }
 
-impl From<&crate::reserves_service::ProofApprovals> for ProofApprovalsView {
-    fn from(a: &crate::reserves_service::ProofApprovals) -> Self {
+impl From<&crate::service::reserves::ProofApprovals> for ProofApprovalsView {
+    fn from(a: &crate::service::reserves::ProofApprovals) -> Self {
         ProofApprovalsView {
             id: a.id.clone(),
             group: a.group.clone(),
@@ -490,7 +492,7 @@ pub async fn proof_approvals(
     caller.require(READERS)?;
     let svc = service(&state);
     scoped(&svc, &caller, &id).await?;
-    let a = svc.approvals(&id, crate::vaults::now_ms()).await?;
+    let a = svc.approvals(&id, crate::service::vaults::now_ms()).await?;
     Ok(Json(ProofApprovalsView::from(&a)))
 }
 
@@ -521,7 +523,12 @@ pub async fn approve_proof(
         return Err(Problem::validation("the approval is for another request"));
     }
     let a = svc
-        .add_approval(&id, approval, &caller.0.name, crate::vaults::now_ms())
+        .add_approval(
+            &id,
+            approval,
+            &caller.0.name,
+            crate::service::vaults::now_ms(),
+        )
         .await?;
     state.metrics().ledger_appended(1);
     Ok(Json(ProofApprovalsView::from(&a)))
@@ -548,7 +555,7 @@ pub async fn submit_proof_psbt(
     let psbt =
         Psbt::from_str(body.psbt.trim()).map_err(|e| Problem::validation(format!("psbt: {e}")))?;
     let added = svc
-        .submit_psbt(&id, psbt, &caller.0.name, crate::vaults::now_ms())
+        .submit_psbt(&id, psbt, &caller.0.name, crate::service::vaults::now_ms())
         .await?;
     if added > 0 {
         state.metrics().ledger_appended(1);
@@ -589,8 +596,8 @@ pub async fn policy_sign_proof(
     // PKCS#11 calls block: the whole signing step runs on a blocking thread, still as the
     // caller (a new task does not inherit the request's principal).
     let sig = tokio::task::spawn_blocking(move || {
-        handle.block_on(crate::principal::acting_as(actor, async move {
-            let now = crate::vaults::now_ms();
+        handle.block_on(crate::actor::acting_as(actor, async move {
+            let now = crate::service::vaults::now_ms();
             let mut signer = svc2
                 .policy_signer(super::spends::SharedKey(key), network, now)
                 .await?;
@@ -623,7 +630,7 @@ pub async fn finalize_proof(
     caller.require(READERS)?;
     let svc = service(&state);
     let before = scoped(&svc, &caller, &id).await?;
-    let p = svc.finalize(&id, crate::vaults::now_ms()).await?;
+    let p = svc.finalize(&id, crate::service::vaults::now_ms()).await?;
     if before.state == ProofState::Signing {
         state.metrics().ledger_appended(1);
     }
@@ -669,7 +676,7 @@ pub async fn bundle(
             ledger_key: vk.as_ref(),
             liabilities_dir: None,
         };
-        let now = crate::vaults::now_ms();
+        let now = crate::service::vaults::now_ms();
         match (svc.bundle(&rid, &latest, now).await, &signer) {
             (Ok(b), _) => Ok(b),
             (Err(ReserveServiceError::StaleCheckpoint { .. }), Some(s))

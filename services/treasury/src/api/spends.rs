@@ -27,7 +27,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::json::ApiJson;
 use super::problem::{ApiResult, Problem, ProblemKind};
 use super::{AppState, Caller, Role};
-use crate::spend::{verdict_text, At, Bump, CreateSpend, RequestFile};
+use crate::service::spend::{verdict_text, At, Bump, CreateSpend, RequestFile};
 use crate::store::on_db;
 
 /// The header carrying an idempotency key.
@@ -153,7 +153,7 @@ pub struct PolicySigned {
 }
 
 fn now() -> At {
-    At::ms(crate::vaults::now_ms())
+    At::ms(crate::service::vaults::now_ms())
 }
 
 const CREATORS: &[Role] = &[Role::Admin, Role::Officer, Role::Integrator];
@@ -164,7 +164,7 @@ async fn scoped(
     state: &AppState,
     caller: &Caller,
     id: &str,
-) -> ApiResult<crate::spend::StoredRequest> {
+) -> ApiResult<crate::service::spend::StoredRequest> {
     let stored = state.spend().load(id).await?;
     caller.require_vault(&stored.request.vault)?;
     Ok(stored)
@@ -285,8 +285,8 @@ async fn claim_key(
             }
             match state.spend().load(&id).await {
                 Ok(_) => return Ok(KeyState::Replay(id)),
-                Err(crate::spend::SpendServiceError::NotFound(_)) => {
-                    if crate::vaults::now_ms().saturating_sub(created) < STALE_KEY_MS {
+                Err(crate::service::spend::SpendServiceError::NotFound(_)) => {
+                    if crate::service::vaults::now_ms().saturating_sub(created) < STALE_KEY_MS {
                         return Err(Problem::new(
                             ProblemKind::IdempotencyInProgress,
                             "a request with this Idempotency-Key is being created; retry shortly",
@@ -309,7 +309,7 @@ async fn claim_key(
                 .bind(key)
                 .bind(body_hash)
                 .bind(&id)
-                .bind(crate::vaults::now_ms())
+                .bind(crate::service::vaults::now_ms())
                 .execute(p)
                 .await
                 .map_err(Problem::internal)?
@@ -554,7 +554,7 @@ pub async fn policy_sign(
     // PKCS#11 calls block: the whole signing step runs on a blocking thread, still as the
     // caller (a new task does not inherit the request's principal).
     let sig = tokio::task::spawn_blocking(move || {
-        handle.block_on(crate::principal::acting_as(actor, async move {
+        handle.block_on(crate::actor::acting_as(actor, async move {
             let at = now();
             let mut signer = spend
                 .policy_signer(SharedKey(key), network, at.now_ms)

@@ -74,10 +74,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use crate::signing::{SigningError, POLICY_SIGNER_ACTOR};
-use crate::spend::SpendService;
+use crate::service::signing::{SigningError, POLICY_SIGNER_ACTOR};
+use crate::service::spend::SpendService;
+use crate::service::vaults::{NodeConfig, OpError};
 use crate::store::{on_db, SqlValue, StoreError, Write};
-use crate::vaults::{NodeConfig, OpError};
 
 /// The format tag of a bundle's manifest.
 pub const BUNDLE_FORMAT: &str = "strategic-reserve/reserves-bundle/v1";
@@ -214,7 +214,7 @@ pub enum ReserveServiceError {
     Subject(#[from] SubjectError),
     /// The active policy could not be read.
     #[error("policy: {0}")]
-    Governance(#[from] crate::governance::GovernanceStoreError),
+    Governance(#[from] crate::service::governance::GovernanceStoreError),
     /// An approval does not verify against the proof's subject (tampered, for another proof,
     /// other UTXOs or another message, under another policy, expired, unknown key).
     #[error("approval refused: {0}")]

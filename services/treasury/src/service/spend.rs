@@ -36,9 +36,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
 
-use crate::governance::{Governance, GovernanceStoreError, GOVERNANCE_ACTOR};
+use crate::service::governance::{Governance, GovernanceStoreError, GOVERNANCE_ACTOR};
+use crate::service::vaults::{OpError, VaultService};
 use crate::store::{on_db, Db, SqlValue, StoreError, Write};
-use crate::vaults::{OpError, VaultService};
 
 /// The format tag of a [`RequestFile`].
 pub const REQUEST_FORMAT: &str = "strategic-reserve/spend-request/v1";
@@ -55,7 +55,7 @@ pub enum SpendServiceError {
     Store(#[from] StoreError),
     /// The vault store.
     #[error(transparent)]
-    Vault(#[from] crate::vaults::VaultStoreError),
+    Vault(#[from] crate::service::vaults::VaultStoreError),
     /// Policies and freeze.
     #[error(transparent)]
     Governance(#[from] GovernanceStoreError),
@@ -339,7 +339,10 @@ impl SpendService {
     ///
     /// # Errors
     /// As [`Governance::active`].
-    pub async fn sync_policy(&self, now_ms: i64) -> Result<crate::governance::PolicyVersion> {
+    pub async fn sync_policy(
+        &self,
+        now_ms: i64,
+    ) -> Result<crate::service::governance::PolicyVersion> {
         self.governance.activate_due(now_ms).await?;
         let active = self.governance.active_stored().await?;
         {
@@ -787,7 +790,7 @@ impl SpendService {
         c: &CreateSpend,
         id: &str,
         built: custody::vault::spend::BuiltPsbt,
-        active: &crate::governance::PolicyVersion,
+        active: &crate::service::governance::PolicyVersion,
         tip: u32,
         at: At,
         replaces: Option<&str>,

@@ -30,9 +30,9 @@ use policies::evaluate::PastSpend;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::spend::{At, SpendService, SpendServiceError, StoredRequest};
+use crate::service::spend::{At, SpendService, SpendServiceError, StoredRequest};
+use crate::service::vaults::NodeConfig;
 use crate::store::{on_db, SqlValue, Write};
-use crate::vaults::NodeConfig;
 
 /// The actor of the policy signer's ledger entries.
 pub const POLICY_SIGNER_ACTOR: &str = "policy-signer";
@@ -75,7 +75,7 @@ pub enum SigningError {
     Finalize(#[from] spend::SpendError),
     /// The node refused the transaction or is unreachable.
     #[error(transparent)]
-    Node(#[from] crate::vaults::SyncError),
+    Node(#[from] crate::service::vaults::SyncError),
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -445,10 +445,11 @@ impl SpendService {
             .ok_or_else(|| corrupt("finalized request without a transaction"))?;
         let network = stored.network;
         let node = node.clone();
-        let txid =
-            tokio::task::spawn_blocking(move || crate::vaults::broadcast(&node, network, &tx))
-                .await
-                .map_err(|e| corrupt(format!("broadcast task: {e}")))??;
+        let txid = tokio::task::spawn_blocking(move || {
+            crate::service::vaults::broadcast(&node, network, &tx)
+        })
+        .await
+        .map_err(|e| corrupt(format!("broadcast task: {e}")))??;
         self.apply_event(id, Event::Broadcast, at).await?;
         Ok(txid)
     }

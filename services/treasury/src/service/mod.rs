@@ -1,0 +1,12 @@
+//! The use cases: spend requests, policy signing, vaults, governance and reserve proofs.
+//!
+//! Why a folder of its own: the CLI (`cli/`) and the HTTPS API (`api/`) are two doors onto the
+//! same operations, and both call only this layer. A service gathers the facts a pure decision
+//! in `custody`/`policies` needs (from `store/`, the node client and the signers), runs the
+//! decision and stores its outcome with its ledger entry. Nothing here parses flags or HTTP.
+
+pub mod governance;
+pub mod reserves;
+pub mod signing;
+pub mod spend;
+pub mod vaults;
