@@ -34,9 +34,9 @@ use regtest::RegtestNode;
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Role;
-use crate::hsm_cli::{run_hsm, HsmCommand, HsmOpts};
-use crate::ledger_cli::{run_ledger, LedgerCommand, LedgerOpts, DEFAULT_ORIGIN};
-use crate::officer_cli::{run_officer, OfficerCommand};
+use crate::cli::hsm::{run_hsm, HsmCommand, HsmOpts};
+use crate::cli::ledger::{run_ledger, LedgerCommand, LedgerOpts, DEFAULT_ORIGIN};
+use crate::cli::officer::{run_officer, OfficerCommand};
 use crate::service::governance::Governance;
 use crate::service::vaults::{NodeAuth, NodeConfig, VaultService};
 use crate::store::LedgerStore;
@@ -589,7 +589,7 @@ fn ledger_key(layout: &Layout) -> Result<String, DemoError> {
         &opts,
         LedgerCommand::PublicKey {
             key_file: Some(layout.ledger_key()),
-            hsm: crate::hsm_cli::HsmKeyOpts {
+            hsm: crate::cli::hsm::HsmKeyOpts {
                 hsm_key_label: None,
                 hsm_module: PathBuf::from(SOFTHSM_MODULE),
                 hsm_token: TOKEN_LABEL.into(),

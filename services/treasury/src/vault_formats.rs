@@ -6,7 +6,7 @@ use bdk_wallet::bitcoin::Network;
 use custody::vault::formats::{self, VaultDescriptors};
 use custody::vault::VaultDescriptor;
 
-use crate::vault_cli::Format;
+use crate::cli::vault::Format;
 
 /// Exports a vault's descriptors in `format`.
 ///

@@ -231,6 +231,6 @@ pub async fn simulate(
         None => g.active(crate::service::vaults::now_ms()).await?,
     };
     let text = serde_json::to_string(&body.request).map_err(Problem::internal)?;
-    let eval = crate::policy_cli::simulate_json(&v.policy, &text).map_err(Problem::validation)?;
+    let eval = crate::cli::policy::simulate_json(&v.policy, &text).map_err(Problem::validation)?;
     Ok(Json(eval))
 }

@@ -7,7 +7,7 @@
 //! `liabilities` builds the liabilities sum tree from an account list, writes the published
 //! root (`root.json`) and one inclusion proof per account (`proofs/ID.json`, to be handed to
 //! each account holder), and records the root in the ledger. The offline check of one proof is
-//! `treasury audit liability` (in [`crate::ledger_cli`]).
+//! `treasury audit liability` (in [`crate::cli::ledger`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,15 +19,15 @@ use custody::liabilities::{
     LiabilityProof,
 };
 
-use crate::hsm_cli::HsmKeyOpts;
-use crate::ledger_cli::{runtime, LedgerSigner, DEFAULT_ORIGIN};
+use crate::cli::hsm::HsmKeyOpts;
+use crate::cli::ledger::{runtime, LedgerSigner, DEFAULT_ORIGIN};
+use crate::cli::vault::VaultOpts;
 use crate::service::reserves::{
     Bundle, BundleOptions, CheckpointSource, ProofForm, ProveRequest, ReserveService, StoredProof,
 };
 use crate::service::spend::SpendService;
 use crate::service::vaults::{NodeAuth, NodeConfig, VaultService};
 use crate::store::LedgerStore;
-use crate::vault_cli::VaultOpts;
 
 /// Options shared by the reserves commands: the database, network and node (as for vaults).
 #[derive(Debug, Clone, Args)]
@@ -142,7 +142,7 @@ pub enum ReservesCommand {
         form: Option<ProofForm>,
         /// Where the policy key is.
         #[command(flatten)]
-        key: crate::hsm_cli::PolicyKeyArgs,
+        key: crate::cli::hsm::PolicyKeyArgs,
     },
     /// Finalize the fully signed proof (every input verified, taproot included).
     Finalize {
@@ -440,7 +440,7 @@ async fn run_proof(
             approval,
             actor,
         } => {
-            let a: policies::Approval = crate::spend_cli::read_json(&approval)?;
+            let a: policies::Approval = crate::cli::spend::read_json(&approval)?;
             let st = svc
                 .add_approval(&id, a, &actor, now_ms())
                 .await

@@ -14,16 +14,16 @@ use policies::freeze::AdminSignature;
 use policies::{ApprovalSubject, Policy, SpendRequestFacts, Verdict};
 use serde::Deserialize;
 
+use crate::cli::spend::read_json;
 use crate::service::governance::{
     ApproveOutcome, Governance, OrderFile, PolicyVersion, VersionStatus,
 };
-use crate::spend_cli::read_json;
 
 /// Database and clock of the governance commands.
 #[derive(Debug, Clone, Args)]
 pub struct GovOpts {
     /// Database URL: sqlite://PATH or postgres://...
-    #[arg(long, env = "TREASURY_DB", default_value = crate::ledger_cli::DEFAULT_DB)]
+    #[arg(long, env = "TREASURY_DB", default_value = crate::cli::ledger::DEFAULT_DB)]
     pub db: String,
     /// The service's clock in Unix milliseconds (drills and tests; default: the system clock).
     #[arg(long, env = "TREASURY_NOW_MS", hide = true)]
@@ -368,7 +368,7 @@ fn run_governance(cmd: PolicyCommand) -> Result<String, String> {
         _ => return Err("not a governance command".into()),
     };
     let now = opts.now();
-    crate::ledger_cli::runtime()?.block_on(async {
+    crate::cli::ledger::runtime()?.block_on(async {
         let ledger = crate::store::LedgerStore::open(&opts.db)
             .await
             .map_err(|e| e.to_string())?;

@@ -10,8 +10,8 @@ use custody::ledger::{
     EntryDraft, EntryJson, InclusionProofJson, KeyFileSigner, VerifierKey,
 };
 
+use crate::cli::hsm::HsmKeyOpts;
 use crate::hsm_checkpoint::HsmCheckpointSigner;
-use crate::hsm_cli::HsmKeyOpts;
 use crate::store::LedgerStore;
 
 /// The default database when neither `--db` nor `TREASURY_DB` is given.
@@ -490,7 +490,7 @@ pub fn run_audit(cmd: AuditCommand) -> Result<String, String> {
             ledger_key,
             gap,
             block_scan,
-        } => crate::reserves_cli::audit_reserves(&crate::reserves_cli::AuditReservesArgs {
+        } => crate::cli::reserves::audit_reserves(&crate::cli::reserves::AuditReservesArgs {
             bundle,
             bitcoind_url,
             rpc_cookie,

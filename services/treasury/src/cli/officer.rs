@@ -21,10 +21,10 @@ use policies::freeze::AdminSignature;
 use policies::Verdict;
 use zeroize::Zeroizing;
 
+use crate::cli::spend::read_json;
 use crate::service::governance::OrderFile;
 use crate::service::reserves::ProofSubjectFile;
 use crate::service::spend::{utc, verdict_text, RequestFile};
-use crate::spend_cli::read_json;
 
 /// `treasury officer` subcommands.
 #[derive(Debug, Clone, Subcommand)]

@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use custody::ledger::Kind;
 use hsm::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, Signer};
 
+use crate::cli::ledger::{runtime, DEFAULT_DB, DEFAULT_ORIGIN};
 use crate::hsm_checkpoint::HsmCheckpointSigner;
-use crate::ledger_cli::{runtime, DEFAULT_DB, DEFAULT_ORIGIN};
 use crate::store::LedgerStore;
 
 /// The default PKCS#11 module.
@@ -310,7 +310,7 @@ impl PolicyKeyArgs {
     /// A message naming what could not be read or opened (never a PIN or passphrase).
     pub async fn open(self) -> Result<PolicyKey, String> {
         if let Some(path) = self.keystore {
-            let pass = crate::officer_cli::passphrase(self.passphrase_file.as_ref())?;
+            let pass = crate::cli::officer::passphrase(self.passphrase_file.as_ref())?;
             return tokio::task::spawn_blocking(move || hsm::SoftwareKeystore::load(&path, &pass))
                 .await
                 .map_err(|e| format!("keystore task: {e}"))?

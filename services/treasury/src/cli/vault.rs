@@ -12,7 +12,7 @@ use custody::vault::spend::{self, FeeCaps, Payment, SpendPath, SpendRequest};
 use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultDescriptor};
 use zeroize::Zeroizing;
 
-use crate::ledger_cli::{runtime, DEFAULT_DB};
+use crate::cli::ledger::{runtime, DEFAULT_DB};
 use crate::service::vaults::{NodeAuth, NodeConfig, OpError, VaultService};
 use crate::store::LedgerStore;
 

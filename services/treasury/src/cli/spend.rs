@@ -14,14 +14,14 @@ use custody::vault::spend::Payment;
 use policies::approval::Approval;
 use policies::freeze::{AdminSignature, FreezeAction};
 
-use crate::ledger_cli::runtime;
+use crate::cli::ledger::runtime;
+use crate::cli::vault::VaultOpts;
 use crate::service::governance::OrderFile;
 use crate::service::spend::{
     utc, verdict_text, At, Bump, CreateSpend, RequestFile, SpendService, SpendView,
 };
 use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
-use crate::vault_cli::VaultOpts;
 
 /// The clock and tip the service decides at.
 #[derive(Debug, Clone, Args)]
@@ -155,7 +155,7 @@ pub enum SpendCommand {
         id: String,
         /// Where the policy key is.
         #[command(flatten)]
-        key: crate::hsm_cli::PolicyKeyArgs,
+        key: crate::cli::hsm::PolicyKeyArgs,
     },
     /// Print the request's PSBT with every signature accepted so far.
     Psbt {
