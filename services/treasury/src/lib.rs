@@ -4,11 +4,10 @@
 
 pub mod actor;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod demo;
-pub mod hsm_checkpoint;
-pub mod reserves_audit;
-pub mod reserves_verify;
+pub mod files;
 pub mod service;
+pub mod signer;
 pub mod store;
-pub mod vault_formats;

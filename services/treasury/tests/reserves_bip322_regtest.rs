@@ -31,8 +31,8 @@ use custody::reserves::ProofMessage;
 use custody::vault::{Template, TemplateKey, VaultConfig};
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
-use treasury::reserves_audit::{audit_bundle, Bip322Problem, BundleAudit};
-use treasury::reserves_verify::SpendSearch;
+use treasury::audit::bundle::{audit_bundle, Bip322Problem, BundleAudit};
+use treasury::audit::reserves::SpendSearch;
 use treasury::service::reserves::{
     Bip322ProofJson, Bip322State, Bundle, BundleOptions, CheckpointSource, ProofForm, ProveRequest,
     ReserveService, ReserveServiceError, BIP322_FULL_PATH, BIP322_JSON_PATH,

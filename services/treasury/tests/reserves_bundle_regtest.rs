@@ -36,8 +36,8 @@ use hsm::{KdfParams, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, SoftwareKeystore};
 use policies::Approval;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
-use treasury::reserves_audit::{audit_bundle, BundleAudit, BundleProblem};
-use treasury::reserves_verify::{Problem, SpendSearch, UtxoProblem};
+use treasury::audit::bundle::{audit_bundle, BundleAudit, BundleProblem};
+use treasury::audit::reserves::{Problem, SpendSearch, UtxoProblem};
 use treasury::service::reserves::{
     Bundle, BundleOptions, CheckpointSource, ProofApprovals, ProveRequest, ReserveService,
     ReserveServiceError,

@@ -21,7 +21,7 @@ use custody::reserves::{build_proof, finalize_proof, ProofMessage};
 use custody::vault::{Template, TemplateKey, VaultConfig};
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
-use treasury::reserves_verify::verify_reserves;
+use treasury::audit::reserves::verify_reserves;
 use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
 

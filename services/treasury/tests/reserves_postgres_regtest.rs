@@ -17,8 +17,8 @@ use custody::ledger::{KeyFileSigner, VerifierKey};
 use custody::vault::{Template, TemplateKey, VaultConfig};
 use regtest::node_or_skip;
 use serde_json::json;
-use treasury::reserves_audit::audit_bundle;
-use treasury::reserves_verify::SpendSearch;
+use treasury::audit::bundle::audit_bundle;
+use treasury::audit::reserves::SpendSearch;
 use treasury::service::reserves::{
     BundleOptions, CheckpointSource, ProofState, ProveRequest, ReserveService, ReserveServiceError,
 };

@@ -19,7 +19,7 @@ use custody::reserves::{build_proof, finalize_proof, ProofMessage};
 use custody::vault::{Template, TemplateKey, VaultConfig, VaultDescriptor, VaultUtxo};
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
-use treasury::reserves_verify::{
+use treasury::audit::reserves::{
     verify_reserves, verify_reserves_with, Problem, ReserveReport, SpendSearch, UtxoProblem,
 };
 use treasury::service::vaults::VaultService;

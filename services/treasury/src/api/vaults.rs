@@ -389,15 +389,17 @@ pub async fn export(
         ),
         ExportFormat::Bsms => (
             "bsms",
-            crate::vault_formats::export(&name, d, Format::Bsms).map_err(Problem::validation)?,
+            crate::files::vault_formats::export(&name, d, Format::Bsms)
+                .map_err(Problem::validation)?,
         ),
         ExportFormat::Caravan => (
             "caravan",
-            crate::vault_formats::export(&name, d, Format::Caravan).map_err(Problem::validation)?,
+            crate::files::vault_formats::export(&name, d, Format::Caravan)
+                .map_err(Problem::validation)?,
         ),
         ExportFormat::Coldcard => (
             "coldcard",
-            crate::vault_formats::export(&name, d, Format::Coldcard)
+            crate::files::vault_formats::export(&name, d, Format::Coldcard)
                 .map_err(Problem::validation)?,
         ),
     };

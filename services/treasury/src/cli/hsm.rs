@@ -11,7 +11,7 @@ use custody::ledger::Kind;
 use hsm::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, Signer};
 
 use crate::cli::ledger::{runtime, DEFAULT_DB, DEFAULT_ORIGIN};
-use crate::hsm_checkpoint::HsmCheckpointSigner;
+use crate::signer::checkpoint::HsmCheckpointSigner;
 use crate::store::LedgerStore;
 
 /// The default PKCS#11 module.

@@ -11,7 +11,7 @@ use custody::ledger::{
 };
 
 use crate::cli::hsm::HsmKeyOpts;
-use crate::hsm_checkpoint::HsmCheckpointSigner;
+use crate::signer::checkpoint::HsmCheckpointSigner;
 use crate::store::LedgerStore;
 
 /// The default database when neither `--db` nor `TREASURY_DB` is given.

@@ -568,7 +568,7 @@ pub struct AuditReservesArgs {
 /// # Errors
 /// A message when the bundle cannot be read, the node cannot be reached, or the verdict fails.
 pub fn audit_reserves(a: &AuditReservesArgs) -> Result<String, String> {
-    use crate::reserves_verify::SpendSearch;
+    use crate::audit::reserves::SpendSearch;
     // A directory (`treasury reserves bundle --out`) or the API's JSON document
     // (`GET /v1/reserves/proofs/{id}/bundle`).
     let bundle = if a.bundle.is_file() {
@@ -597,7 +597,7 @@ pub fn audit_reserves(a: &AuditReservesArgs) -> Result<String, String> {
     } else {
         SpendSearch::DescriptorActivity
     };
-    let audit = crate::reserves_audit::audit_bundle(&bundle, &client, key.as_ref(), a.gap, search)
+    let audit = crate::audit::bundle::audit_bundle(&bundle, &client, key.as_ref(), a.gap, search)
         .map_err(|e| e.to_string())?;
     let report = audit.render();
     if audit.verdict() {

@@ -455,7 +455,7 @@ async fn vault_db(
                     d.external_string(),
                     d.internal_string()
                 )),
-                other => crate::vault_formats::export(v.name(), d, other).map_err(msg),
+                other => crate::files::vault_formats::export(v.name(), d, other).map_err(msg),
             }
         }
         VaultCommand::Import {
@@ -465,7 +465,8 @@ async fn vault_db(
             birthday,
         } => {
             let text = read_input(&file).map_err(msg)?;
-            let desc = crate::vault_formats::import(&text, format, opts.network).map_err(msg)?;
+            let desc =
+                crate::files::vault_formats::import(&text, format, opts.network).map_err(msg)?;
             let cfg = VaultConfig::new(&name, desc, birthday)?;
             let vault = svc.create(cfg, format_name(format)).await?;
             Ok(describe(&vault))

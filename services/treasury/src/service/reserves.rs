@@ -36,7 +36,7 @@
 //!   the BIP-127 proof file (protobuf and JSON), H, the signed checkpoint covering the proof's
 //!   entries with their inclusion proofs and a consistency proof from the checkpoint in the
 //!   message, the liabilities root when the ledger has one, and a manifest of SHA-256 digests.
-//!   `treasury audit reserves` ([`crate::reserves_audit`]) checks it against the auditor's node.
+//!   `treasury audit reserves` ([`crate::audit::bundle`]) checks it against the auditor's node.
 
 use std::collections::BTreeMap;
 use std::path::Path;

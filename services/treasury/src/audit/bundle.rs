@@ -9,7 +9,7 @@
 //!    unlisted (catches a damaged or partial copy; authenticity comes from the checks below).
 //! 2. **Proof file**: `proof.bin` (BIP-127 protobuf) decodes strictly, and `proof.json` says
 //!    the same; `block.json` names the same H.
-//! 3. **Reserves** ([`crate::reserves_verify`]): the node's chain is the proof's network; H's
+//! 3. **Reserves** ([`crate::audit::reserves`]): the node's chain is the proof's network; H's
 //!    hash at its height; every UTXO created at or below H (the metadata's block, checked to
 //!    hold the transaction) and not spent at or before H; every script derived from the
 //!    declared descriptors (`descriptors.json`), whose checksums are exactly the message's;
@@ -55,7 +55,7 @@ use custody::reserves::file::ProofFile;
 use custody::reserves::{commitment_hash, ProofMessage};
 use serde_json::Value;
 
-use crate::reserves_verify::{verify_reserves_with, ReserveReport, SpendSearch, VerifyError};
+use crate::audit::reserves::{verify_reserves_with, ReserveReport, SpendSearch, VerifyError};
 use crate::service::reserves::{
     decode_checkpoint_field, Bip322ProofJson, Bundle, DeclaredDescriptor, Manifest, APPROVAL_TYPE,
     BIP322_FORMAT, BIP322_FULL_PATH, BIP322_JSON_PATH, BUNDLE_FORMAT, FINALIZED_TYPE, MANIFEST,
@@ -920,7 +920,7 @@ fn audit_bip322(
     let Some(r) = reserves else {
         return Some(a);
     };
-    let known: BTreeMap<OutPoint, &crate::reserves_verify::UtxoReport> =
+    let known: BTreeMap<OutPoint, &crate::audit::reserves::UtxoReport> =
         r.utxos.iter().map(|u| (u.outpoint, u)).collect();
     let mut spent: Vec<TxOut> = Vec::with_capacity(tx.input.len());
     let mut complete = true;
