@@ -16,17 +16,12 @@
 pub mod auth;
 pub mod config;
 pub mod json;
-pub mod ledger;
 pub mod metrics;
 pub mod openapi;
-pub mod policies;
 pub mod problem;
 pub mod ratelimit;
-pub mod reserves;
+pub mod routes;
 pub mod server;
-pub mod spends;
-pub mod tokens;
-pub mod vaults;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +42,8 @@ pub use auth::{issue_token, Principal, Role};
 pub use config::ServeConfig;
 pub use problem::{Problem, ProblemKind};
 pub use server::{bind, bind_state, init_logging, ServeError, Server};
+
+use routes::{ledger, policies, reserves, spends, tokens, vaults};
 
 use crate::service::spend::SpendService;
 use crate::service::vaults::{NodeConfig, VaultService};

@@ -7,7 +7,8 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ledger, policies, problem, reserves, spends, tokens, vaults};
+use super::problem;
+use super::routes::{ledger, policies, reserves, spends, tokens, vaults};
 
 struct Bearer;
 

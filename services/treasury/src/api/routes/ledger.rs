@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
-use super::problem::{ApiResult, Problem};
-use super::{AppState, Caller, Role};
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::{AppState, Caller, Role};
 use crate::store::on_db;
 
 /// Most entries per page.
@@ -179,7 +179,7 @@ pub async fn entries(
 /// One entry.
 #[utoipa::path(get, path = "/v1/ledger/entries/{seq}", tag = "ledger",
     params(("seq" = u64, Path, description = "Sequence number")),
-    responses((status = 200, body = LedgerEntry), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = LedgerEntry), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn entry(
     State(state): State<AppState>,
@@ -211,7 +211,7 @@ pub async fn head(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
 
 /// The latest signed checkpoint stored in the ledger.
 #[utoipa::path(get, path = "/v1/ledger/checkpoints/latest", tag = "ledger",
-    responses((status = 200, body = CheckpointView), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = CheckpointView), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn latest_checkpoint(
     State(state): State<AppState>,
@@ -262,7 +262,7 @@ pub async fn latest_note(state: &AppState) -> ApiResult<Option<String>> {
 
 /// Sign a checkpoint of the whole log with the ledger key and store it.
 #[utoipa::path(post, path = "/v1/ledger/checkpoints", tag = "ledger",
-    responses((status = 201, body = CheckpointView), (status = 503, body = super::problem::ProblemBody)),
+    responses((status = 201, body = CheckpointView), (status = 503, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn checkpoint(
     State(state): State<AppState>,
@@ -297,7 +297,7 @@ pub async fn checkpoint(
 /// An inclusion proof of entry `seq` in the tree of `size` entries (the JSON
 /// `treasury audit inclusion` takes).
 #[utoipa::path(get, path = "/v1/ledger/proofs/inclusion", tag = "ledger", params(InclusionQuery),
-    responses((status = 200, body = Object), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = Object), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn inclusion(
     State(state): State<AppState>,
@@ -329,7 +329,7 @@ pub async fn inclusion(
 /// A consistency proof from tree size `from` to `to` (the JSON `treasury audit consistency`
 /// takes).
 #[utoipa::path(get, path = "/v1/ledger/proofs/consistency", tag = "ledger", params(ConsistencyQuery),
-    responses((status = 200, body = Object), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = Object), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn consistency(
     State(state): State<AppState>,

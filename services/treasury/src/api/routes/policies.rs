@@ -17,9 +17,9 @@ use policies::PolicyHash;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::json::ApiJson;
-use super::problem::{ApiResult, Problem};
-use super::{AppState, Caller, Role};
+use crate::api::json::ApiJson;
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::{AppState, Caller, Role};
 use crate::service::governance::{ApproveOutcome, OrderFile, PolicyVersion};
 
 /// A policy version.
@@ -118,7 +118,7 @@ const STAFF: &[Role] = &[Role::Admin, Role::Officer, Role::Auditor];
 
 /// The active policy version.
 #[utoipa::path(get, path = "/v1/policies/active", tag = "policies",
-    responses((status = 200, body = PolicyView), (status = 409, body = super::problem::ProblemBody)),
+    responses((status = 200, body = PolicyView), (status = 409, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn active(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<PolicyView>> {
     caller.require(&[Role::Admin, Role::Officer, Role::Auditor, Role::Integrator])?;
@@ -144,7 +144,7 @@ pub async fn list(
 
 /// Propose a new version (admins then sign its change order).
 #[utoipa::path(post, path = "/v1/policies/proposals", tag = "policies", request_body = ProposeBody,
-    responses((status = 201, body = PolicyView), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 201, body = PolicyView), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn propose(
     State(state): State<AppState>,
@@ -169,7 +169,7 @@ pub async fn propose(
 #[utoipa::path(post, path = "/v1/policies/proposals/{hash}/approvals", tag = "policies",
     params(("hash" = String, Path, description = "The proposal's hash")),
     request_body = ApproveBody,
-    responses((status = 200, body = ApproveResult), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = ApproveResult), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn approve(
     State(state): State<AppState>,
@@ -213,7 +213,7 @@ pub async fn approve(
 
 /// Evaluate a hypothetical request under a policy (nothing is stored).
 #[utoipa::path(post, path = "/v1/policies/simulate", tag = "policies", request_body = SimulateBody,
-    responses((status = 200, body = Object), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = Object), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn simulate(
     State(state): State<AppState>,

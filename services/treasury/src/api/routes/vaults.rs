@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
-use super::problem::{ApiResult, Problem};
-use super::{AppState, Caller, Role};
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::{AppState, Caller, Role};
 use crate::store::on_db;
 
 /// How long a snapshot is used without re-checking the changeset count.
@@ -289,7 +289,7 @@ const STAFF: &[Role] = &[Role::Admin, Role::Officer, Role::Auditor];
 
 /// List the vaults the token covers.
 #[utoipa::path(get, path = "/v1/vaults", tag = "vaults",
-    responses((status = 200, body = [VaultSummary]), (status = 401, body = super::problem::ProblemBody)),
+    responses((status = 200, body = [VaultSummary]), (status = 401, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -319,7 +319,7 @@ pub async fn list(
 /// Show a vault.
 #[utoipa::path(get, path = "/v1/vaults/{name}", tag = "vaults",
     params(("name" = String, Path, description = "Vault name")),
-    responses((status = 200, body = VaultView), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = VaultView), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
@@ -334,7 +334,7 @@ pub async fn show(
 /// A vault's balance.
 #[utoipa::path(get, path = "/v1/vaults/{name}/balance", tag = "vaults",
     params(("name" = String, Path, description = "Vault name")),
-    responses((status = 200, body = Balance), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = Balance), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn balance(
     State(state): State<AppState>,
@@ -349,7 +349,7 @@ pub async fn balance(
 /// A vault's unspent outputs.
 #[utoipa::path(get, path = "/v1/vaults/{name}/utxos", tag = "vaults",
     params(("name" = String, Path, description = "Vault name")),
-    responses((status = 200, body = [Utxo]), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = [Utxo]), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn utxos(
     State(state): State<AppState>,
@@ -364,7 +364,7 @@ pub async fn utxos(
 /// Export a vault's descriptors (for signers and auditors).
 #[utoipa::path(get, path = "/v1/vaults/{name}/export", tag = "vaults",
     params(("name" = String, Path, description = "Vault name"), ExportQuery),
-    responses((status = 200, body = VaultExport), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = VaultExport), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn export(
     State(state): State<AppState>,
@@ -413,7 +413,7 @@ pub async fn export(
 /// Hand out the next deposit address (recorded in the ledger with the caller).
 #[utoipa::path(post, path = "/v1/vaults/{name}/addresses", tag = "vaults",
     params(("name" = String, Path, description = "Vault name")),
-    responses((status = 201, body = DepositAddress), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 201, body = DepositAddress), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn next_address(
     State(state): State<AppState>,
@@ -442,7 +442,7 @@ pub async fn next_address(
 /// Verify that an address belongs to the vault, and where it derives from.
 #[utoipa::path(get, path = "/v1/vaults/{name}/addresses/{address}", tag = "vaults",
     params(("name" = String, Path, description = "Vault name"), ("address" = String, Path, description = "The address")),
-    responses((status = 200, body = AddressVerification), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = AddressVerification), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn verify_address(
     State(state): State<AppState>,
@@ -477,7 +477,7 @@ pub async fn verify_address(
 /// Sync the vault with the node (blocks, reorgs, mempool); events go to the ledger.
 #[utoipa::path(post, path = "/v1/vaults/{name}/sync", tag = "vaults",
     params(("name" = String, Path, description = "Vault name")),
-    responses((status = 200, body = SyncResult), (status = 503, body = super::problem::ProblemBody)),
+    responses((status = 200, body = SyncResult), (status = 503, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn sync(
     State(state): State<AppState>,

@@ -33,10 +33,10 @@ use custody::ledger::{KeyFileSigner, VerifierKey};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::json::ApiJson;
-use super::json::{op_problem, signing_problem};
-use super::problem::{ApiResult, Problem, ProblemKind};
-use super::{AppState, Caller, Role};
+use crate::api::json::ApiJson;
+use crate::api::json::{op_problem, signing_problem};
+use crate::api::problem::{ApiResult, Problem, ProblemKind};
+use crate::api::{AppState, Caller, Role};
 use crate::service::reserves::{
     Bundle, BundleOptions, CheckpointSource, ProofForm, ProofOutput, ProofState, ProveRequest,
     ReserveService, ReserveServiceError, StoredProof,
@@ -290,8 +290,8 @@ fn ledger_signer(state: &AppState) -> ApiResult<Option<KeyFileSigner>> {
 /// the ledger key, else the latest, which must be the last entry) and stores the BIP-127
 /// PSBT to sign (ledger: `reserve_proof`).
 #[utoipa::path(post, path = "/v1/reserves/proofs", tag = "reserves", request_body = ProofRequest,
-    responses((status = 201, body = ProofView), (status = 409, body = super::problem::ProblemBody),
-        (status = 422, body = super::problem::ProblemBody), (status = 503, body = super::problem::ProblemBody)),
+    responses((status = 201, body = ProofView), (status = 409, body = crate::api::problem::ProblemBody),
+        (status = 422, body = crate::api::problem::ProblemBody), (status = 503, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn request_proof(
     State(state): State<AppState>,
@@ -365,7 +365,7 @@ pub async fn list_proofs(
 /// Show a proof request: H, message, inputs, signatures so far, state.
 #[utoipa::path(get, path = "/v1/reserves/proofs/{id}", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id")),
-    responses((status = 200, body = ProofView), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = ProofView), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn show_proof(
     State(state): State<AppState>,
@@ -391,8 +391,8 @@ pub struct FormQuery {
 /// BIP-127 by default, `?form=bip322` for the BIP-322 proof of funds over the same UTXOs.
 #[utoipa::path(get, path = "/v1/reserves/proofs/{id}/psbt", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id"), FormQuery),
-    responses((status = 200, body = ProofPsbt), (status = 404, body = super::problem::ProblemBody),
-        (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = ProofPsbt), (status = 404, body = crate::api::problem::ProblemBody),
+        (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn proof_psbt(
     State(state): State<AppState>,
@@ -425,7 +425,7 @@ pub async fn proof_psbt(
 #[utoipa::path(get, path = "/v1/reserves/proofs/{id}/subject", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id")),
     responses((status = 200, body = Object, description = "The proof subject file (what `treasury reserves subject` prints)"),
-        (status = 404, body = super::problem::ProblemBody)),
+        (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn proof_subject(
     State(state): State<AppState>,
@@ -482,7 +482,7 @@ impl From<&crate::service::reserves::ProofApprovals> for ProofApprovalsView {
 /// Where the proof's approvals stand under the policy's reserve-proof rule (`proof_quorum`).
 #[utoipa::path(get, path = "/v1/reserves/proofs/{id}/approvals", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id")),
-    responses((status = 200, body = ProofApprovalsView), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = ProofApprovalsView), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn proof_approvals(
     State(state): State<AppState>,
@@ -502,8 +502,8 @@ pub async fn proof_approvals(
 #[utoipa::path(post, path = "/v1/reserves/proofs/{id}/approvals", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id")),
     request_body(content = Object, description = "The signed approval (policies::approval::Approval JSON)"),
-    responses((status = 200, body = ProofApprovalsView), (status = 403, body = super::problem::ProblemBody),
-        (status = 409, body = super::problem::ProblemBody), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = ProofApprovalsView), (status = 403, body = crate::api::problem::ProblemBody),
+        (status = 409, body = crate::api::problem::ProblemBody), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn approve_proof(
     State(state): State<AppState>,
@@ -540,8 +540,8 @@ pub async fn approve_proof(
 #[utoipa::path(post, path = "/v1/reserves/proofs/{id}/psbt", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id")),
     request_body = ProofPsbtBody,
-    responses((status = 200, body = ProofSigned), (status = 409, body = super::problem::ProblemBody),
-        (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = ProofSigned), (status = 409, body = crate::api::problem::ProblemBody),
+        (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn submit_proof_psbt(
     State(state): State<AppState>,
@@ -572,8 +572,8 @@ pub async fn submit_proof_psbt(
 /// itself and refuses anything that could be broadcast (ledger: `signature`).
 #[utoipa::path(post, path = "/v1/reserves/proofs/{id}/policy-signature", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id")),
-    responses((status = 200, body = ProofPolicySigned), (status = 422, body = super::problem::ProblemBody),
-        (status = 503, body = super::problem::ProblemBody)),
+    responses((status = 200, body = ProofPolicySigned), (status = 422, body = crate::api::problem::ProblemBody),
+        (status = 503, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn policy_sign_proof(
     State(state): State<AppState>,
@@ -599,7 +599,7 @@ pub async fn policy_sign_proof(
         handle.block_on(crate::actor::acting_as(actor, async move {
             let now = crate::service::vaults::now_ms();
             let mut signer = svc2
-                .policy_signer(super::spends::SharedKey(key), network, now)
+                .policy_signer(crate::api::routes::spends::SharedKey(key), network, now)
                 .await?;
             svc2.policy_sign(&rid, &mut signer, now).await
         }))
@@ -620,7 +620,7 @@ pub async fn policy_sign_proof(
 /// included; ledger: `reserve_proof`). A finalized proof is returned as it is.
 #[utoipa::path(post, path = "/v1/reserves/proofs/{id}/finalize", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id")),
-    responses((status = 200, body = ProofView), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = ProofView), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn finalize_proof(
     State(state): State<AppState>,
@@ -651,7 +651,7 @@ pub fn repr_digest(body: &[u8]) -> String {
 #[utoipa::path(get, path = "/v1/reserves/proofs/{id}/bundle", tag = "reserves",
     params(("id" = String, Path, description = "Proof request id")),
     responses((status = 200, body = Object, description = "The bundle: {\"format\", \"files\": {path: base64}}"),
-        (status = 409, body = super::problem::ProblemBody), (status = 422, body = super::problem::ProblemBody)),
+        (status = 409, body = crate::api::problem::ProblemBody), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn bundle(
     State(state): State<AppState>,

@@ -12,9 +12,9 @@
 use axum::extract::{Path, State};
 use axum::Json;
 
-use super::auth::{list_tokens, revoke_token, AuthError, TokenInfo};
-use super::problem::{ApiResult, Problem};
-use super::{AppState, Caller, Role};
+use crate::api::auth::{list_tokens, revoke_token, AuthError, TokenInfo};
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::{AppState, Caller, Role};
 
 fn auth_problem(e: AuthError) -> Problem {
     match e {
@@ -42,7 +42,7 @@ pub async fn list(
 /// every other within its `token_recheck_ms` (ledger: an operator note `api_token_revoked` with the caller as actor).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "The token's public id")),
-    responses((status = 200, body = TokenInfo), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = TokenInfo), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<AppState>,

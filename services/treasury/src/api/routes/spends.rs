@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
-use super::json::ApiJson;
-use super::problem::{ApiResult, Problem, ProblemKind};
-use super::{AppState, Caller, Role};
+use crate::api::json::ApiJson;
+use crate::api::problem::{ApiResult, Problem, ProblemKind};
+use crate::api::{AppState, Caller, Role};
 use crate::service::spend::{verdict_text, At, Bump, CreateSpend, RequestFile};
 use crate::store::on_db;
 
@@ -359,8 +359,8 @@ fn created(v: SpendView, replay: bool) -> Response {
     responses(
         (status = 201, body = SpendView, description = "Created"),
         (status = 200, body = SpendView, description = "Replayed (same key and body)"),
-        (status = 409, body = super::problem::ProblemBody),
-        (status = 422, body = super::problem::ProblemBody)),
+        (status = 409, body = crate::api::problem::ProblemBody),
+        (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -448,7 +448,7 @@ pub async fn list(
 /// Show a request: state, PSBT signed so far, the policy verdict and what is missing.
 #[utoipa::path(get, path = "/v1/spends/{id}", tag = "spends",
     params(("id" = String, Path, description = "Request id")),
-    responses((status = 200, body = SpendView), (status = 404, body = super::problem::ProblemBody)),
+    responses((status = 200, body = SpendView), (status = 404, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
@@ -465,7 +465,7 @@ pub async fn show(
 #[utoipa::path(post, path = "/v1/spends/{id}/approvals", tag = "spends",
     params(("id" = String, Path, description = "Request id")),
     request_body(content = Object, description = "The signed approval (policies::approval::Approval JSON)"),
-    responses((status = 200, body = SpendView), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = SpendView), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn approve(
     State(state): State<AppState>,
@@ -492,7 +492,7 @@ pub async fn approve(
 #[utoipa::path(post, path = "/v1/spends/{id}/psbts", tag = "spends",
     params(("id" = String, Path, description = "Request id")),
     request_body = PsbtBody,
-    responses((status = 200, body = SpendView), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 200, body = SpendView), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn submit_psbt(
     State(state): State<AppState>,
@@ -513,7 +513,7 @@ pub async fn submit_psbt(
 }
 
 /// A shared signer as a signer (the policy signer takes one by value).
-pub(crate) struct SharedKey(pub(crate) super::SharedSigner);
+pub(crate) struct SharedKey(pub(crate) crate::api::SharedSigner);
 
 impl hsm::Signer for SharedKey {
     fn id(&self) -> &str {
@@ -531,8 +531,8 @@ impl hsm::Signer for SharedKey {
 /// delays, expiry and the freeze itself before it signs.
 #[utoipa::path(post, path = "/v1/spends/{id}/policy-sign", tag = "spends",
     params(("id" = String, Path, description = "Request id")),
-    responses((status = 200, body = PolicySigned), (status = 422, body = super::problem::ProblemBody),
-        (status = 503, body = super::problem::ProblemBody)),
+    responses((status = 200, body = PolicySigned), (status = 422, body = crate::api::problem::ProblemBody),
+        (status = 503, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn policy_sign(
     State(state): State<AppState>,
@@ -577,8 +577,8 @@ pub async fn policy_sign(
 /// Finalize (every input verified), test with the node and broadcast.
 #[utoipa::path(post, path = "/v1/spends/{id}/broadcast", tag = "spends",
     params(("id" = String, Path, description = "Request id")),
-    responses((status = 200, body = Broadcasted), (status = 422, body = super::problem::ProblemBody),
-        (status = 503, body = super::problem::ProblemBody)),
+    responses((status = 200, body = Broadcasted), (status = 422, body = crate::api::problem::ProblemBody),
+        (status = 503, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn broadcast(
     State(state): State<AppState>,
@@ -602,7 +602,7 @@ pub async fn broadcast(
 /// Sync the request's vault and record its transaction's confirmations.
 #[utoipa::path(post, path = "/v1/spends/{id}/follow", tag = "spends",
     params(("id" = String, Path, description = "Request id")),
-    responses((status = 200, body = SpendView), (status = 503, body = super::problem::ProblemBody)),
+    responses((status = 200, body = SpendView), (status = 503, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn follow(
     State(state): State<AppState>,
@@ -622,7 +622,7 @@ pub async fn follow(
 /// Cancel a request and release its coins (an integrator cancels only its own requests).
 #[utoipa::path(post, path = "/v1/spends/{id}/cancel", tag = "spends",
     params(("id" = String, Path, description = "Request id")),
-    responses((status = 200, body = SpendView), (status = 409, body = super::problem::ProblemBody)),
+    responses((status = 200, body = SpendView), (status = 409, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -645,7 +645,7 @@ pub async fn cancel(
 #[utoipa::path(post, path = "/v1/spends/{id}/bump", tag = "spends",
     params(("id" = String, Path, description = "Request id")),
     request_body = BumpBody,
-    responses((status = 201, body = SpendView), (status = 422, body = super::problem::ProblemBody)),
+    responses((status = 201, body = SpendView), (status = 422, body = crate::api::problem::ProblemBody)),
     security(("bearer" = [])))]
 pub async fn bump(
     State(state): State<AppState>,
