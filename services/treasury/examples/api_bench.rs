@@ -28,8 +28,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use treasury::api::config::ServeConfig;
 use treasury::demo::{self, DemoOptions, VAULT};
+use treasury::node::{NodeAuth, NodeConfig};
 use treasury::service::spend::{At, SpendService};
-use treasury::service::vaults::{NodeAuth, NodeConfig, VaultService};
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
 
 /// Coins the vault needs: every created request reserves one coinbase (48 per run; the run
@@ -104,7 +105,7 @@ async fn fund(setup: &demo::Setup) {
 async fn cancel_open(setup: &demo::Setup) {
     let ledger = LedgerStore::open(&setup.layout.db_url()).await.unwrap();
     let svc = SpendService::new(VaultService::new(ledger.clone()));
-    let now = treasury::service::vaults::now_ms();
+    let now = treasury::clock::now_ms();
     for (id, _, state) in svc.list(Some(VAULT)).await.unwrap() {
         if state == "pending_approval" {
             svc.cancel(&id, "api-bench", At::ms(now)).await.unwrap();
@@ -210,7 +211,7 @@ fn main() {
         let auditor = setup.tokens["demo-auditor"].token.clone();
         let cert = std::fs::read(setup.layout.tls_cert()).unwrap();
 
-        let run = format!("{}", treasury::service::vaults::now_ms());
+        let run = format!("{}", treasury::clock::now_ms());
         let one = create_rate(&url, &cert, &token, 1, &format!("{run}-1")).await;
         let four = create_rate(&url, &cert, &token, 4, &format!("{run}-4")).await;
         let sixteen = create_rate(&url, &cert, &token, 16, &format!("{run}-16")).await;

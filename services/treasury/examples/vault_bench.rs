@@ -21,7 +21,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::RegtestNode;
 use serde_json::json;
-use treasury::service::vaults::{NodeAuth, NodeConfig, VaultService};
+use treasury::node::{NodeAuth, NodeConfig};
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
 
 const BLOCKS: usize = 1_000;

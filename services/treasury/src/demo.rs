@@ -37,8 +37,9 @@ use crate::api::auth::Role;
 use crate::cli::hsm::{run_hsm, HsmCommand, HsmOpts};
 use crate::cli::ledger::{run_ledger, LedgerCommand, LedgerOpts, DEFAULT_ORIGIN};
 use crate::cli::officer::{run_officer, OfficerCommand};
+use crate::node::{NodeAuth, NodeConfig};
 use crate::service::governance::Governance;
-use crate::service::vaults::{NodeAuth, NodeConfig, VaultService};
+use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
 
 /// The example policy the demo installs, with the demo officers' approval keys in place of
@@ -641,7 +642,7 @@ async fn reserve_in(
         let doc = std::fs::read_to_string(layout.policy())
             .map_err(io(format!("read {}", layout.policy().display())))?;
         governance
-            .init(&doc, "demo-admin", crate::service::vaults::now_ms())
+            .init(&doc, "demo-admin", crate::clock::now_ms())
             .await
             .map_err(|e| s("policy init")(e.to_string()))?;
     }
@@ -734,7 +735,7 @@ async fn tokens(layout: &Layout) -> Result<Tokens, DemoError> {
             &principal,
             role,
             &vaults,
-            crate::service::vaults::now_ms(),
+            crate::clock::now_ms(),
         )
         .await
         .map_err(|e| step("issue token")(e.to_string()));

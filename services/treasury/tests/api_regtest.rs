@@ -205,7 +205,7 @@ async fn setup(
         .await
         .unwrap();
     svc.governance
-        .init(EXAMPLE, "admins", treasury::service::vaults::now_ms())
+        .init(EXAMPLE, "admins", treasury::clock::now_ms())
         .await
         .unwrap();
     let addr = svc.vaults.next_address("reserve").await.unwrap().address;

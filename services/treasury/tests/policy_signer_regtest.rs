@@ -122,7 +122,7 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     // The vault, funded by mining to its first address, and the example policy.
     let ledger = LedgerStore::open(&db).await.unwrap();
     let svc = SpendService::new(VaultService::new(ledger.clone()));
-    let now = treasury::service::vaults::now_ms();
+    let now = treasury::clock::now_ms();
     svc.vaults
         .create(VaultConfig::new("reserve", d.clone(), 0).unwrap(), "create")
         .await

@@ -73,7 +73,7 @@ fn core_sign(node: &RegtestNode, psbt: &Psbt, private: Vec<String>) -> Psbt {
 /// carol, keys from the fixed test secrets), over the subject the service re-derives from the
 /// BIP-127 PSBT (the BIP-322 form gives the same subject), submitted through the service.
 async fn approve_proof(svc: &ReserveService, id: &str) {
-    let now = treasury::service::vaults::now_ms();
+    let now = treasury::clock::now_ms();
     let subject = svc.proof_subject(id, now).await.unwrap().subject;
     for (who, b) in [("alice", 1u8), ("bob", 2), ("carol", 3)] {
         let secret = bdk_wallet::bitcoin::secp256k1::SecretKey::from_slice(&[b; 32]).unwrap();
@@ -173,7 +173,7 @@ async fn both_forms_are_signed_bundled_and_audited_and_each_bip322_fault_is_name
 
     let ledger = LedgerStore::open(&db).await.unwrap();
     let svc = ReserveService::new(SpendService::new(VaultService::new(ledger.clone())));
-    let now = treasury::service::vaults::now_ms();
+    let now = treasury::clock::now_ms();
     svc.spend
         .governance
         .init(EXAMPLE, "admins", now)

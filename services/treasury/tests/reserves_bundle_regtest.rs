@@ -277,7 +277,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     // The three vaults, funded from outside (two coins each), and the example policy.
     let ledger = LedgerStore::open(&db).await.unwrap();
     let svc = ReserveService::new(SpendService::new(VaultService::new(ledger.clone())));
-    let now = treasury::service::vaults::now_ms();
+    let now = treasury::clock::now_ms();
     svc.spend
         .governance
         .init(&policy_text, "admins", now)
@@ -1182,7 +1182,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     assert!(hsm_vk.verify(&note).is_ok(), "{note}");
     assert!(vk.verify(&note).is_err());
     // On the system clock, as the binary that requested it (the expiry is now + max age).
-    let t = treasury::service::vaults::now_ms();
+    let t = treasury::clock::now_ms();
     let st = approve_proof(&svc, "por-hsm", &officers, t).await;
     assert!(st.complete(), "{st:?}");
     // Both vaults (10 BTC: above the 4 BTC of liabilities recorded last), signed through Core.

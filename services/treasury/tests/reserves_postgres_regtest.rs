@@ -54,7 +54,7 @@ async fn a_taproot_proof_on_postgres_bundles_and_audits() {
     let svc = ReserveService::new(SpendService::new(VaultService::new(ledger.clone())));
     svc.spend
         .governance
-        .init(EXAMPLE, "admins", treasury::service::vaults::now_ms())
+        .init(EXAMPLE, "admins", treasury::clock::now_ms())
         .await
         .unwrap();
     let signer = KeyFileSigner::from_secret_bytes(&[5; 32]).unwrap();
@@ -86,7 +86,7 @@ async fn a_taproot_proof_on_postgres_bundles_and_audits() {
         faucet.pay(&node, &addr, Amount::from_sat(sat));
     }
     node.mine_blocks(1, &node.new_address()).unwrap();
-    let now = treasury::service::vaults::now_ms();
+    let now = treasury::clock::now_ms();
     let req = ProveRequest {
         id: Some("por-pg".into()),
         vaults: vec!["tr".into()],

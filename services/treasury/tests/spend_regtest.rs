@@ -31,9 +31,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
+use treasury::node::{NodeAuth, NodeConfig};
 use treasury::service::governance::{ApproveOutcome, GovernanceStoreError, VersionStatus};
 use treasury::service::spend::{At, CreateSpend, SpendService, SpendServiceError};
-use treasury::service::vaults::{NodeAuth, NodeConfig, VaultService};
+use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
 
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");

@@ -23,7 +23,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
-use treasury::service::vaults::{OpError, SyncError, VaultService, VaultStoreError};
+use treasury::node::SyncError;
+use treasury::service::vaults::{OpError, VaultService};
+use treasury::store::vaults::VaultStoreError;
 use treasury::store::LedgerStore;
 
 fn tkey(o: &Officer) -> TemplateKey {

@@ -459,8 +459,8 @@ impl ServeConfig {
     ///
     /// # Errors
     /// [`ConfigError::Secret`] when the password cannot be read.
-    pub fn node_config(&self) -> Result<Option<crate::service::vaults::NodeConfig>, ConfigError> {
-        use crate::service::vaults::{NodeAuth, NodeConfig};
+    pub fn node_config(&self) -> Result<Option<crate::node::NodeConfig>, ConfigError> {
+        use crate::node::{NodeAuth, NodeConfig};
         let Some(n) = &self.node else {
             return Ok(None);
         };

@@ -11,10 +11,12 @@ use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
 use super::problem::{Problem, ProblemKind};
+use crate::node::SyncError;
 use crate::service::governance::GovernanceStoreError;
 use crate::service::signing::SigningError;
 use crate::service::spend::SpendServiceError;
-use crate::service::vaults::{OpError, SyncError, VaultStoreError};
+use crate::service::vaults::OpError;
+use crate::store::vaults::VaultStoreError;
 
 /// A JSON body whose rejections are problems.
 #[derive(Debug, Clone)]

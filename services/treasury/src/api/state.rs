@@ -14,8 +14,9 @@ use custody::ledger::KeyFileSigner;
 use super::routes::vaults;
 use super::{auth, config, metrics, ratelimit};
 use super::{ServeConfig, ServeError};
+use crate::node::NodeConfig;
 use crate::service::spend::SpendService;
-use crate::service::vaults::{NodeConfig, VaultService};
+use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
 
 /// What a connection tells its requests (set by the TLS accept loop).

@@ -193,7 +193,7 @@ fn init(
         .verifier_key(origin)
         .map_err(|e| e.to_string())?
         .to_string();
-    let now = crate::service::vaults::now_ms();
+    let now = crate::clock::now_ms();
     let statement = format!(
         "strategic-reserve hsm key ceremony\ntoken: {}\npolicy key label: {key_label}\npolicy public key: {}\ncheckpoint key label: {checkpoint_label}\ncheckpoint public key: {}\ncheckpoint verifier key: {verifier_key}\ncreated_ms: {now}\n",
         opts.token,

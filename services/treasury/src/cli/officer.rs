@@ -177,10 +177,10 @@ pub fn run_officer(cmd: OfficerCommand) -> Result<String, String> {
         }
         OfficerCommand::Review { file, now_ms } => {
             if let Some(p) = proof_subject_file(&file)? {
-                return review_proof(&p, now_ms.unwrap_or_else(crate::service::vaults::now_ms));
+                return review_proof(&p, now_ms.unwrap_or_else(crate::clock::now_ms));
             }
             let f: RequestFile = read_json(&file)?;
-            review(&f, now_ms.unwrap_or_else(crate::service::vaults::now_ms))
+            review(&f, now_ms.unwrap_or_else(crate::clock::now_ms))
         }
         OfficerCommand::Approve {
             file,

@@ -32,7 +32,7 @@ pub struct GovOpts {
 
 impl GovOpts {
     fn now(&self) -> i64 {
-        self.now_ms.unwrap_or_else(crate::service::vaults::now_ms)
+        self.now_ms.unwrap_or_else(crate::clock::now_ms)
     }
 }
 

@@ -22,11 +22,12 @@ use custody::liabilities::{
 use crate::cli::hsm::HsmKeyOpts;
 use crate::cli::ledger::{runtime, LedgerSigner, DEFAULT_ORIGIN};
 use crate::cli::vault::VaultOpts;
+use crate::node::{NodeAuth, NodeConfig};
 use crate::service::reserves::{
     Bundle, BundleOptions, CheckpointSource, ProofForm, ProveRequest, ReserveService, StoredProof,
 };
 use crate::service::spend::SpendService;
-use crate::service::vaults::{NodeAuth, NodeConfig, VaultService};
+use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
 
 /// Options shared by the reserves commands: the database, network and node (as for vaults).

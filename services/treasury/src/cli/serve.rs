@@ -117,15 +117,10 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, String> {
                 .map_err(|e: api::auth::AuthError| e.to_string())?;
             crate::cli::ledger::runtime()?.block_on(async {
                 let store = LedgerStore::open(&db).await.map_err(|e| e.to_string())?;
-                let out = api::issue_token(
-                    &store,
-                    &principal,
-                    role,
-                    &vaults,
-                    crate::service::vaults::now_ms(),
-                )
-                .await
-                .map_err(|e| e.to_string());
+                let out =
+                    api::issue_token(&store, &principal, role, &vaults, crate::clock::now_ms())
+                        .await
+                        .map_err(|e| e.to_string());
                 store.close().await;
                 Ok(format!("{}\n", out?))
             })
@@ -156,7 +151,7 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, String> {
         }),
         TokenCommand::Revoke { db, by, id } => crate::cli::ledger::runtime()?.block_on(async {
             let store = LedgerStore::open(&db).await.map_err(|e| e.to_string())?;
-            let out = api::auth::revoke_token(&store, &id, &by, crate::service::vaults::now_ms())
+            let out = api::auth::revoke_token(&store, &id, &by, crate::clock::now_ms())
                 .await
                 .map_err(|e| e.to_string());
             store.close().await;

@@ -38,7 +38,7 @@ impl ClockOpts {
     /// The time and tip to decide at.
     pub fn at(&self) -> At {
         At {
-            now_ms: self.now_ms.unwrap_or_else(crate::service::vaults::now_ms),
+            now_ms: self.now_ms.unwrap_or_else(crate::clock::now_ms),
             tip_height: self.tip_height,
         }
     }

@@ -13,7 +13,8 @@ use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultDescript
 use zeroize::Zeroizing;
 
 use crate::cli::ledger::{runtime, DEFAULT_DB};
-use crate::service::vaults::{NodeAuth, NodeConfig, OpError, VaultService};
+use crate::node::{NodeAuth, NodeConfig};
+use crate::service::vaults::{OpError, VaultService};
 use crate::store::LedgerStore;
 
 /// Database, network, node and fee-cap options shared by vault and PSBT commands.
@@ -611,8 +612,7 @@ pub fn run_psbt(opts: &VaultOpts, cmd: PsbtCommand) -> Result<String, String> {
             let tx = spend::finalize(read_psbt(file)?).map_err(|e| e.to_string())?;
             let node = opts.node()?;
             let network = opts.network;
-            let txid = crate::service::vaults::broadcast(&node, network, &tx)
-                .map_err(|e| e.to_string())?;
+            let txid = crate::node::broadcast(&node, network, &tx).map_err(|e| e.to_string())?;
             return Ok(format!("{txid}\n"));
         }
         _ => {}
@@ -636,7 +636,7 @@ async fn estimate_fee_rate(opts: &VaultOpts) -> Result<FeeRate, OpError> {
         let client = node.connect_checked(network, 3, Duration::from_millis(500))?;
         let est = client
             .estimate_smart_fee(6, None)
-            .map_err(|e| crate::service::vaults::SyncError::Rpc(e.to_string()))?;
+            .map_err(|e| crate::node::SyncError::Rpc(e.to_string()))?;
         match est.fee_rate {
             // BTC/kvB -> sat/kwu: sat per 1000 vB / 4.
             Some(rate) => Ok(FeeRate::from_sat_per_kwu(rate.to_sat() / 4)),

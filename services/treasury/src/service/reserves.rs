@@ -74,9 +74,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
 
+use crate::node::NodeConfig;
 use crate::service::signing::{SigningError, POLICY_SIGNER_ACTOR};
 use crate::service::spend::SpendService;
-use crate::service::vaults::{NodeConfig, OpError};
+use crate::service::vaults::OpError;
 use crate::store::{on_db, SqlValue, StoreError, Write};
 
 /// The format tag of a bundle's manifest.

@@ -30,8 +30,8 @@ use policies::evaluate::PastSpend;
 use serde_json::json;
 use sqlx::Row;
 
+use crate::node::NodeConfig;
 use crate::service::spend::{At, SpendService, SpendServiceError, StoredRequest};
-use crate::service::vaults::NodeConfig;
 use crate::store::{on_db, SqlValue, Write};
 
 /// The actor of the policy signer's ledger entries.
@@ -75,7 +75,7 @@ pub enum SigningError {
     Finalize(#[from] spend::SpendError),
     /// The node refused the transaction or is unreachable.
     #[error(transparent)]
-    Node(#[from] crate::service::vaults::SyncError),
+    Node(#[from] crate::node::SyncError),
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -445,11 +445,9 @@ impl SpendService {
             .ok_or_else(|| corrupt("finalized request without a transaction"))?;
         let network = stored.network;
         let node = node.clone();
-        let txid = tokio::task::spawn_blocking(move || {
-            crate::service::vaults::broadcast(&node, network, &tx)
-        })
-        .await
-        .map_err(|e| corrupt(format!("broadcast task: {e}")))??;
+        let txid = tokio::task::spawn_blocking(move || crate::node::broadcast(&node, network, &tx))
+            .await
+            .map_err(|e| corrupt(format!("broadcast task: {e}")))??;
         self.apply_event(id, Event::Broadcast, at).await?;
         Ok(txid)
     }

@@ -55,7 +55,7 @@ pub enum SpendServiceError {
     Store(#[from] StoreError),
     /// The vault store.
     #[error(transparent)]
-    Vault(#[from] crate::service::vaults::VaultStoreError),
+    Vault(#[from] crate::store::vaults::VaultStoreError),
     /// Policies and freeze.
     #[error(transparent)]
     Governance(#[from] GovernanceStoreError),

@@ -11,6 +11,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+pub mod vaults;
+
 use custody::ledger::{
     Actor, AnyCheckpointSigner, ChainError, ChainFault, ChainVerifier, Checkpoint, CheckpointError,
     Entry, EntryDraft, EntryError, Kind, LedgerHead, Payload, PayloadType, VerifierKey,

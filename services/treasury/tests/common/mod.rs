@@ -16,7 +16,7 @@ use bdk_wallet::bitcoin::{Address, Amount, BlockHash, Network, Txid};
 use custody::vault::descriptor::with_checksum;
 use regtest::RegtestNode;
 use serde_json::{json, Value};
-use treasury::service::vaults::{NodeAuth, NodeConfig};
+use treasury::node::{NodeAuth, NodeConfig};
 
 /// The network of every regtest test.
 pub const NET: Network = Network::Regtest;

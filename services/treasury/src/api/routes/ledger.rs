@@ -282,7 +282,7 @@ pub async fn checkpoint(
     let (note, e) = tokio::task::spawn_blocking(move || {
         let signer = KeyFileSigner::from_key_file(&key).map_err(Problem::internal)?;
         handle
-            .block_on(store.checkpoint(&origin, &actor, crate::service::vaults::now_ms(), &signer))
+            .block_on(store.checkpoint(&origin, &actor, crate::clock::now_ms(), &signer))
             .map_err(Problem::from)
     })
     .await

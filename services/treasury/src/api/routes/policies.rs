@@ -125,7 +125,7 @@ pub async fn active(State(state): State<AppState>, caller: Caller) -> ApiResult<
     let v = state
         .spend()
         .governance
-        .active(crate::service::vaults::now_ms())
+        .active(crate::clock::now_ms())
         .await?;
     Ok(Json(view(&v)?))
 }
@@ -155,11 +155,7 @@ pub async fn propose(
     let v = state
         .spend()
         .governance
-        .propose(
-            &body.document,
-            &caller.0.name,
-            crate::service::vaults::now_ms(),
-        )
+        .propose(&body.document, &caller.0.name, crate::clock::now_ms())
         .await?;
     state.metrics().ledger_appended(1);
     Ok((StatusCode::CREATED, Json(view(&v)?)))
@@ -186,7 +182,7 @@ pub async fn approve(
         .order()
         .ok_or_else(|| Problem::validation("this version is not a proposal"))?;
     let out = g
-        .approve(&order, &body.signatures, crate::service::vaults::now_ms())
+        .approve(&order, &body.signatures, crate::clock::now_ms())
         .await?;
     state.metrics().ledger_appended(1);
     Ok(Json(match out {
@@ -228,7 +224,7 @@ pub async fn simulate(
                 .map_err(|_| Problem::not_found(format!("no policy {h:?}")))?;
             g.version(&h).await?
         }
-        None => g.active(crate::service::vaults::now_ms()).await?,
+        None => g.active(crate::clock::now_ms()).await?,
     };
     let text = serde_json::to_string(&body.request).map_err(Problem::internal)?;
     let eval = crate::cli::policy::simulate_json(&v.policy, &text).map_err(Problem::validation)?;

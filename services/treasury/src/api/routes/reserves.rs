@@ -328,7 +328,7 @@ pub async fn request_proof(
             None => CheckpointSource::Latest,
         };
         Ok(service(&st)
-            .prove(&req, &node, source, crate::service::vaults::now_ms())
+            .prove(&req, &node, source, crate::clock::now_ms())
             .await?)
     })
     .await?;
@@ -435,9 +435,7 @@ pub async fn proof_subject(
     caller.require(READERS)?;
     let svc = service(&state);
     scoped(&svc, &caller, &id).await?;
-    let file = svc
-        .subject_file(&id, crate::service::vaults::now_ms())
-        .await?;
+    let file = svc.subject_file(&id, crate::clock::now_ms()).await?;
     let body = serde_json::to_string_pretty(&file).map_err(Problem::internal)?;
     Ok((
         [(
@@ -492,7 +490,7 @@ pub async fn proof_approvals(
     caller.require(READERS)?;
     let svc = service(&state);
     scoped(&svc, &caller, &id).await?;
-    let a = svc.approvals(&id, crate::service::vaults::now_ms()).await?;
+    let a = svc.approvals(&id, crate::clock::now_ms()).await?;
     Ok(Json(ProofApprovalsView::from(&a)))
 }
 
@@ -523,12 +521,7 @@ pub async fn approve_proof(
         return Err(Problem::validation("the approval is for another request"));
     }
     let a = svc
-        .add_approval(
-            &id,
-            approval,
-            &caller.0.name,
-            crate::service::vaults::now_ms(),
-        )
+        .add_approval(&id, approval, &caller.0.name, crate::clock::now_ms())
         .await?;
     state.metrics().ledger_appended(1);
     Ok(Json(ProofApprovalsView::from(&a)))
@@ -555,7 +548,7 @@ pub async fn submit_proof_psbt(
     let psbt =
         Psbt::from_str(body.psbt.trim()).map_err(|e| Problem::validation(format!("psbt: {e}")))?;
     let added = svc
-        .submit_psbt(&id, psbt, &caller.0.name, crate::service::vaults::now_ms())
+        .submit_psbt(&id, psbt, &caller.0.name, crate::clock::now_ms())
         .await?;
     if added > 0 {
         state.metrics().ledger_appended(1);
@@ -597,7 +590,7 @@ pub async fn policy_sign_proof(
     // caller (a new task does not inherit the request's principal).
     let sig = tokio::task::spawn_blocking(move || {
         handle.block_on(crate::actor::acting_as(actor, async move {
-            let now = crate::service::vaults::now_ms();
+            let now = crate::clock::now_ms();
             let mut signer = svc2
                 .policy_signer(crate::api::routes::spends::SharedKey(key), network, now)
                 .await?;
@@ -630,7 +623,7 @@ pub async fn finalize_proof(
     caller.require(READERS)?;
     let svc = service(&state);
     let before = scoped(&svc, &caller, &id).await?;
-    let p = svc.finalize(&id, crate::service::vaults::now_ms()).await?;
+    let p = svc.finalize(&id, crate::clock::now_ms()).await?;
     if before.state == ProofState::Signing {
         state.metrics().ledger_appended(1);
     }
@@ -676,7 +669,7 @@ pub async fn bundle(
             ledger_key: vk.as_ref(),
             liabilities_dir: None,
         };
-        let now = crate::service::vaults::now_ms();
+        let now = crate::clock::now_ms();
         match (svc.bundle(&rid, &latest, now).await, &signer) {
             (Ok(b), _) => Ok(b),
             (Err(ReserveServiceError::StaleCheckpoint { .. }), Some(s))

@@ -153,7 +153,7 @@ pub struct PolicySigned {
 }
 
 fn now() -> At {
-    At::ms(crate::service::vaults::now_ms())
+    At::ms(crate::clock::now_ms())
 }
 
 const CREATORS: &[Role] = &[Role::Admin, Role::Officer, Role::Integrator];
@@ -286,7 +286,7 @@ async fn claim_key(
             match state.spend().load(&id).await {
                 Ok(_) => return Ok(KeyState::Replay(id)),
                 Err(crate::service::spend::SpendServiceError::NotFound(_)) => {
-                    if crate::service::vaults::now_ms().saturating_sub(created) < STALE_KEY_MS {
+                    if crate::clock::now_ms().saturating_sub(created) < STALE_KEY_MS {
                         return Err(Problem::new(
                             ProblemKind::IdempotencyInProgress,
                             "a request with this Idempotency-Key is being created; retry shortly",
@@ -309,7 +309,7 @@ async fn claim_key(
                 .bind(key)
                 .bind(body_hash)
                 .bind(&id)
-                .bind(crate::service::vaults::now_ms())
+                .bind(crate::clock::now_ms())
                 .execute(p)
                 .await
                 .map_err(Problem::internal)?

@@ -50,14 +50,9 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<Json<TokenInfo>> {
     caller.require(&[Role::Admin])?;
-    let t = revoke_token(
-        state.store(),
-        &id,
-        &caller.0.name,
-        crate::service::vaults::now_ms(),
-    )
-    .await
-    .map_err(auth_problem)?;
+    let t = revoke_token(state.store(), &id, &caller.0.name, crate::clock::now_ms())
+        .await
+        .map_err(auth_problem)?;
     state.tokens().invalidate();
     state.metrics().ledger_appended(1);
     Ok(Json(t))
