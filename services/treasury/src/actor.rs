@@ -16,6 +16,9 @@ use std::future::Future;
 
 use custody::ledger::{Actor, EntryDraft};
 
+/// The actor of the policy signer's ledger entries.
+pub const POLICY_SIGNER_ACTOR: &str = "policy-signer";
+
 tokio::task_local! {
     static ACTING: Actor;
 }

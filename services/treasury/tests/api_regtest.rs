@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use treasury::api::{bind, issue_token, Role, ServeConfig};
 use treasury::audit::bundle::audit_bundle;
 use treasury::audit::reserves::SpendSearch;
-use treasury::service::reserves::Bundle;
+use treasury::files::bundle::Bundle;
 use treasury::service::spend::SpendService;
 use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;

@@ -33,9 +33,10 @@ use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
 use treasury::audit::bundle::{audit_bundle, Bip322Problem, BundleAudit};
 use treasury::audit::reserves::SpendSearch;
+use treasury::files::bundle::{Bip322ProofJson, Bundle, BIP322_FULL_PATH, BIP322_JSON_PATH};
 use treasury::service::reserves::{
-    Bip322ProofJson, Bip322State, Bundle, BundleOptions, CheckpointSource, ProofForm, ProveRequest,
-    ReserveService, ReserveServiceError, BIP322_FULL_PATH, BIP322_JSON_PATH,
+    Bip322State, BundleOptions, CheckpointSource, ProofForm, ProveRequest, ReserveService,
+    ReserveServiceError,
 };
 use treasury::service::spend::SpendService;
 use treasury::service::vaults::VaultService;

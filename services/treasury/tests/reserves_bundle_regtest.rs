@@ -38,8 +38,9 @@ use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
 use treasury::audit::bundle::{audit_bundle, BundleAudit, BundleProblem};
 use treasury::audit::reserves::{Problem, SpendSearch, UtxoProblem};
+use treasury::files::bundle::Bundle;
 use treasury::service::reserves::{
-    Bundle, BundleOptions, CheckpointSource, ProofApprovals, ProveRequest, ReserveService,
+    BundleOptions, CheckpointSource, ProofApprovals, ProveRequest, ReserveService,
     ReserveServiceError,
 };
 use treasury::service::spend::SpendService;

@@ -56,7 +56,7 @@ use custody::reserves::{commitment_hash, ProofMessage};
 use serde_json::Value;
 
 use crate::audit::reserves::{verify_reserves_with, ReserveReport, SpendSearch, VerifyError};
-use crate::service::reserves::{
+use crate::files::bundle::{
     decode_checkpoint_field, Bip322ProofJson, Bundle, DeclaredDescriptor, Manifest, APPROVAL_TYPE,
     BIP322_FORMAT, BIP322_FULL_PATH, BIP322_JSON_PATH, BUNDLE_FORMAT, FINALIZED_TYPE, MANIFEST,
     REQUESTED_TYPE, SIGNATURE_TYPE,
@@ -1030,7 +1030,7 @@ fn check_proof_quorum(
         if b["proof_request"] != id.as_str() {
             continue;
         }
-        if b["type"] == SIGNATURE_TYPE && b["by"] == crate::service::signing::POLICY_SIGNER_ACTOR {
+        if b["type"] == SIGNATURE_TYPE && b["by"] == crate::actor::POLICY_SIGNER_ACTOR {
             signed_at = Some(e.time_ms());
         }
         if b["type"] == FINALIZED_TYPE {

@@ -22,9 +22,10 @@ use custody::liabilities::{
 use crate::cli::hsm::HsmKeyOpts;
 use crate::cli::ledger::{runtime, LedgerSigner, DEFAULT_ORIGIN};
 use crate::cli::vault::VaultOpts;
+use crate::files::bundle::Bundle;
 use crate::node::{NodeAuth, NodeConfig};
 use crate::service::reserves::{
-    Bundle, BundleOptions, CheckpointSource, ProofForm, ProveRequest, ReserveService, StoredProof,
+    BundleOptions, CheckpointSource, ProofForm, ProveRequest, ReserveService, StoredProof,
 };
 use crate::service::spend::SpendService;
 use crate::service::vaults::VaultService;

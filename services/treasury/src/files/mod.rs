@@ -5,4 +5,5 @@
 //! by the auditor's verifier; keeping them apart from the services lets `audit/` read a bundle
 //! without importing any service or the database.
 
+pub mod bundle;
 pub mod vault_formats;

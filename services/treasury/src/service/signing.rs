@@ -30,12 +30,10 @@ use policies::evaluate::PastSpend;
 use serde_json::json;
 use sqlx::Row;
 
+use crate::actor::POLICY_SIGNER_ACTOR;
 use crate::node::NodeConfig;
 use crate::service::spend::{At, SpendService, SpendServiceError, StoredRequest};
 use crate::store::{on_db, SqlValue, Write};
-
-/// The actor of the policy signer's ledger entries.
-pub const POLICY_SIGNER_ACTOR: &str = "policy-signer";
 
 /// Errors on the signing path.
 #[derive(Debug, thiserror::Error)]

@@ -37,9 +37,10 @@ use crate::api::json::ApiJson;
 use crate::api::json::{op_problem, signing_problem};
 use crate::api::problem::{ApiResult, Problem, ProblemKind};
 use crate::api::{AppState, Caller, Role};
+use crate::files::bundle::{Bundle, ProofOutput};
 use crate::service::reserves::{
-    Bundle, BundleOptions, CheckpointSource, ProofForm, ProofOutput, ProofState, ProveRequest,
-    ReserveService, ReserveServiceError, StoredProof,
+    BundleOptions, CheckpointSource, ProofForm, ProofState, ProveRequest, ReserveService,
+    ReserveServiceError, StoredProof,
 };
 
 /// Who may ask for a proof and download bundles.
