@@ -13,6 +13,7 @@ use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultDescript
 use zeroize::Zeroizing;
 
 use crate::cli::ledger::{runtime, DEFAULT_DB};
+use crate::files::vault_formats::Format;
 use crate::node::{NodeAuth, NodeConfig};
 use crate::service::vaults::{OpError, VaultService};
 use crate::store::LedgerStore;
@@ -108,9 +109,9 @@ pub enum TemplateName {
     Taproot,
 }
 
-/// Export and import formats.
+/// Export and import formats (the flag's values; [`Format`] is the file format itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub enum FormatArg {
     /// Receive and change descriptors with checksums (and the multipath form).
     Descriptor,
     /// BIP-129 BSMS descriptor record.
@@ -119,6 +120,17 @@ pub enum Format {
     Caravan,
     /// Coldcard multisig setup file.
     Coldcard,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Descriptor => Format::Descriptor,
+            FormatArg::Bsms => Format::Bsms,
+            FormatArg::Caravan => Format::Caravan,
+            FormatArg::Coldcard => Format::Coldcard,
+        }
+    }
 }
 
 /// `treasury vault` subcommands.
@@ -178,7 +190,7 @@ pub enum VaultCommand {
         vault: String,
         /// Format.
         #[arg(long, value_enum, default_value = "descriptor")]
-        format: Format,
+        format: FormatArg,
     },
     /// Create a vault from an exported file.
     Import {
@@ -187,7 +199,7 @@ pub enum VaultCommand {
         name: String,
         /// Format.
         #[arg(long, value_enum)]
-        format: Format,
+        format: FormatArg,
         /// The file (`-` for standard input).
         file: PathBuf,
         /// Height to sync from.
@@ -450,13 +462,15 @@ async fn vault_db(
             let v = svc.vaults.load(&vault).await?;
             let d = &v.config().descriptor;
             match format {
-                Format::Descriptor => Ok(format!(
+                FormatArg::Descriptor => Ok(format!(
                     "{}\n{}\n{}\n",
                     d.multipath_string().unwrap_or_default(),
                     d.external_string(),
                     d.internal_string()
                 )),
-                other => crate::files::vault_formats::export(v.name(), d, other).map_err(msg),
+                other => {
+                    crate::files::vault_formats::export(v.name(), d, other.into()).map_err(msg)
+                }
             }
         }
         VaultCommand::Import {
@@ -466,8 +480,8 @@ async fn vault_db(
             birthday,
         } => {
             let text = read_input(&file).map_err(msg)?;
-            let desc =
-                crate::files::vault_formats::import(&text, format, opts.network).map_err(msg)?;
+            let desc = crate::files::vault_formats::import(&text, format.into(), opts.network)
+                .map_err(msg)?;
             let cfg = VaultConfig::new(&name, desc, birthday)?;
             let vault = svc.create(cfg, format_name(format)).await?;
             Ok(describe(&vault))
@@ -553,12 +567,12 @@ async fn vault_db(
     }
 }
 
-fn format_name(f: Format) -> &'static str {
+fn format_name(f: FormatArg) -> &'static str {
     match f {
-        Format::Descriptor => "descriptor",
-        Format::Bsms => "bsms",
-        Format::Caravan => "caravan",
-        Format::Coldcard => "coldcard",
+        FormatArg::Descriptor => "descriptor",
+        FormatArg::Bsms => "bsms",
+        FormatArg::Caravan => "caravan",
+        FormatArg::Coldcard => "coldcard",
     }
 }
 

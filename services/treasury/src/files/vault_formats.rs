@@ -6,7 +6,18 @@ use bdk_wallet::bitcoin::Network;
 use custody::vault::formats::{self, VaultDescriptors};
 use custody::vault::VaultDescriptor;
 
-use crate::cli::vault::Format;
+/// A vault descriptor's interchange format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Receive and change descriptors with checksums (and the multipath form).
+    Descriptor,
+    /// BIP-129 BSMS descriptor record.
+    Bsms,
+    /// Caravan wallet configuration JSON.
+    Caravan,
+    /// Coldcard multisig setup file.
+    Coldcard,
+}
 
 /// Exports a vault's descriptors in `format`.
 ///

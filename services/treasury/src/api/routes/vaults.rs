@@ -372,7 +372,7 @@ pub async fn export(
     Path(name): Path<String>,
     Query(q): Query<ExportQuery>,
 ) -> ApiResult<Json<VaultExport>> {
-    use crate::cli::vault::Format;
+    use crate::files::vault_formats::Format;
     caller.require(STAFF)?;
     caller.require_vault(&name)?;
     let cfg = state.spend().vaults.vaults.config(&name).await?;
