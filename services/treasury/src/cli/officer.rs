@@ -23,8 +23,9 @@ use zeroize::Zeroizing;
 
 use crate::cli::spend::read_json;
 use crate::service::governance::OrderFile;
+use crate::service::render::{utc, verdict_text};
 use crate::service::reserves::ProofSubjectFile;
-use crate::service::spend::{utc, verdict_text, RequestFile};
+use crate::service::spend::RequestFile;
 
 /// `treasury officer` subcommands.
 #[derive(Debug, Clone, Subcommand)]

@@ -17,9 +17,8 @@ use policies::freeze::{AdminSignature, FreezeAction};
 use crate::cli::ledger::runtime;
 use crate::cli::vault::VaultOpts;
 use crate::service::governance::OrderFile;
-use crate::service::spend::{
-    utc, verdict_text, At, Bump, CreateSpend, RequestFile, SpendService, SpendView,
-};
+use crate::service::render::{utc, verdict_text};
+use crate::service::spend::{At, Bump, CreateSpend, RequestFile, SpendService, SpendView};
 use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
 

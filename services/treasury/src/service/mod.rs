@@ -6,6 +6,8 @@
 //! decision and stores its outcome with its ledger entry. Nothing here parses flags or HTTP.
 
 pub mod governance;
+pub mod policy;
+pub mod render;
 pub mod reserves;
 pub mod signing;
 pub mod spend;

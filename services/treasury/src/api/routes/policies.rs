@@ -227,6 +227,6 @@ pub async fn simulate(
         None => g.active(crate::clock::now_ms()).await?,
     };
     let text = serde_json::to_string(&body.request).map_err(Problem::internal)?;
-    let eval = crate::cli::policy::simulate_json(&v.policy, &text).map_err(Problem::validation)?;
+    let eval = crate::service::policy::simulate(&v.policy, &text).map_err(Problem::validation)?;
     Ok(Json(eval))
 }

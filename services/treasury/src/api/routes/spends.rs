@@ -27,7 +27,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::json::ApiJson;
 use crate::api::problem::{ApiResult, Problem, ProblemKind};
 use crate::api::{AppState, Caller, Role};
-use crate::service::spend::{verdict_text, At, Bump, CreateSpend, RequestFile};
+use crate::service::render::verdict_text;
+use crate::service::spend::{At, Bump, CreateSpend, RequestFile};
 use crate::store::on_db;
 
 /// The header carrying an idempotency key.
