@@ -35,11 +35,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Role;
 use crate::cli::hsm::{run_hsm, HsmCommand, HsmOpts};
-use crate::cli::ledger::{run_ledger, LedgerCommand, LedgerOpts, DEFAULT_ORIGIN};
+use crate::cli::ledger::{run_ledger, LedgerCommand, LedgerOpts};
 use crate::cli::officer::{run_officer, OfficerCommand};
 use crate::node::{NodeAuth, NodeConfig};
 use crate::service::governance::Governance;
 use crate::service::vaults::VaultService;
+use crate::service::DEFAULT_ORIGIN;
 use crate::store::LedgerStore;
 
 /// The example policy the demo installs, with the demo officers' approval keys in place of

@@ -266,7 +266,7 @@ pub struct SignerSection {
 }
 
 fn default_origin() -> String {
-    crate::cli::ledger::DEFAULT_ORIGIN.to_owned()
+    crate::service::DEFAULT_ORIGIN.to_owned()
 }
 
 /// `[ledger]`.
@@ -501,7 +501,7 @@ url = "sqlite://x.db"
         assert_eq!(c.server.listen, default_listen());
         assert_eq!(c.server.body_limit_bytes, 65536);
         assert_eq!(c.server.log_format, LogFormat::Text);
-        assert_eq!(c.ledger.origin, crate::cli::ledger::DEFAULT_ORIGIN);
+        assert_eq!(c.ledger.origin, crate::service::DEFAULT_ORIGIN);
         assert!(c.node.is_none());
     }
 

@@ -177,7 +177,7 @@ impl AppStateBuilder {
                 policy_signer: self.policy_signer,
                 ledger_origin: self
                     .ledger_origin
-                    .unwrap_or_else(|| crate::cli::ledger::DEFAULT_ORIGIN.to_owned()),
+                    .unwrap_or_else(|| crate::service::DEFAULT_ORIGIN.to_owned()),
                 ledger_key: self.ledger_key.map(Arc::new),
                 rate: ratelimit::RateLimiter::new(self.limits.per_minute, self.limits.burst),
                 limits: self.limits,

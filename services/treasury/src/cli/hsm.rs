@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use custody::ledger::Kind;
 use hsm::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, Signer};
 
-use crate::cli::ledger::{runtime, DEFAULT_DB, DEFAULT_ORIGIN};
+use crate::cli::opts::{runtime, DEFAULT_DB};
+use crate::service::DEFAULT_ORIGIN;
 use crate::signer::checkpoint::HsmCheckpointSigner;
 use crate::store::LedgerStore;
 

@@ -11,13 +11,13 @@ use custody::ledger::{
 };
 
 use crate::cli::hsm::HsmKeyOpts;
+use crate::cli::io::read;
+use crate::cli::opts::runtime;
+use crate::cli::opts::DEFAULT_DB;
+use crate::clock::now_ms;
+use crate::service::DEFAULT_ORIGIN;
 use crate::signer::checkpoint::HsmCheckpointSigner;
 use crate::store::LedgerStore;
-
-/// The default database when neither `--db` nor `TREASURY_DB` is given.
-pub const DEFAULT_DB: &str = "sqlite://treasury.db";
-/// The default log origin when neither `--origin` nor `TREASURY_LEDGER_ORIGIN` is given.
-pub const DEFAULT_ORIGIN: &str = "reserve.example/ledger";
 
 /// Options shared by the ledger commands.
 #[derive(Debug, Clone, Args)]
@@ -190,10 +190,6 @@ pub enum AuditCommand {
     },
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
 fn load_signer(path: &Path) -> Result<KeyFileSigner, String> {
     let text = zeroize::Zeroizing::new(read(path)?);
     KeyFileSigner::from_key_file(&text).map_err(|e| format!("{}: {e}", path.display()))
@@ -241,20 +237,6 @@ impl LedgerSigner {
 
 fn parse_key(s: &str) -> Result<VerifierKey, String> {
     VerifierKey::parse(s).map_err(|e| e.to_string())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 /// Runs a `treasury ledger` command; returns what to print on standard output.

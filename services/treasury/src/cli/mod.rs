@@ -6,8 +6,10 @@
 //! the library never depend on how a flag is spelled. `main.rs` only parses and exits.
 
 pub mod hsm;
+pub mod io;
 pub mod ledger;
 pub mod officer;
+pub mod opts;
 pub mod policy;
 pub mod reserves;
 pub mod serve;
@@ -19,11 +21,12 @@ use std::io::Read;
 use self::hsm::{run_hsm, HsmCommand, HsmOpts};
 use self::ledger::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
 use self::officer::{run_officer, OfficerCommand};
+use self::opts::{ClockOpts, VaultOpts};
 use self::policy::{run_policy, PolicyCommand};
 use self::reserves::{run_reserves, ReservesCommand, ReservesOpts};
 use self::serve::{run_serve, run_token, ServeOpts, TokenCommand};
-use self::spend::{run_freeze, run_spend, ClockOpts, FreezeCommand, SpendCommand};
-use self::vault::{run_psbt, run_vault, PsbtCommand, VaultCommand, VaultOpts};
+use self::spend::{run_freeze, run_spend, FreezeCommand, SpendCommand};
+use self::vault::{run_psbt, run_vault, PsbtCommand, VaultCommand};
 use clap::{Parser, Subcommand};
 use hashcore::{Backend, Engine};
 

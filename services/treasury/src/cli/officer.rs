@@ -21,7 +21,7 @@ use policies::freeze::AdminSignature;
 use policies::Verdict;
 use zeroize::Zeroizing;
 
-use crate::cli::spend::read_json;
+use crate::cli::io::read_json;
 use crate::service::governance::OrderFile;
 use crate::service::render::{utc, verdict_text};
 use crate::service::reserves::ProofSubjectFile;
@@ -294,7 +294,7 @@ pub fn run_officer(cmd: OfficerCommand) -> Result<String, String> {
 }
 
 /// Reads `path` as a reserve proof subject file when its `kind` says so (`None` otherwise).
-fn proof_subject_file(path: &PathBuf) -> Result<Option<ProofSubjectFile>, String> {
+fn proof_subject_file(path: &std::path::Path) -> Result<Option<ProofSubjectFile>, String> {
     let v: serde_json::Value = read_json(path)?;
     if v.get("kind").and_then(serde_json::Value::as_str) != Some(policies::proof::DOCUMENT_KIND) {
         return Ok(None);

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use policies::freeze::AdminSignature;
 use policies::Policy;
 
-use crate::cli::spend::read_json;
+use crate::cli::io::read;
+use crate::cli::io::read_json;
 use crate::service::governance::{
     ApproveOutcome, Governance, OrderFile, PolicyVersion, VersionStatus,
 };
@@ -18,7 +19,7 @@ use crate::service::governance::{
 #[derive(Debug, Clone, Args)]
 pub struct GovOpts {
     /// Database URL: sqlite://PATH or postgres://...
-    #[arg(long, env = "TREASURY_DB", default_value = crate::cli::ledger::DEFAULT_DB)]
+    #[arg(long, env = "TREASURY_DB", default_value = crate::cli::opts::DEFAULT_DB)]
     pub db: String,
     /// The service's clock in Unix milliseconds (drills and tests; default: the system clock).
     #[arg(long, env = "TREASURY_NOW_MS", hide = true)]
@@ -119,11 +120,7 @@ pub enum PolicyCommand {
     },
 }
 
-fn read(path: &PathBuf) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn load_policy(path: &PathBuf) -> Result<Policy, String> {
+fn load_policy(path: &std::path::Path) -> Result<Policy, String> {
     Policy::from_toml(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -197,7 +194,7 @@ fn run_governance(cmd: PolicyCommand) -> Result<String, String> {
         _ => return Err("not a governance command".into()),
     };
     let now = opts.now();
-    crate::cli::ledger::runtime()?.block_on(async {
+    crate::cli::opts::runtime()?.block_on(async {
         let ledger = crate::store::LedgerStore::open(&opts.db)
             .await
             .map_err(|e| e.to_string())?;
@@ -235,7 +232,7 @@ async fn governance_db(g: &Governance, cmd: PolicyCommand, now: i64) -> Result<S
             let o = change_order(&order)?;
             let sigs = sigs
                 .iter()
-                .map(read_json::<AdminSignature>)
+                .map(|p| read_json::<AdminSignature>(p))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(match g.approve(&o, &sigs, now).await.map_err(e)? {
                 ApproveOutcome::Waiting { signed, need } => format!(

@@ -9,7 +9,6 @@
 //! each account holder), and records the root in the ledger. The offline check of one proof is
 //! `treasury audit liability` (in [`crate::cli::ledger`]).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bdk_wallet::bitcoin::Amount;
@@ -20,8 +19,12 @@ use custody::liabilities::{
 };
 
 use crate::cli::hsm::HsmKeyOpts;
-use crate::cli::ledger::{runtime, LedgerSigner, DEFAULT_ORIGIN};
-use crate::cli::vault::VaultOpts;
+use crate::cli::io::read_psbt;
+use crate::cli::io::write_new;
+use crate::cli::ledger::LedgerSigner;
+use crate::cli::opts::runtime;
+use crate::cli::opts::VaultOpts;
+use crate::clock::now_ms;
 use crate::files::bundle::Bundle;
 use crate::node::{NodeAuth, NodeConfig};
 use crate::service::reserves::{
@@ -29,6 +32,7 @@ use crate::service::reserves::{
 };
 use crate::service::spend::SpendService;
 use crate::service::vaults::VaultService;
+use crate::service::DEFAULT_ORIGIN;
 use crate::store::LedgerStore;
 
 /// Options shared by the reserves commands: the database, network and node (as for vaults).
@@ -192,24 +196,6 @@ fn parse_form(s: &str) -> Result<ProofForm, String> {
         .map_err(|e: crate::service::reserves::ReserveServiceError| e.to_string())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn write_new(path: &Path, text: &str) -> Result<(), String> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
 /// Reads an account list file: JSON when its name ends in `.json`, CSV otherwise.
 ///
 /// # Errors
@@ -365,23 +351,6 @@ bip-322 signatures: {}
     out
 }
 
-fn read_psbt(path: &Path) -> Result<bdk_wallet::bitcoin::psbt::Psbt, String> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
-    } else {
-        bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    text.trim()
-        .parse()
-        .or_else(|_| bdk_wallet::bitcoin::psbt::Psbt::deserialize(&bytes))
-        .map_err(|e| format!("{}: not a psbt: {e}", path.display()))
-}
-
 async fn run_proof(
     opts: &ReservesOpts,
     svc: &ReserveService,
@@ -442,7 +411,7 @@ async fn run_proof(
             approval,
             actor,
         } => {
-            let a: policies::Approval = crate::cli::spend::read_json(&approval)?;
+            let a: policies::Approval = crate::cli::io::read_json(&approval)?;
             let st = svc
                 .add_approval(&id, a, &actor, now_ms())
                 .await

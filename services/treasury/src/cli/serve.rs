@@ -22,7 +22,7 @@ pub enum TokenCommand {
     /// Create an API token and print it (once: only its hash is stored).
     Create {
         /// Database URL: sqlite://PATH or postgres://...
-        #[arg(long, env = "TREASURY_DB", default_value = crate::cli::ledger::DEFAULT_DB)]
+        #[arg(long, env = "TREASURY_DB", default_value = crate::cli::opts::DEFAULT_DB)]
         db: String,
         /// Whom the token belongs to (the actor of what they change).
         #[arg(long)]
@@ -37,14 +37,14 @@ pub enum TokenCommand {
     /// List every token: id, principal, role, vaults, created, revoked (never a secret).
     List {
         /// Database URL: sqlite://PATH or postgres://...
-        #[arg(long, env = "TREASURY_DB", default_value = crate::cli::ledger::DEFAULT_DB)]
+        #[arg(long, env = "TREASURY_DB", default_value = crate::cli::opts::DEFAULT_DB)]
         db: String,
     },
     /// Revoke a token by its id (`treasury token list`): every instance refuses it from the
     /// next request on; the revocation is a ledger entry.
     Revoke {
         /// Database URL: sqlite://PATH or postgres://...
-        #[arg(long, env = "TREASURY_DB", default_value = crate::cli::ledger::DEFAULT_DB)]
+        #[arg(long, env = "TREASURY_DB", default_value = crate::cli::opts::DEFAULT_DB)]
         db: String,
         /// Who revokes (the ledger entry's actor).
         #[arg(long, default_value = "operator")]
@@ -115,7 +115,7 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, String> {
             let role: Role = role
                 .parse()
                 .map_err(|e: api::auth::AuthError| e.to_string())?;
-            crate::cli::ledger::runtime()?.block_on(async {
+            crate::cli::opts::runtime()?.block_on(async {
                 let store = LedgerStore::open(&db).await.map_err(|e| e.to_string())?;
                 let out =
                     api::issue_token(&store, &principal, role, &vaults, crate::clock::now_ms())
@@ -125,7 +125,7 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, String> {
                 Ok(format!("{}\n", out?))
             })
         }
-        TokenCommand::List { db } => crate::cli::ledger::runtime()?.block_on(async {
+        TokenCommand::List { db } => crate::cli::opts::runtime()?.block_on(async {
             let store = LedgerStore::open(&db).await.map_err(|e| e.to_string())?;
             let out = api::auth::list_tokens(&store)
                 .await
@@ -149,7 +149,7 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, String> {
             }
             Ok(text)
         }),
-        TokenCommand::Revoke { db, by, id } => crate::cli::ledger::runtime()?.block_on(async {
+        TokenCommand::Revoke { db, by, id } => crate::cli::opts::runtime()?.block_on(async {
             let store = LedgerStore::open(&db).await.map_err(|e| e.to_string())?;
             let out = api::auth::revoke_token(&store, &id, &by, crate::clock::now_ms())
                 .await

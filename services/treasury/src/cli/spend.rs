@@ -4,44 +4,23 @@
 //! `--tip-height` sets it.
 
 use std::path::PathBuf;
-use std::str::FromStr;
-
-use bdk_wallet::bitcoin::psbt::Psbt;
 
 use bdk_wallet::bitcoin::FeeRate;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use custody::vault::spend::Payment;
 use policies::approval::Approval;
 use policies::freeze::{AdminSignature, FreezeAction};
 
-use crate::cli::ledger::runtime;
-use crate::cli::vault::VaultOpts;
+use crate::cli::io::read_json;
+use crate::cli::io::read_psbt;
+use crate::cli::opts::runtime;
+use crate::cli::opts::ClockOpts;
+use crate::cli::opts::VaultOpts;
 use crate::service::governance::OrderFile;
 use crate::service::render::{utc, verdict_text};
 use crate::service::spend::{At, Bump, CreateSpend, RequestFile, SpendService, SpendView};
 use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
-
-/// The clock and tip the service decides at.
-#[derive(Debug, Clone, Args)]
-pub struct ClockOpts {
-    /// The service's clock in Unix milliseconds (drills and tests; default: the system clock).
-    #[arg(long, env = "TREASURY_NOW_MS", hide = true, global = true)]
-    pub now_ms: Option<i64>,
-    /// The chain tip height (default: the vault's last sync).
-    #[arg(long, hide = true, global = true)]
-    pub tip_height: Option<u32>,
-}
-
-impl ClockOpts {
-    /// The time and tip to decide at.
-    pub fn at(&self) -> At {
-        At {
-            now_ms: self.now_ms.unwrap_or_else(crate::clock::now_ms),
-            tip_height: self.tip_height,
-        }
-    }
-}
 
 /// `treasury spend` subcommands.
 #[derive(Debug, Clone, Subcommand)]
@@ -218,12 +197,6 @@ pub enum FreezeCommand {
     Show,
 }
 
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// A request in plain words.
 pub fn describe(v: &SpendView) -> String {
     let r = &v.stored.request;
@@ -396,10 +369,7 @@ async fn spend_db(
         }
         SpendCommand::SubmitPsbt { id, by, files } => {
             for f in &files {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|err| format!("cannot read {}: {err}", f.display()))?;
-                let psbt = Psbt::from_str(text.trim())
-                    .map_err(|err| format!("{}: not a psbt: {err}", f.display()))?;
+                let psbt = read_psbt(f)?;
                 svc.submit_psbt(&id, psbt, &by, at)
                     .await
                     .map_err(|err| format!("{}: {err}", f.display()))?;
@@ -523,7 +493,7 @@ async fn freeze_db(
 async fn apply_order(
     g: &crate::service::governance::Governance,
     now: i64,
-    order: &PathBuf,
+    order: &std::path::Path,
     sigs: &[PathBuf],
     want: FreezeAction,
 ) -> Result<String, String> {
@@ -540,7 +510,7 @@ async fn apply_order(
     }
     let sigs = sigs
         .iter()
-        .map(read_json::<AdminSignature>)
+        .map(|p| read_json::<AdminSignature>(p))
         .collect::<Result<Vec<_>, _>>()?;
     let state = g
         .apply_freeze(&o, &sigs, now)

@@ -5,98 +5,18 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use bdk_wallet::bitcoin::psbt::Psbt;
 use bdk_wallet::bitcoin::{FeeRate, Network, OutPoint, Txid};
-use clap::{Args, Subcommand, ValueEnum};
-use custody::vault::spend::{self, FeeCaps, Payment, SpendPath, SpendRequest};
+use clap::{Subcommand, ValueEnum};
+use custody::vault::spend::{self, Payment, SpendPath, SpendRequest};
 use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultDescriptor};
-use zeroize::Zeroizing;
 
-use crate::cli::ledger::{runtime, DEFAULT_DB};
+use crate::cli::io::read_input;
+use crate::cli::io::read_psbt;
+use crate::cli::opts::runtime;
+use crate::cli::opts::VaultOpts;
 use crate::files::vault_formats::Format;
-use crate::node::{NodeAuth, NodeConfig};
 use crate::service::vaults::{OpError, VaultService};
 use crate::store::LedgerStore;
-
-/// Database, network, node and fee-cap options shared by vault and PSBT commands.
-#[derive(Debug, Clone, Args)]
-pub struct VaultOpts {
-    /// Database URL: sqlite://PATH or postgres://...
-    #[arg(long, env = "TREASURY_DB", default_value = DEFAULT_DB, global = true)]
-    pub db: String,
-    /// Bitcoin network of the vaults.
-    #[arg(
-        long,
-        env = "TREASURY_NETWORK",
-        default_value = "regtest",
-        global = true
-    )]
-    pub network: Network,
-    /// Bitcoin Core RPC URL.
-    #[arg(
-        long,
-        env = "TREASURY_RPC_URL",
-        default_value = "http://127.0.0.1:18443",
-        global = true
-    )]
-    pub rpc_url: String,
-    /// Bitcoin Core cookie file (preferred over user and password).
-    #[arg(long, env = "TREASURY_RPC_COOKIE", global = true)]
-    pub rpc_cookie: Option<PathBuf>,
-    /// RPC user.
-    #[arg(long, env = "TREASURY_RPC_USER", global = true)]
-    pub rpc_user: Option<String>,
-    /// RPC password (prefer the environment; it is never printed).
-    #[arg(
-        long,
-        env = "TREASURY_RPC_PASSWORD",
-        hide_env_values = true,
-        global = true
-    )]
-    pub rpc_password: Option<String>,
-    /// Highest absolute fee of a PSBT, in satoshis.
-    #[arg(
-        long,
-        env = "TREASURY_MAX_FEE_SAT",
-        default_value_t = 1_000_000,
-        global = true
-    )]
-    pub max_fee_sat: u64,
-    /// Highest fee rate of a PSBT, in sat/vB.
-    #[arg(
-        long,
-        env = "TREASURY_MAX_FEE_RATE",
-        default_value_t = 500,
-        global = true
-    )]
-    pub max_fee_rate: u32,
-}
-
-impl VaultOpts {
-    pub(crate) fn node(&self) -> Result<NodeConfig, String> {
-        let auth = match (&self.rpc_cookie, &self.rpc_user, &self.rpc_password) {
-            (Some(c), _, _) => NodeAuth::Cookie(c.clone()),
-            (None, Some(u), Some(p)) => NodeAuth::UserPass(u.clone(), Zeroizing::new(p.clone())),
-            _ => {
-                return Err(
-                    "no node credentials: give --rpc-cookie (TREASURY_RPC_COOKIE) or --rpc-user and TREASURY_RPC_PASSWORD"
-                        .into(),
-                )
-            }
-        };
-        Ok(NodeConfig {
-            url: self.rpc_url.clone(),
-            auth,
-        })
-    }
-
-    pub(crate) fn caps(&self) -> FeeCaps {
-        FeeCaps {
-            max_fee: bdk_wallet::bitcoin::Amount::from_sat(self.max_fee_sat),
-            max_fee_rate: FeeRate::from_sat_per_vb_u32(self.max_fee_rate),
-        }
-    }
-}
 
 /// Vault templates on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -311,22 +231,6 @@ pub enum PsbtCommand {
         /// The fully signed PSBT.
         file: PathBuf,
     },
-}
-
-fn read_input(path: &PathBuf) -> Result<String, String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
-        Ok(s)
-    } else {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-    }
-}
-
-fn read_psbt(path: &PathBuf) -> Result<Psbt, String> {
-    let text = read_input(path)?;
-    Psbt::from_str(text.trim()).map_err(|e| format!("{}: malformed psbt: {e}", path.display()))
 }
 
 fn keys(list: &[String]) -> Result<Vec<TemplateKey>, String> {

@@ -12,3 +12,5 @@ pub mod reserves;
 pub mod signing;
 pub mod spend;
 pub mod vaults;
+/// The default log origin when neither `--origin` nor `TREASURY_LEDGER_ORIGIN` is given.
+pub const DEFAULT_ORIGIN: &str = "reserve.example/ledger";
