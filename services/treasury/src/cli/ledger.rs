@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use custody::ledger::{
-    audit_consistency, audit_inclusion, audit_ledger, consistency_proof, inclusion_proof,
-    leaf_hashes, parse_json_lines, to_json_line, Actor, AnyCheckpointSigner, ConsistencyProofJson,
-    EntryDraft, EntryJson, InclusionProofJson, KeyFileSigner, VerifierKey,
+    consistency_proof, inclusion_proof, leaf_hashes, to_json_line, Actor, AnyCheckpointSigner,
+    ConsistencyProofJson, EntryDraft, InclusionProofJson, KeyFileSigner, VerifierKey,
 };
 
 use crate::cli::hsm::HsmKeyOpts;
@@ -101,95 +100,6 @@ pub enum LedgerCommand {
     },
 }
 
-/// `treasury audit` subcommands: offline, no database.
-#[derive(Debug, Clone, Subcommand)]
-pub enum AuditCommand {
-    /// Verify a JSON lines export against a signed checkpoint.
-    Ledger {
-        /// The JSON lines export.
-        #[arg(long)]
-        entries: PathBuf,
-        /// The signed checkpoint note.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// The log's verifier key (name+id+key).
-        #[arg(long)]
-        key: String,
-    },
-    /// Verify an inclusion proof against a signed checkpoint.
-    Inclusion {
-        /// The inclusion proof (JSON).
-        #[arg(long)]
-        proof: PathBuf,
-        /// The signed checkpoint note.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// The log's verifier key.
-        #[arg(long)]
-        key: String,
-        /// The entry itself (one export line), checked against the proven hash.
-        #[arg(long)]
-        entry: Option<PathBuf>,
-    },
-    /// Verify one account's liability proof (JSON) against the published liabilities root.
-    Liability {
-        /// The proof file (from `treasury reserves liabilities`).
-        proof: PathBuf,
-        /// The published root hash (hex).
-        #[arg(long)]
-        root: String,
-        /// The published total (satoshis), checked when given.
-        #[arg(long)]
-        total: Option<u64>,
-        /// The proven reserves (satoshis): the total must not exceed them.
-        #[arg(long)]
-        reserves: Option<u64>,
-    },
-    /// Verify a proof-of-reserves bundle (from `treasury reserves bundle`) against your own
-    /// Bitcoin Core node: every check, one report; exit 0 only when everything holds.
-    Reserves {
-        /// The bundle directory.
-        bundle: PathBuf,
-        /// Your node's RPC URL.
-        #[arg(long)]
-        bitcoind_url: String,
-        /// Your node's cookie file.
-        #[arg(long, conflicts_with_all = ["rpc_user", "rpc_password"])]
-        rpc_cookie: Option<PathBuf>,
-        /// RPC user (with --rpc-password).
-        #[arg(long, requires = "rpc_password")]
-        rpc_user: Option<String>,
-        /// RPC password (prefer the environment variable; never printed).
-        #[arg(long, env = "TREASURY_AUDIT_RPC_PASSWORD", hide_env_values = true)]
-        rpc_password: Option<String>,
-        /// The ledger's verifier key you trust (name+id+key); without it the bundle's own
-        /// `ledger/verifier-key.txt` is used and the report says so.
-        #[arg(long)]
-        ledger_key: Option<String>,
-        /// Derivation indexes searched in each ranged descriptor.
-        #[arg(long, default_value_t = 1000)]
-        gap: u32,
-        /// Find spends above H by reading every block instead of `getdescriptoractivity`.
-        #[arg(long)]
-        block_scan: bool,
-    },
-    /// Verify a consistency proof between two signed checkpoints.
-    Consistency {
-        /// The consistency proof (JSON).
-        #[arg(long)]
-        proof: PathBuf,
-        /// The older checkpoint.
-        #[arg(long)]
-        old: PathBuf,
-        /// The newer checkpoint.
-        #[arg(long)]
-        new: PathBuf,
-        /// The log's verifier key.
-        #[arg(long)]
-        key: String,
-    },
-}
-
 fn load_signer(path: &Path) -> Result<KeyFileSigner, String> {
     let text = zeroize::Zeroizing::new(read(path)?);
     KeyFileSigner::from_key_file(&text).map_err(|e| format!("{}: {e}", path.display()))
@@ -235,7 +145,7 @@ impl LedgerSigner {
     }
 }
 
-fn parse_key(s: &str) -> Result<VerifierKey, String> {
+pub(crate) fn parse_key(s: &str) -> Result<VerifierKey, String> {
     VerifierKey::parse(s).map_err(|e| e.to_string())
 }
 
@@ -383,120 +293,4 @@ fn keygen(origin: &str, out: &Path) -> Result<String, String> {
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(format!("{vk}\n"))
-}
-
-/// Runs a `treasury audit` command; returns what to print on standard output.
-///
-/// # Errors
-/// A message for standard error (the process then exits non-zero).
-pub fn run_audit(cmd: AuditCommand) -> Result<String, String> {
-    match cmd {
-        AuditCommand::Ledger {
-            entries,
-            checkpoint,
-            key,
-        } => {
-            let key = parse_key(&key)?;
-            let entries = parse_json_lines(&read(&entries)?).map_err(|e| e.to_string())?;
-            let report =
-                audit_ledger(&entries, &read(&checkpoint)?, &key).map_err(|e| e.to_string())?;
-            Ok(format!(
-                "{report} (checkpoint size {} verified)\n",
-                report.checkpoint.size()
-            ))
-        }
-        AuditCommand::Inclusion {
-            proof,
-            checkpoint,
-            key,
-            entry,
-        } => {
-            let key = parse_key(&key)?;
-            let proof = InclusionProofJson::parse(&read(&proof)?).map_err(|e| e.to_string())?;
-            let entry = match entry {
-                Some(p) => {
-                    let text = read(&p)?;
-                    let json: EntryJson = serde_json::from_str(text.trim())
-                        .map_err(|e| format!("{}: {e}", p.display()))?;
-                    Some(
-                        json.to_entry()
-                            .map_err(|e| format!("{}: {e}", p.display()))?,
-                    )
-                }
-                None => None,
-            };
-            let cp = audit_inclusion(entry.as_ref(), &proof, &read(&checkpoint)?, &key)
-                .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "ok: seq {} is in the log of {} entries, root {}\n",
-                proof.seq,
-                cp.size(),
-                hex::encode(cp.root())
-            ))
-        }
-        AuditCommand::Liability {
-            proof,
-            root,
-            total,
-            reserves,
-        } => {
-            use bdk_wallet::bitcoin::Amount;
-            let text = read(&proof)?;
-            let v =
-                custody::liabilities::verify_proof_json(&text, &root, total.map(Amount::from_sat))
-                    .map_err(|e| format!("{}: {e}", proof.display()))?;
-            let mut out = format!(
-                "ok: account {} with {} sat is leaf {} of {} in root {} (total {} sat)\n",
-                v.account,
-                v.balance.to_sat(),
-                v.index,
-                v.root.accounts,
-                v.root.hash_hex(),
-                v.root.total.to_sat()
-            );
-            if let Some(r) = reserves {
-                custody::liabilities::check_reserves(v.root.total, Amount::from_sat(r))
-                    .map_err(|e| e.to_string())?;
-                out.push_str(&format!(
-                    "ok: the total does not exceed the proven reserves of {r} sat\n"
-                ));
-            }
-            Ok(out)
-        }
-        AuditCommand::Reserves {
-            bundle,
-            bitcoind_url,
-            rpc_cookie,
-            rpc_user,
-            rpc_password,
-            ledger_key,
-            gap,
-            block_scan,
-        } => crate::cli::reserves::audit_reserves(&crate::cli::reserves::AuditReservesArgs {
-            bundle,
-            bitcoind_url,
-            rpc_cookie,
-            rpc_user,
-            rpc_password: rpc_password.map(zeroize::Zeroizing::new),
-            ledger_key,
-            gap,
-            block_scan,
-        }),
-        AuditCommand::Consistency {
-            proof,
-            old,
-            new,
-            key,
-        } => {
-            let key = parse_key(&key)?;
-            let proof = ConsistencyProofJson::parse(&read(&proof)?).map_err(|e| e.to_string())?;
-            let (o, n) = audit_consistency(&proof, &read(&old)?, &read(&new)?, &key)
-                .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "ok: the log of {} entries is a prefix of the log of {} entries\n",
-                o.size(),
-                n.size()
-            ))
-        }
-    }
 }

@@ -5,6 +5,7 @@
 //! tools, `files/` and `audit/`); nothing outside this folder imports from it, so the API and
 //! the library never depend on how a flag is spelled. `main.rs` only parses and exits.
 
+pub mod audit;
 pub mod hsm;
 pub mod io;
 pub mod ledger;
@@ -18,8 +19,9 @@ pub mod vault;
 
 use std::io::Read;
 
+use self::audit::{run_audit, AuditCommand};
 use self::hsm::{run_hsm, HsmCommand, HsmOpts};
-use self::ledger::{run_audit, run_ledger, AuditCommand, LedgerCommand, LedgerOpts};
+use self::ledger::{run_ledger, LedgerCommand, LedgerOpts};
 use self::officer::{run_officer, OfficerCommand};
 use self::opts::{ClockOpts, VaultOpts};
 use self::policy::{run_policy, PolicyCommand};

@@ -7,7 +7,7 @@
 //! `liabilities` builds the liabilities sum tree from an account list, writes the published
 //! root (`root.json`) and one inclusion proof per account (`proofs/ID.json`, to be handed to
 //! each account holder), and records the root in the ledger. The offline check of one proof is
-//! `treasury audit liability` (in [`crate::cli::ledger`]).
+//! `treasury audit liability` (in [`crate::cli::audit`]).
 
 use std::path::{Path, PathBuf};
 
@@ -25,8 +25,6 @@ use crate::cli::ledger::LedgerSigner;
 use crate::cli::opts::runtime;
 use crate::cli::opts::VaultOpts;
 use crate::clock::now_ms;
-use crate::files::bundle::Bundle;
-use crate::node::{NodeAuth, NodeConfig};
 use crate::service::reserves::{
     BundleOptions, CheckpointSource, ProofForm, ProveRequest, ReserveService, StoredProof,
 };
@@ -509,76 +507,6 @@ async fn run_proof(
             ))
         }
         ReservesCommand::Liabilities { .. } => Err("internal: handled above".into()),
-    }
-}
-
-/// The arguments of `treasury audit reserves`.
-#[derive(Debug, Clone)]
-pub struct AuditReservesArgs {
-    /// The bundle: a directory, or the JSON document the API serves.
-    pub bundle: PathBuf,
-    /// The auditor's node.
-    pub bitcoind_url: String,
-    /// Cookie file.
-    pub rpc_cookie: Option<PathBuf>,
-    /// RPC user.
-    pub rpc_user: Option<String>,
-    /// RPC password.
-    pub rpc_password: Option<zeroize::Zeroizing<String>>,
-    /// The ledger key the auditor trusts.
-    pub ledger_key: Option<String>,
-    /// Derivation indexes searched.
-    pub gap: u32,
-    /// Scan blocks instead of `getdescriptoractivity`.
-    pub block_scan: bool,
-}
-
-/// `treasury audit reserves`: prints the report on standard output; `Ok` only when the
-/// verdict holds (the error then says how many reasons the report lists).
-///
-/// # Errors
-/// A message when the bundle cannot be read, the node cannot be reached, or the verdict fails.
-pub fn audit_reserves(a: &AuditReservesArgs) -> Result<String, String> {
-    use crate::audit::reserves::SpendSearch;
-    // A directory (`treasury reserves bundle --out`) or the API's JSON document
-    // (`GET /v1/reserves/proofs/{id}/bundle`).
-    let bundle = if a.bundle.is_file() {
-        let text = std::fs::read_to_string(&a.bundle)
-            .map_err(|e| format!("{}: {e}", a.bundle.display()))?;
-        Bundle::from_json(&text).map_err(|e| format!("{}: {e}", a.bundle.display()))?
-    } else {
-        Bundle::read_from(&a.bundle)?
-    };
-    let auth = match (&a.rpc_cookie, &a.rpc_user, &a.rpc_password) {
-        (Some(c), _, _) => NodeAuth::Cookie(c.clone()),
-        (None, Some(u), Some(p)) => NodeAuth::UserPass(u.clone(), p.clone()),
-        _ => return Err("give --rpc-cookie FILE or --rpc-user U --rpc-password P".into()),
-    };
-    let node = NodeConfig {
-        url: a.bitcoind_url.clone(),
-        auth,
-    };
-    let client = node.client().map_err(|e| e.to_string())?;
-    let key = match &a.ledger_key {
-        Some(k) => Some(custody::ledger::VerifierKey::parse(k).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let search = if a.block_scan {
-        SpendSearch::BlockScan
-    } else {
-        SpendSearch::DescriptorActivity
-    };
-    let audit = crate::audit::bundle::audit_bundle(&bundle, &client, key.as_ref(), a.gap, search)
-        .map_err(|e| e.to_string())?;
-    let report = audit.render();
-    if audit.verdict() {
-        Ok(report)
-    } else {
-        print!("{report}");
-        Err(format!(
-            "the bundle does not verify ({} reasons above)",
-            audit.reasons().len()
-        ))
     }
 }
 
