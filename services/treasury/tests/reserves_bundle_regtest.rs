@@ -37,7 +37,7 @@ use policies::Approval;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
 use treasury::audit::bundle::{audit_bundle, BundleAudit, BundleProblem};
-use treasury::audit::reserves::{Problem, SpendSearch, UtxoProblem};
+use treasury::audit::reserves::{ReserveProblem, SpendSearch, UtxoProblem};
 use treasury::files::bundle::Bundle;
 use treasury::service::reserves::{
     BundleOptions, CheckpointSource, ProofApprovals, ProveRequest, ReserveService,
@@ -137,7 +137,7 @@ fn proof_errors(a: &BundleAudit) -> Vec<ReserveError> {
         .problems
         .iter()
         .filter_map(|p| match p {
-            Problem::Proof { error, .. } => Some(error.clone()),
+            ReserveProblem::Proof { error, .. } => Some(error.clone()),
             _ => None,
         })
         .collect()
@@ -976,7 +976,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
             .iter()
             .any(|p| matches!(
                 p,
-                Problem::WrongNetwork {
+                ReserveProblem::WrongNetwork {
                     file: Network::Bitcoin,
                     ..
                 }

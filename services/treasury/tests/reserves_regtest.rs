@@ -20,7 +20,7 @@ use custody::vault::{Template, TemplateKey, VaultConfig, VaultDescriptor, VaultU
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
 use treasury::audit::reserves::{
-    verify_reserves, verify_reserves_with, Problem, ReserveReport, SpendSearch, UtxoProblem,
+    verify_reserves, verify_reserves_with, ReserveProblem, ReserveReport, SpendSearch, UtxoProblem,
 };
 use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
@@ -205,7 +205,7 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     assert!(r
         .problems
         .iter()
-        .any(|p| matches!(p, Problem::ProofUnchecked(0))));
+        .any(|p| matches!(p, ReserveProblem::ProofUnchecked(0))));
 
     // A changed message: the commitment no longer matches.
     let changed = msg.encode().replace("sig=abcd", "sig=abce");
@@ -215,7 +215,7 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     assert!(
         r.problems.iter().any(|p| matches!(
             p,
-            Problem::Proof {
+            ReserveProblem::Proof {
                 error: custody::reserves::ReserveError::NotACommitment { .. },
                 ..
             }
@@ -242,7 +242,7 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     assert!(
         r.problems.iter().any(|p| matches!(
             p,
-            Problem::WrongNetwork {
+            ReserveProblem::WrongNetwork {
                 file: Network::Bitcoin,
                 ..
             }
@@ -277,7 +277,7 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     assert!(r
         .problems
         .iter()
-        .any(|p| matches!(p, Problem::UndeclaredDescriptor(_))));
+        .any(|p| matches!(p, ReserveProblem::UndeclaredDescriptor(_))));
 
     // A UTXO confirmed after H, in a proof that claims H.
     let addr = svc.next_address("a").await.unwrap().address;

@@ -47,7 +47,7 @@ use serde_json::{json, Value};
 /// Why a reserve proof does not hold (a problem of the whole file).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Problem {
+pub enum ReserveProblem {
     /// The file's network is not the node's.
     #[error("wrong network: the proof file is for {file}, the node is on {node}")]
     WrongNetwork {
@@ -167,7 +167,7 @@ pub struct ReserveReport {
     /// Every output the proofs spend.
     pub utxos: Vec<UtxoReport>,
     /// Problems of the whole file.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<ReserveProblem>,
     /// Time spent waiting for the node.
     pub node_time: Duration,
     /// Time spent verifying locally.
@@ -437,7 +437,7 @@ pub fn verify_reserves_with(
         .ok_or_else(|| bad_answer("getblockchaininfo", "no chain"))?
         .to_string();
     if Network::from_core_arg(&chain).ok() != Some(file.network()) {
-        problems.push(Problem::WrongNetwork {
+        problems.push(ReserveProblem::WrongNetwork {
             file: file.network(),
             node: chain,
         });
@@ -451,20 +451,20 @@ pub fn verify_reserves_with(
     let message = match ProofMessage::parse(file.message()) {
         Ok(m) => Some(m),
         Err(e) => {
-            problems.push(Problem::Message(e.to_string()));
+            problems.push(ReserveProblem::Message(e.to_string()));
             None
         }
     };
     if let Some(m) = &message {
         if m.network() != file.network() {
-            problems.push(Problem::Message(format!(
+            problems.push(ReserveProblem::Message(format!(
                 "the message is for {}, the file for {}",
                 m.network(),
                 file.network()
             )));
         }
         if m.block_hash() != file.block_hash() {
-            problems.push(Problem::Message(format!(
+            problems.push(ReserveProblem::Message(format!(
                 "the message names block {}, the file {}",
                 m.block_hash(),
                 file.block_hash()
@@ -473,11 +473,11 @@ pub fn verify_reserves_with(
     }
     let height = node.main_chain_height(file.block_hash())?;
     if height.is_none() {
-        problems.push(Problem::BlockNotInChain(file.block_hash()));
+        problems.push(ReserveProblem::BlockNotInChain(file.block_hash()));
     }
     if let Some(m) = &message {
         if height.is_some_and(|h| h != m.height()) {
-            problems.push(Problem::Message(format!(
+            problems.push(ReserveProblem::Message(format!(
                 "the message says height {}, block {} is at {}",
                 m.height(),
                 file.block_hash(),
@@ -491,7 +491,7 @@ pub fn verify_reserves_with(
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| bad_answer("getblockhash", "not a block hash"))?;
             if at != file.block_hash() {
-                problems.push(Problem::BlockHashMismatch {
+                problems.push(ReserveProblem::BlockHashMismatch {
                     height: m.height(),
                     node: at,
                     file: file.block_hash(),
@@ -507,10 +507,10 @@ pub fn verify_reserves_with(
     if let Some(m) = &message {
         let named: BTreeSet<String> = m.descriptor_checksums().map(str::to_string).collect();
         for s in named.difference(&declared) {
-            problems.push(Problem::UndeclaredDescriptor(s.clone()));
+            problems.push(ReserveProblem::UndeclaredDescriptor(s.clone()));
         }
         for s in declared.difference(&named) {
-            problems.push(Problem::DescriptorNotInMessage(s.clone()));
+            problems.push(ReserveProblem::DescriptorNotInMessage(s.clone()));
         }
     }
 
@@ -526,7 +526,7 @@ pub fn verify_reserves_with(
         for meta in proof.output_metadata() {
             let op = meta.outpoint;
             if !seen.insert(op) {
-                problems.push(Problem::DuplicateOutpoint(op));
+                problems.push(ReserveProblem::DuplicateOutpoint(op));
             }
             let mut r = UtxoReport {
                 outpoint: op,
@@ -613,7 +613,7 @@ pub fn verify_reserves_with(
         let mine = utxos.get(offset..offset.saturating_add(n)).unwrap_or(&[]);
         offset = offset.saturating_add(n);
         let Some(outs) = outs.iter().cloned().collect::<Option<Vec<TxOut>>>() else {
-            problems.push(Problem::ProofUnchecked(index));
+            problems.push(ReserveProblem::ProofUnchecked(index));
             continue;
         };
         match verify_proof_tx(proof.proof_tx(), &outs, file.message().as_bytes()) {
@@ -621,11 +621,11 @@ pub fn verify_reserves_with(
                 if mine.iter().all(|u| u.problems.is_empty()) {
                     match proven.checked_add(amount) {
                         Some(p) => proven = p,
-                        None => problems.push(Problem::Overflow),
+                        None => problems.push(ReserveProblem::Overflow),
                     }
                 }
             }
-            Err(error) => problems.push(Problem::Proof { index, error }),
+            Err(error) => problems.push(ReserveProblem::Proof { index, error }),
         }
     }
     if !problems.is_empty() {

@@ -18,7 +18,7 @@ use crate::cli::opts::ClockOpts;
 use crate::cli::opts::VaultOpts;
 use crate::service::governance::OrderFile;
 use crate::service::render::{utc, verdict_text};
-use crate::service::spend::{At, Bump, CreateSpend, RequestFile, SpendService, SpendView};
+use crate::service::spend::{At, Bump, CreateSpend, EvaluatedSpend, RequestFile, SpendService};
 use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
 
@@ -198,7 +198,7 @@ pub enum FreezeCommand {
 }
 
 /// A request in plain words.
-pub fn describe(v: &SpendView) -> String {
+pub fn describe(v: &EvaluatedSpend) -> String {
     let r = &v.stored.request;
     let mut out = format!(
         "request {} vault {} initiator {} state {}\n",

@@ -197,7 +197,7 @@ pub struct StoredRequest {
 
 /// A request as shown: the stored request and its evaluation now.
 #[derive(Debug, Clone)]
-pub struct SpendView {
+pub struct EvaluatedSpend {
     /// The stored request.
     pub stored: StoredRequest,
     /// The policy it is bound to.
@@ -1127,7 +1127,7 @@ impl SpendService {
     ///
     /// # Errors
     /// [`SpendServiceError::NotFound`], [`SpendServiceError::Db`].
-    pub async fn show(&self, id: &str, at: At) -> Result<SpendView> {
+    pub async fn show(&self, id: &str, at: At) -> Result<EvaluatedSpend> {
         let stored = self.load(id).await?;
         let version = self.governance.version(&stored.request.policy_hash).await?;
         let context = self.context(&stored.request.vault, at).await?;
@@ -1135,7 +1135,7 @@ impl SpendService {
         let evaluation = stored
             .request
             .evaluation(&version.policy, &context, &history);
-        Ok(SpendView {
+        Ok(EvaluatedSpend {
             stored,
             policy: version.policy,
             policy_document: version.document,
@@ -1308,7 +1308,7 @@ pub struct RequestFile {
 
 impl RequestFile {
     /// The file for a shown request.
-    pub fn of(v: &SpendView) -> Self {
+    pub fn of(v: &EvaluatedSpend) -> Self {
         let r = &v.stored.request;
         RequestFile {
             format: REQUEST_FORMAT.into(),
