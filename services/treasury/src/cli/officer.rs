@@ -22,10 +22,10 @@ use policies::Verdict;
 use zeroize::Zeroizing;
 
 use crate::cli::io::read_json;
+use crate::files::request_file::RequestFile;
 use crate::service::governance::OrderFile;
 use crate::service::render::{utc, verdict_text};
 use crate::service::reserves::ProofSubjectFile;
-use crate::service::spend::RequestFile;
 
 /// `treasury officer` subcommands.
 #[derive(Debug, Clone, Subcommand)]

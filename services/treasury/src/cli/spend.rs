@@ -18,7 +18,7 @@ use crate::cli::opts::ClockOpts;
 use crate::cli::opts::VaultOpts;
 use crate::service::governance::OrderFile;
 use crate::service::render::{utc, verdict_text};
-use crate::service::spend::{At, Bump, CreateSpend, EvaluatedSpend, RequestFile, SpendService};
+use crate::service::spend::{At, Bump, CreateSpend, EvaluatedSpend, SpendService};
 use crate::service::vaults::VaultService;
 use crate::store::LedgerStore;
 
@@ -310,7 +310,7 @@ async fn spend_db(
         SpendCommand::Show { id, json } => {
             let v = svc.show(&id, at).await.map_err(e)?;
             if json {
-                let text = serde_json::to_string_pretty(&RequestFile::of(&v))
+                let text = serde_json::to_string_pretty(&v.request_file())
                     .map_err(|e| format!("cannot print the request: {e}"))?;
                 Ok(format!("{text}\n"))
             } else {

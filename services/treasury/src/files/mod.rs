@@ -6,4 +6,5 @@
 //! without importing any service or the database.
 
 pub mod bundle;
+pub mod request_file;
 pub mod vault_formats;

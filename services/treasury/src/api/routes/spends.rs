@@ -28,7 +28,7 @@ use crate::api::json::ApiJson;
 use crate::api::problem::{ApiResult, Problem, ProblemKind};
 use crate::api::{AppState, Caller, Role};
 use crate::service::render::verdict_text;
-use crate::service::spend::{At, Bump, CreateSpend, RequestFile};
+use crate::service::spend::{At, Bump, CreateSpend};
 use crate::store::on_db;
 
 /// The header carrying an idempotency key.
@@ -176,7 +176,7 @@ async fn view(state: &AppState, id: &str) -> ApiResult<SpendView> {
     let at = now();
     let v = state.spend().show(id, at).await?;
     let signed = state.spend().signed_psbt(id).await?;
-    let file = RequestFile::of(&v);
+    let file = v.request_file();
     Ok(SpendView {
         id: v.stored.request.id.clone(),
         state: v.stored.request.state.name().to_owned(),
