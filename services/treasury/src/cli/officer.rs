@@ -22,8 +22,8 @@ use policies::Verdict;
 use zeroize::Zeroizing;
 
 use crate::cli::io::read_json;
+use crate::files::order_file::OrderFile;
 use crate::files::request_file::RequestFile;
-use crate::service::governance::OrderFile;
 use crate::service::render::{utc, verdict_text};
 use crate::service::reserves::ProofSubjectFile;
 

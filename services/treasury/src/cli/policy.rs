@@ -11,9 +11,8 @@ use policies::Policy;
 
 use crate::cli::io::read;
 use crate::cli::io::read_json;
-use crate::service::governance::{
-    ApproveOutcome, Governance, OrderFile, PolicyVersion, VersionStatus,
-};
+use crate::files::order_file::OrderFile;
+use crate::service::governance::{ApproveOutcome, Governance, PolicyVersion, VersionStatus};
 
 /// Database and clock of the governance commands.
 #[derive(Debug, Clone, Args)]

@@ -16,7 +16,7 @@ use crate::cli::io::read_psbt;
 use crate::cli::opts::runtime;
 use crate::cli::opts::ClockOpts;
 use crate::cli::opts::VaultOpts;
-use crate::service::governance::OrderFile;
+use crate::files::order_file::OrderFile;
 use crate::service::render::{utc, verdict_text};
 use crate::service::spend::{At, Bump, CreateSpend, EvaluatedSpend, SpendService};
 use crate::service::vaults::VaultService;

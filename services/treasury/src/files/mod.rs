@@ -6,5 +6,6 @@
 //! without importing any service or the database.
 
 pub mod bundle;
+pub mod order_file;
 pub mod request_file;
 pub mod vault_formats;

@@ -817,30 +817,3 @@ fn activation(
     ];
     Ok((writes, draft))
 }
-
-/// An order for admins to sign offline (`treasury officer sign-order`), as a JSON file:
-/// `{"change": {...}}` (approve or veto a policy change) or `{"freeze": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum OrderFile {
-    /// A policy change order.
-    Change(ChangeOrder),
-    /// A freeze or lift order.
-    Freeze(FreezeOrder),
-}
-
-impl OrderFile {
-    /// The digest an admin signs: the change digest (or its veto digest when `veto`), or the
-    /// freeze order's digest.
-    ///
-    /// # Errors
-    /// [`GovernanceStoreError::NotVetoable`] for a veto of a freeze order.
-    pub fn digest(&self, veto: bool) -> Result<[u8; 32]> {
-        match (self, veto) {
-            (OrderFile::Change(c), false) => Ok(c.digest()),
-            (OrderFile::Change(c), true) => Ok(c.veto_digest()),
-            (OrderFile::Freeze(f), false) => Ok(f.digest()),
-            (OrderFile::Freeze(_), true) => Err(GovernanceStoreError::NotVetoable),
-        }
-    }
-}

@@ -20,7 +20,8 @@ use utoipa::ToSchema;
 use crate::api::json::ApiJson;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{AppState, Caller, Role};
-use crate::service::governance::{ApproveOutcome, OrderFile, PolicyVersion};
+use crate::files::order_file::OrderFile;
+use crate::service::governance::{ApproveOutcome, PolicyVersion};
 
 /// A policy version.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
