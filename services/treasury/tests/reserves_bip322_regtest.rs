@@ -31,7 +31,8 @@ use custody::reserves::ProofMessage;
 use custody::vault::{Template, TemplateKey, VaultConfig};
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::json;
-use treasury::audit::bundle::{audit_bundle, Bip322Problem, BundleAudit};
+use treasury::audit::bip322::Bip322Problem;
+use treasury::audit::bundle::{audit_bundle, BundleAudit};
 use treasury::audit::reserves::SpendSearch;
 use treasury::files::bundle::{Bip322ProofJson, Bundle, BIP322_FULL_PATH, BIP322_JSON_PATH};
 use treasury::service::reserves::{

@@ -4,5 +4,8 @@
 //! it depends on `custody`, `files/` and a node RPC client only, so it can become its own
 //! crate and binary (`reserve-audit`).
 
+pub mod bip322;
 pub mod bundle;
+pub mod manifest;
+pub mod quorum;
 pub mod reserves;
