@@ -36,7 +36,8 @@ use hsm::{KdfParams, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, SoftwareKeystore};
 use policies::Approval;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
-use treasury::audit::bundle::{audit_bundle, BundleAudit, BundleProblem};
+use treasury::audit::bundle::{audit_bundle, BundleAudit};
+use treasury::audit::problem::BundleProblem;
 use treasury::audit::reserves::{ReserveProblem, SpendSearch, UtxoProblem};
 use treasury::files::bundle::Bundle;
 use treasury::service::reserves::{

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use super::bundle::BundleProblem;
+use super::problem::BundleProblem;
 use crate::files::bundle::{Bundle, Manifest, BUNDLE_FORMAT, MANIFEST};
 
 pub(super) fn text<'a>(

@@ -7,5 +7,6 @@
 pub mod bip322;
 pub mod bundle;
 pub mod manifest;
+pub mod problem;
 pub mod quorum;
 pub mod reserves;
