@@ -480,6 +480,80 @@ impl Pkcs11Signer {
     }
 }
 
+impl Pkcs11Signer {
+    /// Reads the value of the token data object (`CKO_DATA`, `CKA_TOKEN` true) labelled
+    /// `label`, or `None` when there is none. The policy signer keeps the head of its state log
+    /// there, so that a restored older copy of its state directory is noticed.
+    ///
+    /// # Errors
+    /// [`HsmError::Pkcs11`] when the token fails, [`HsmError::AmbiguousKey`] when two data
+    /// objects carry the label.
+    pub fn read_data_object(&self, label: &str) -> Result<Option<Vec<u8>>, HsmError> {
+        self.with_session(|s| {
+            let Some(h) = self.find_data_object(s, label)? else {
+                return Ok(None);
+            };
+            let attrs = s
+                .get_attributes(h, &[AttributeType::Value])
+                .map_err(HsmError::pkcs11("read data object"))?;
+            Ok(attrs.into_iter().find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            }))
+        })
+    }
+
+    /// Creates or overwrites the private token data object labelled `label` with `value`.
+    ///
+    /// # Errors
+    /// [`HsmError::Pkcs11`] when the token fails, [`HsmError::AmbiguousKey`] when two data
+    /// objects carry the label.
+    pub fn write_data_object(&self, label: &str, value: &[u8]) -> Result<(), HsmError> {
+        self.with_session(|s| {
+            match self.find_data_object(s, label)? {
+                Some(h) => s
+                    .update_attributes(h, &[Attribute::Value(value.to_vec())])
+                    .map_err(HsmError::pkcs11("update data object"))?,
+                None => {
+                    s.create_object(&[
+                        Attribute::Class(ObjectClass::DATA),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Modifiable(true),
+                        Attribute::Label(label.as_bytes().to_vec()),
+                        Attribute::Value(value.to_vec()),
+                    ])
+                    .map_err(HsmError::pkcs11("create data object"))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn find_data_object(
+        &self,
+        session: &Session,
+        label: &str,
+    ) -> Result<Option<ObjectHandle>, HsmError> {
+        let template = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let found = session
+            .find_objects(&template)
+            .map_err(HsmError::pkcs11("find objects"))?;
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            _ => Err(HsmError::AmbiguousKey {
+                token: self.token_label.clone(),
+                label: label.to_owned(),
+            }),
+        }
+    }
+}
+
 impl KeyOps for Pkcs11Signer {
     fn signer_id(&self) -> &str {
         &self.id
