@@ -555,6 +555,7 @@ impl SignerCore {
                 reason: e.to_string(),
             })?;
         }
+        core.state.confirm()?;
         Ok(core)
     }
 

@@ -234,18 +234,24 @@ impl HeadAnchor for TokenAnchor {
             anchor: self.name(),
             reason,
         };
-        match self.key.read_data_object(&self.label) {
-            Ok(None) => Ok(None),
-            Ok(Some(v)) => Head::from_bytes(&v)
-                .map(Some)
-                .ok_or_else(|| bad(format!("value of {} bytes is not a head", v.len()))),
-            Err(e) => Err(bad(e.to_string())),
+        let values = self
+            .key
+            .read_data_objects(&self.label)
+            .map_err(|e| bad(e.to_string()))?;
+        let mut best: Option<Head> = None;
+        for v in values {
+            let h = Head::from_bytes(&v)
+                .ok_or_else(|| bad(format!("value of {} bytes is not a head", v.len())))?;
+            if best.is_none_or(|b| h.seq > b.seq) {
+                best = Some(h);
+            }
         }
+        Ok(best)
     }
 
     fn store(&mut self, head: &Head) -> Result<(), StateError> {
         self.key
-            .write_data_object(&self.label, &head.to_bytes())
+            .replace_data_object(&self.label, &head.to_bytes())
             .map_err(|e| StateError::Anchor {
                 anchor: self.name(),
                 reason: e.to_string(),
@@ -365,6 +371,15 @@ pub trait StateStore: Send {
         body: serde_json::Value,
     ) -> Result<Record, StateError>;
 
+    /// Called once the replay accepted every record: a log found one record ahead of its
+    /// anchor brings the anchor up to date now.
+    ///
+    /// # Errors
+    /// [`StateError::Anchor`].
+    fn confirm(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+
     /// The head, `None` for an empty store.
     fn head(&self) -> Option<Head> {
         self.records().last().and_then(|r| {
@@ -382,6 +397,8 @@ pub struct StateLog {
     file: File,
     records: Vec<Record>,
     anchor: Box<dyn HeadAnchor>,
+    /// The head to give the anchor once the replay accepted the record it lacks.
+    behind: Option<Head>,
 }
 
 impl std::fmt::Debug for StateLog {
@@ -435,17 +452,19 @@ impl StateLog {
             file,
             records: Vec::new(),
             anchor,
+            behind: None,
         })
     }
 
     /// Opens the log in `dir`: reads and verifies every record (the chain) and checks it
-    /// against the anchor (rollback). A log one record ahead of the anchor brings the anchor
-    /// up to date.
+    /// against the anchor (rollback). A log one record ahead of the anchor (a crash between
+    /// append and anchor update) is accepted; the anchor is brought up to date by
+    /// [`StateStore::confirm`] once the replay has accepted that record.
     ///
     /// # Errors
     /// [`StateError::Missing`], [`StateError::Malformed`], [`StateError::ChainBroken`],
     /// [`StateError::Rollback`], [`StateError::Anchor`], [`StateError::Io`].
-    pub fn open(dir: &Path, mut anchor: Box<dyn HeadAnchor>) -> Result<Self, StateError> {
+    pub fn open(dir: &Path, anchor: Box<dyn HeadAnchor>) -> Result<Self, StateError> {
         let path = dir.join(LOG_FILE);
         if !path.exists() {
             return Err(StateError::Missing(path));
@@ -470,9 +489,7 @@ impl StateLog {
             ))
         })?;
         check_against_anchor(&records, file_head, anchored, &anchor.name())?;
-        if file_head.seq == anchored.seq.saturating_add(1) {
-            anchor.store(&file_head)?;
-        }
+        let behind = (file_head.seq == anchored.seq.saturating_add(1)).then_some(file_head);
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -482,6 +499,7 @@ impl StateLog {
             file,
             records,
             anchor,
+            behind,
         })
     }
 
@@ -575,6 +593,13 @@ pub fn read_log(path: &Path) -> Result<Vec<Record>, StateError> {
 impl StateStore for StateLog {
     fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    fn confirm(&mut self) -> Result<(), StateError> {
+        if let Some(h) = self.behind.take() {
+            self.anchor.store(&h)?;
+        }
+        Ok(())
     }
 
     fn append(

@@ -268,18 +268,48 @@ fn a_restored_older_copy_of_the_state_is_refused_as_rollback() {
 
 #[test]
 fn a_log_one_record_ahead_of_the_token_is_a_crash_and_is_accepted() {
-    let Some((f, mut core)) = fixture("crash") else {
+    let Some((f, core)) = fixture("crash") else {
         return;
     };
-    drop(core.status().unwrap());
-    let records = read_records(&f.log_path());
     drop(core);
-    // Simulate: the token head is one behind (write the log with an extra honest record
-    // appended by a core on a memory anchor is not possible here), so instead check that the
-    // token head moves along: reopen twice, both fine.
-    f.open().unwrap();
-    f.open().unwrap();
-    assert_eq!(read_records(&f.log_path()), records);
+    // A crash between the append and the token update: the log holds one valid record more
+    // than the token's head (a freeze one admin signed).
+    let order = FreezeOrder {
+        action: FreezeAction::Freeze,
+        policy: f.policy_hash,
+        seq: 0,
+        issued_at_ms: NOW,
+        reason: "crash".to_owned(),
+    };
+    let mut records = read_records(&f.log_path());
+    let last = records.last().unwrap().clone();
+    records.push(signer::state::Record {
+        seq: last.seq + 1,
+        prev: String::new(),
+        time_ms: last.time_ms,
+        kind: "freeze".to_owned(),
+        body: serde_json::json!({
+            "order": order,
+            "signatures": [admin_sig(order.digest(), "heidi")],
+        }),
+        hash: String::new(),
+    });
+    rechain(&mut records);
+    write_records(&f.log_path(), &records);
+    let mut core = f.open().unwrap();
+    let st = core.status().unwrap();
+    assert!(st.freeze.frozen);
+    assert_eq!(st.head.seq, last.seq + 1);
+    drop(core);
+    // The token caught up: removing that record now is a rollback.
+    records.pop();
+    write_records(&f.log_path(), &records);
+    let err = f.open().unwrap_err();
+    assert!(
+        matches!(err, CoreError::State(StateError::Rollback(_))),
+        "{err}"
+    );
+    // Two records ahead is not a crash.
 }
 
 #[test]
