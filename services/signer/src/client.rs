@@ -18,8 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::core::{ProofReceipt, SpendReceipt, Status};
 use crate::proto::{
-    psbt_from_wire, psbt_to_wire, read_frame, write_frame, ErrorBody, ProtoError, Request,
-    Response,
+    psbt_from_wire, psbt_to_wire, read_frame, write_frame, ErrorBody, ProtoError, Request, Response,
 };
 
 /// Why a call failed.

@@ -514,7 +514,9 @@ impl SignerCore {
         let policy =
             Policy::from_toml(&genesis.policy_toml).map_err(|e| bad0(format!("policy: {e}")))?;
         if policy.hash() != genesis.policy_hash {
-            return Err(bad0("the policy hash does not match its document".to_owned()));
+            return Err(bad0(
+                "the policy hash does not match its document".to_owned(),
+            ));
         }
         let key_text = descriptor_key_text(&key)?;
         if key_text != genesis.policy_key {
@@ -549,11 +551,12 @@ impl SignerCore {
         };
         for r in &rest {
             let ev = Event::from_record(r)?;
-            core.apply(&ev, r.time_ms).map_err(|e| CoreError::BadRecord {
-                seq: r.seq,
-                kind: r.kind.clone(),
-                reason: e.to_string(),
-            })?;
+            core.apply(&ev, r.time_ms)
+                .map_err(|e| CoreError::BadRecord {
+                    seq: r.seq,
+                    kind: r.kind.clone(),
+                    reason: e.to_string(),
+                })?;
         }
         core.state.confirm()?;
         Ok(core)
@@ -602,17 +605,15 @@ impl SignerCore {
                 });
                 Ok(())
             }
-            Event::PolicyActivated { policy, version } => {
-                match self.inner.activate_due(at_ms)? {
-                    Some(a) if a.policy == *policy && a.version == *version => {
-                        self.pending = None;
-                        Ok(())
-                    }
-                    _ => Err(CoreError::BadRequest(
-                        "no held change of this hash was due".to_owned(),
-                    )),
+            Event::PolicyActivated { policy, version } => match self.inner.activate_due(at_ms)? {
+                Some(a) if a.policy == *policy && a.version == *version => {
+                    self.pending = None;
+                    Ok(())
                 }
-            }
+                _ => Err(CoreError::BadRequest(
+                    "no held change of this hash was due".to_owned(),
+                )),
+            },
             Event::PolicyVetoed { order, signature } => {
                 self.check_veto(order, signature, at_ms)?;
                 self.inner.veto_pending();
@@ -656,18 +657,23 @@ impl SignerCore {
                 let proof = c
                     .proof
                     .iter()
-                    .map(|h| parse_digest(h).ok_or_else(|| CoreError::Checkpoint("bad proof".to_owned())))
+                    .map(|h| {
+                        parse_digest(h).ok_or_else(|| CoreError::Checkpoint("bad proof".to_owned()))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 self.check_checkpoint(c.size, &root, &proof)?;
-                let cp = Checkpoint::new(self.genesis.ledger_origin.clone(), c.size, root, c.time_ms)
-                    .map_err(|e| CoreError::Checkpoint(e.to_string()))?;
+                let cp =
+                    Checkpoint::new(self.genesis.ledger_origin.clone(), c.size, root, c.time_ms)
+                        .map_err(|e| CoreError::Checkpoint(e.to_string()))?;
                 let vk = VerifierKey::parse(&self.genesis.ledger_key)
                     .map_err(|e| CoreError::Checkpoint(e.to_string()))?;
                 let verified = vk
                     .verify(&c.note)
                     .map_err(|e| CoreError::Checkpoint(format!("its note: {e}")))?;
                 if verified != cp {
-                    return Err(CoreError::Checkpoint("its note is for another checkpoint".to_owned()));
+                    return Err(CoreError::Checkpoint(
+                        "its note is for another checkpoint".to_owned(),
+                    ));
                 }
                 self.last_checkpoint = Some((
                     LastCheckpoint {
@@ -726,7 +732,12 @@ impl SignerCore {
         Ok(())
     }
 
-    fn check_checkpoint(&self, size: u64, root: &Digest, proof: &[Digest]) -> Result<(), CoreError> {
+    fn check_checkpoint(
+        &self,
+        size: u64,
+        root: &Digest,
+        proof: &[Digest],
+    ) -> Result<(), CoreError> {
         let Some((last, last_root)) = &self.last_checkpoint else {
             return Ok(());
         };
@@ -941,7 +952,9 @@ impl SignerCore {
     ) -> Result<(Psbt, ProofReceipt), CoreError> {
         let now = self.begin()?;
         let mut out = psbt.clone();
-        let s = self.inner.sign_proof(&mut out, request_id, approvals, now)?;
+        let s = self
+            .inner
+            .sign_proof(&mut out, request_id, approvals, now)?;
         let proof = ProofSigned {
             form: "bip127".to_owned(),
             request_id: s.request_id,
@@ -969,9 +982,9 @@ impl SignerCore {
     ) -> Result<(Psbt, ProofReceipt), CoreError> {
         let now = self.begin()?;
         let mut out = psbt.clone();
-        let s = self.inner.sign_proof_of_funds(
-            &mut out, message, challenge, request_id, approvals, now,
-        )?;
+        let s = self
+            .inner
+            .sign_proof_of_funds(&mut out, message, challenge, request_id, approvals, now)?;
         let proof = ProofSigned {
             form: "bip322".to_owned(),
             request_id: s.request_id,

@@ -14,7 +14,9 @@ use custody::ledger::{
     AnyCheckpointSigner, CheckpointKey, CheckpointSignature, KeyFileSigner, SignerError,
 };
 use hashcore::TaggedHash;
-use hsm::{HeldKey, HsmError, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, SignReport, Signer, SoftwareKeystore};
+use hsm::{
+    HeldKey, HsmError, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, SignReport, Signer, SoftwareKeystore,
+};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 

@@ -45,8 +45,8 @@ pub fn init(
     policy_toml: &str,
     ledger_origin: &str,
 ) -> Result<SignerCore, CoreError> {
-    let holder = KeyHolder::open(config, secret, true)
-        .map_err(|e| CoreError::WrongHolder(e.to_string()))?;
+    let holder =
+        KeyHolder::open(config, secret, true).map_err(|e| CoreError::WrongHolder(e.to_string()))?;
     let state = StateLog::create(dir, holder.anchor)?;
     config
         .save(dir)

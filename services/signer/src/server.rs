@@ -17,8 +17,7 @@ use tokio::net::UnixListener;
 
 use crate::core::{CoreError, SignerCore};
 use crate::proto::{
-    psbt_from_wire, psbt_to_wire, read_frame, write_frame, ErrorBody, ProtoError, Request,
-    Response,
+    psbt_from_wire, psbt_to_wire, read_frame, write_frame, ErrorBody, ProtoError, Request, Response,
 };
 
 /// Why the server could not start or stopped.

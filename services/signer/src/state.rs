@@ -319,7 +319,9 @@ impl HeadAnchor for MacFileAnchor {
         let hash = parse_hex32(&m.hash).ok_or_else(|| bad("bad hash"))?;
         let head = Head { seq: m.seq, hash };
         if parse_hex32(&m.mac) != Some(self.mac(&head)) {
-            return Err(bad("its mac does not verify (edited, or another keystore's)"));
+            return Err(bad(
+                "its mac does not verify (edited, or another keystore's)",
+            ));
         }
         Ok(Some(head))
     }
@@ -382,12 +384,9 @@ pub trait StateStore: Send {
 
     /// The head, `None` for an empty store.
     fn head(&self) -> Option<Head> {
-        self.records().last().and_then(|r| {
-            parse_hex32(&r.hash).map(|hash| Head {
-                seq: r.seq,
-                hash,
-            })
-        })
+        self.records()
+            .last()
+            .and_then(|r| parse_hex32(&r.hash).map(|hash| Head { seq: r.seq, hash }))
     }
 }
 
@@ -558,7 +557,10 @@ pub fn read_log(path: &Path) -> Result<Vec<Record>, StateError> {
             reason: e.to_string(),
         })?;
         let expect = records.len() as u64;
-        let broken = |reason: String| StateError::ChainBroken { seq: expect, reason };
+        let broken = |reason: String| StateError::ChainBroken {
+            seq: expect,
+            reason,
+        };
         if r.seq != expect {
             return Err(broken(format!(
                 "found seq {} where seq {expect} belongs (a record removed or inserted)",
@@ -581,7 +583,9 @@ pub fn read_log(path: &Path) -> Result<Vec<Record>, StateError> {
         }
         if let Some(p) = records.last() {
             if r.time_ms < p.time_ms {
-                return Err(broken("its time is before the previous record's".to_owned()));
+                return Err(broken(
+                    "its time is before the previous record's".to_owned(),
+                ));
             }
         }
         prev = h;
@@ -618,7 +622,10 @@ impl StateStore for StateLog {
                 })?,
             ),
         };
-        let time_ms = self.records.last().map_or(time_ms, |r| r.time_ms.max(time_ms));
+        let time_ms = self
+            .records
+            .last()
+            .map_or(time_ms, |r| r.time_ms.max(time_ms));
         let hash = record_hash(seq, &prev, time_ms, kind, &body)?;
         let record = Record {
             seq,
@@ -665,7 +672,10 @@ impl StateStore for MemoryState {
     ) -> Result<Record, StateError> {
         let (seq, prev) = match self.records.last() {
             None => (0, [0u8; 32]),
-            Some(r) => (r.seq.saturating_add(1), parse_hex32(&r.hash).unwrap_or([0; 32])),
+            Some(r) => (
+                r.seq.saturating_add(1),
+                parse_hex32(&r.hash).unwrap_or([0; 32]),
+            ),
         };
         let hash = record_hash(seq, &prev, time_ms, kind, &body)?;
         let record = Record {
@@ -702,7 +712,9 @@ mod tests {
         assert_eq!(a.load().unwrap(), Some(h));
         let other = MacFileAnchor::new(&path, Zeroizing::new([2; 32]));
         assert!(other.load().is_err());
-        let text = std::fs::read_to_string(&path).unwrap().replace("\"seq\":7", "\"seq\":6");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"seq\":7", "\"seq\":6");
         std::fs::write(&path, text).unwrap();
         assert!(a.load().unwrap_err().to_string().contains("mac"));
         assert!(!format!("{a:?}").contains("0101"));

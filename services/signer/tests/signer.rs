@@ -123,7 +123,10 @@ fn a_changed_or_deleted_record_is_refused_at_start_by_name() {
     drop(core);
     let good = std::fs::read_to_string(f.log_path()).unwrap();
     let records = read_records(&f.log_path());
-    let spend_at = records.iter().position(|r| r.kind == "spend_signed").unwrap();
+    let spend_at = records
+        .iter()
+        .position(|r| r.kind == "spend_signed")
+        .unwrap();
 
     // A changed record: the spend's amount lowered.
     let mut changed = records.clone();
@@ -134,7 +137,10 @@ fn a_changed_or_deleted_record_is_refused_at_start_by_name() {
         matches!(err, CoreError::State(StateError::ChainBroken { .. })),
         "{err}"
     );
-    assert!(err.to_string().contains("spend_signed record was changed"), "{err}");
+    assert!(
+        err.to_string().contains("spend_signed record was changed"),
+        "{err}"
+    );
 
     // The spend's record deleted (it is the last one: the chain holds, the token does not).
     let mut deleted = records.clone();
@@ -327,8 +333,13 @@ fn policy_changes_need_the_admin_quorum_and_loosening_waits_on_the_signers_clock
         issued_at_ms: NOW,
     };
     // Unsigned, then one admin of two: refused.
-    let err = core.submit_policy_change(&loose_toml, &order, &[]).unwrap_err();
-    assert!(err.to_string().contains("needs 2 admin signatures, has 0"), "{err}");
+    let err = core
+        .submit_policy_change(&loose_toml, &order, &[])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("needs 2 admin signatures, has 0"),
+        "{err}"
+    );
     let err = core
         .submit_policy_change(&loose_toml, &order, &[admin_sig(order.digest(), "heidi")])
         .unwrap_err();
@@ -338,7 +349,10 @@ fn policy_changes_need_the_admin_quorum_and_loosening_waits_on_the_signers_clock
         .submit_policy_change(
             &loose_toml,
             &order,
-            &[admin_sig(order.digest(), "heidi"), admin_sig(order.digest(), "bob")],
+            &[
+                admin_sig(order.digest(), "heidi"),
+                admin_sig(order.digest(), "bob"),
+            ],
         )
         .unwrap_err();
     assert!(err.to_string().contains("not an admin"), "{err}");
@@ -347,7 +361,9 @@ fn policy_changes_need_the_admin_quorum_and_loosening_waits_on_the_signers_clock
         admin_sig(order.digest(), "heidi"),
         admin_sig(order.digest(), "ivan"),
     ];
-    let a = core.submit_policy_change(&loose_toml, &order, &sigs).unwrap();
+    let a = core
+        .submit_policy_change(&loose_toml, &order, &sigs)
+        .unwrap();
     assert_eq!(a.kind, ChangeKind::Loosening);
     let st = core.status().unwrap();
     assert_eq!(st.active_policy, f.policy_hash);
@@ -381,7 +397,10 @@ fn policy_changes_need_the_admin_quorum_and_loosening_waits_on_the_signers_clock
         .submit_policy_change(
             &tight_toml,
             &order3,
-            &[admin_sig(order3.digest(), "judy"), admin_sig(order3.digest(), "ivan")],
+            &[
+                admin_sig(order3.digest(), "judy"),
+                admin_sig(order3.digest(), "ivan"),
+            ],
         )
         .unwrap();
     assert_eq!(a.kind, ChangeKind::Tightening);
@@ -400,7 +419,10 @@ fn policy_changes_need_the_admin_quorum_and_loosening_waits_on_the_signers_clock
     core.submit_policy_change(
         &v4_toml,
         &order4,
-        &[admin_sig(order4.digest(), "judy"), admin_sig(order4.digest(), "heidi")],
+        &[
+            admin_sig(order4.digest(), "judy"),
+            admin_sig(order4.digest(), "heidi"),
+        ],
     )
     .unwrap();
     // A change signature is not a veto.
@@ -442,8 +464,14 @@ fn one_admin_freezes_a_lift_needs_the_quorum_and_a_replayed_lift_is_refused() {
     let err = core
         .submit_freeze(&lift, &[admin_sig(lift.digest(), "heidi")])
         .unwrap_err();
-    assert!(err.to_string().contains("needs 2 admin signatures, has 1"), "{err}");
-    let lift_sigs = [admin_sig(lift.digest(), "heidi"), admin_sig(lift.digest(), "ivan")];
+    assert!(
+        err.to_string().contains("needs 2 admin signatures, has 1"),
+        "{err}"
+    );
+    let lift_sigs = [
+        admin_sig(lift.digest(), "heidi"),
+        admin_sig(lift.digest(), "ivan"),
+    ];
     assert!(!core.submit_freeze(&lift, &lift_sigs).unwrap().frozen);
     core.sign_spend("main", &p, &a, TIP).unwrap();
 
@@ -452,7 +480,11 @@ fn one_admin_freezes_a_lift_needs_the_quorum_and_a_replayed_lift_is_refused() {
     core.submit_freeze(&again, &[admin_sig(again.digest(), "judy")])
         .unwrap();
     let err = core.submit_freeze(&lift, &lift_sigs).unwrap_err();
-    assert!(err.to_string().contains("order applies to state 1, the state is at 3"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("order applies to state 1, the state is at 3"),
+        "{err}"
+    );
     drop(core);
     let mut core = f.open().unwrap();
     assert!(core.status().unwrap().freeze.frozen);
@@ -470,7 +502,9 @@ fn checkpoints_extend_only_consistently() {
     let n4 = core.sign_checkpoint(4, root(e, &leaves[..4]), &[]).unwrap();
     assert_eq!(vk.verify(&n4).unwrap().size(), 4);
     let proof = consistency_proof(e, &leaves[..8], 4).unwrap().path;
-    let n8 = core.sign_checkpoint(8, root(e, &leaves[..8]), &proof).unwrap();
+    let n8 = core
+        .sign_checkpoint(8, root(e, &leaves[..8]), &proof)
+        .unwrap();
     assert_eq!(vk.verify(&n8).unwrap().size(), 8);
 
     // A rewritten history: leaf 2 changed; its proof from 8 to 12 does not verify.
@@ -483,7 +517,9 @@ fn checkpoints_extend_only_consistently() {
     assert_eq!(err.code(), "checkpoint_refused");
     assert!(err.to_string().contains("history was rewritten"), "{err}");
     // Smaller, and the same size with another root: refused.
-    let err = core.sign_checkpoint(6, root(e, &leaves[..6]), &[]).unwrap_err();
+    let err = core
+        .sign_checkpoint(6, root(e, &leaves[..6]), &[])
+        .unwrap_err();
     assert!(err.to_string().contains("below"), "{err}");
     let err = core
         .sign_checkpoint(8, root(e, &rewritten[..8]), &[])
@@ -496,7 +532,9 @@ fn checkpoints_extend_only_consistently() {
     drop(core);
     let mut core = f.open().unwrap();
     let good = consistency_proof(e, &leaves[..12], 8).unwrap().path;
-    let n12 = core.sign_checkpoint(12, root(e, &leaves[..12]), &good).unwrap();
+    let n12 = core
+        .sign_checkpoint(12, root(e, &leaves[..12]), &good)
+        .unwrap();
     assert_eq!(vk.verify(&n12).unwrap().size(), 12);
     assert_eq!(core.status().unwrap().last_checkpoint.unwrap().size, 12);
 }
@@ -536,7 +574,12 @@ fn approvals_count_from_when_the_signer_first_saw_them() {
         .unwrap()
         .assume_checked()
         .script_pubkey();
-    let p = psbt(&f, dest, bitcoin::Amount::from_sat(60 * BTC), bitcoin::Amount::from_sat(5_000));
+    let p = psbt(
+        &f,
+        dest,
+        bitcoin::Amount::from_sat(60 * BTC),
+        bitcoin::Amount::from_sat(5_000),
+    );
     f.clock.set(NOW + 25 * HOUR);
     let a = auth(&f, "r-large", &p, &["bob", "carol", "dave", "frank"]);
     let err = core.sign_spend("main", &p, &a, TIP).unwrap_err();
@@ -581,9 +624,12 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
         hsm::Pkcs11Pin::new(softhsm::PIN),
     ))
     .unwrap();
-    let mut bare =
-        hsm::PolicySigner::new(key, Policy::from_toml(EXAMPLE).unwrap(), bitcoin::Network::Regtest)
-            .unwrap();
+    let mut bare = hsm::PolicySigner::new(
+        key,
+        Policy::from_toml(EXAMPLE).unwrap(),
+        bitcoin::Network::Regtest,
+    )
+    .unwrap();
     bare.add_vault("main", &f.external.to_string(), &f.internal.to_string())
         .unwrap();
     let mut t_bare = Vec::new();
@@ -598,7 +644,11 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
     let mut t_core = Vec::new();
     for (p, a) in &cases[N..2 * N] {
         let t = Instant::now();
-        shared.lock().unwrap().sign_spend("main", p, a, TIP).unwrap();
+        shared
+            .lock()
+            .unwrap()
+            .sign_spend("main", p, a, TIP)
+            .unwrap();
         t_core.push(t.elapsed().as_micros());
     }
 
@@ -637,6 +687,8 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
     let (s50, s99) = stats(t_socket);
     println!("sign_spend latency over {N} calls (microseconds):");
     println!("  PolicySigner::sign in-process (no state): median {b50}, p99 {b99}");
-    println!("  SignerCore::sign_spend in-process (log fsync + token head): median {c50}, p99 {c99}");
+    println!(
+        "  SignerCore::sign_spend in-process (log fsync + token head): median {c50}, p99 {c99}"
+    );
     println!("  SignerClient::sign_spend over the unix socket: median {s50}, p99 {s99}");
 }

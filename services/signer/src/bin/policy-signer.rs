@@ -20,7 +20,10 @@ use clap::{Args, Parser, Subcommand};
 use signer::{HolderConfig, HolderSecret, SignerClient, SystemClock};
 
 #[derive(Parser)]
-#[command(name = "policy-signer", about = "The policy signer process of the reserve")]
+#[command(
+    name = "policy-signer",
+    about = "The policy signer process of the reserve"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -115,7 +118,9 @@ fn read_secret(file: Option<&Path>) -> Result<HolderSecret, String> {
     }
     std::env::var("TREASURY_SIGNER_PIN")
         .map(HolderSecret::new)
-        .map_err(|_| "no secret: give --pin-file/--passphrase-file or set TREASURY_SIGNER_PIN".to_owned())
+        .map_err(|_| {
+            "no secret: give --pin-file/--passphrase-file or set TREASURY_SIGNER_PIN".to_owned()
+        })
 }
 
 fn secret_for(config: &HolderConfig, s: &SecretArgs) -> Result<HolderSecret, String> {
@@ -156,7 +161,10 @@ fn init(a: &InitArgs) -> Result<(), String> {
     println!("state: {}", a.dir.display());
     println!("policy key: {}", status.policy_key);
     println!("checkpoint verifier key: {}", status.ledger_key);
-    println!("genesis policy: {} (version {})", status.active_policy, status.active_version);
+    println!(
+        "genesis policy: {} (version {})",
+        status.active_policy, status.active_version
+    );
     Ok(())
 }
 
@@ -164,10 +172,11 @@ async fn serve(a: &ServeArgs) -> Result<(), String> {
     let config = HolderConfig::load(&a.dir).map_err(|e| e.to_string())?;
     let secret = secret_for(&config, &a.secret)?;
     let dir = a.dir.clone();
-    let core = tokio::task::spawn_blocking(move || signer::open(&dir, &secret, Arc::new(SystemClock)))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("refusing to start: {e}"))?;
+    let core =
+        tokio::task::spawn_blocking(move || signer::open(&dir, &secret, Arc::new(SystemClock)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("refusing to start: {e}"))?;
     let shared = Arc::new(std::sync::Mutex::new(core));
     eprintln!("policy signer serving {}", a.socket.display());
     let shutdown = async {
@@ -190,7 +199,10 @@ async fn status(socket: &Path) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("policy-signer: {e}");

@@ -218,7 +218,12 @@ pub fn psbt(f: &Fixture, dest: ScriptBuf, amount: Amount, fee: Amount) -> Psbt {
 
 /// `sat` to a stranger with a 5,000 sat fee.
 pub fn spend(f: &Fixture, sat: u64) -> Psbt {
-    psbt(f, elsewhere(), Amount::from_sat(sat), Amount::from_sat(5_000))
+    psbt(
+        f,
+        elsewhere(),
+        Amount::from_sat(sat),
+        Amount::from_sat(5_000),
+    )
 }
 
 pub fn subject(f: &Fixture, id: &str, psbt: &Psbt) -> ApprovalSubject {

@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-
-
 pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const TOKEN: &str = "reserve-test";
 pub const PIN: &str = "314159";
@@ -80,4 +78,3 @@ pub fn softhsm() -> Option<&'static Path> {
     });
     Some(dir.as_path())
 }
-
