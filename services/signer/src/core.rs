@@ -100,6 +100,9 @@ pub enum CoreError {
         /// Why.
         reason: String,
     },
+    /// The key holder could not be opened (token, PIN, keystore, passphrase).
+    #[error("key holder: {0}")]
+    Holder(String),
     /// The key holder is not the one the genesis record names.
     #[error("the key holder does not match genesis: {0}")]
     WrongHolder(String),
@@ -143,6 +146,7 @@ impl CoreError {
             CoreError::State(_) => "state",
             CoreError::BadRecord { .. } => "bad_record",
             CoreError::WrongHolder(_) => "wrong_holder",
+            CoreError::Holder(_) => "holder",
             CoreError::Veto(_) => "veto_refused",
             CoreError::Vault { .. } => "vault_refused",
             CoreError::Checkpoint(_) => "checkpoint_refused",

@@ -46,11 +46,11 @@ pub fn init(
     ledger_origin: &str,
 ) -> Result<SignerCore, CoreError> {
     let holder =
-        KeyHolder::open(config, secret, true).map_err(|e| CoreError::WrongHolder(e.to_string()))?;
+        KeyHolder::open(config, secret, true).map_err(|e| CoreError::Holder(e.to_string()))?;
     let state = StateLog::create(dir, holder.anchor)?;
     config
         .save(dir)
-        .map_err(|e| CoreError::WrongHolder(e.to_string()))?;
+        .map_err(|e| CoreError::Holder(e.to_string()))?;
     SignerCore::genesis(
         Box::new(state),
         holder.policy_key,
@@ -73,9 +73,9 @@ pub fn open(
     secret: &HolderSecret,
     clock: Arc<dyn Clock>,
 ) -> Result<SignerCore, CoreError> {
-    let config = HolderConfig::load(dir).map_err(|e| CoreError::WrongHolder(e.to_string()))?;
-    let holder = KeyHolder::open(&config, secret, false)
-        .map_err(|e| CoreError::WrongHolder(e.to_string()))?;
+    let config = HolderConfig::load(dir).map_err(|e| CoreError::Holder(e.to_string()))?;
+    let holder =
+        KeyHolder::open(&config, secret, false).map_err(|e| CoreError::Holder(e.to_string()))?;
     let state = StateLog::open(dir, holder.anchor)?;
     SignerCore::replay(Box::new(state), holder.policy_key, holder.ledger, clock)
 }

@@ -692,3 +692,78 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
     );
     println!("  SignerClient::sign_spend over the unix socket: median {s50}, p99 {s99}");
 }
+
+#[test]
+fn a_software_keystore_holder_detects_a_partial_rollback_with_its_mac_head_file() {
+    use bitcoin::bip32::DerivationPath;
+    let dir = tempfile::tempdir().unwrap();
+    let ks_path = dir.path().join("policy.keystore");
+    let ks = hsm::SoftwareKeystore::generate(
+        "policy",
+        bitcoin::NetworkKind::Test,
+        DerivationPath::from_str("m/48'/1'/0'/2'").unwrap(),
+    )
+    .unwrap();
+    ks.save(
+        &ks_path,
+        "correct horse",
+        hsm::KdfParams::insecure_for_tests(),
+    )
+    .unwrap();
+    let config = signer::HolderConfig::Software {
+        keystore: ks_path.clone(),
+    };
+    let secret = || signer::HolderSecret::new("correct horse");
+    let clock = signer::ManualClock::new(NOW);
+    let state = dir.path().join("state");
+    let mut core = signer::init(
+        &state,
+        &config,
+        &secret(),
+        Arc::new(clock.clone()),
+        bitcoin::Network::Regtest,
+        EXAMPLE,
+        ORIGIN,
+    )
+    .unwrap();
+    let hash = Policy::from_toml(EXAMPLE).unwrap().hash();
+    let backup = dir.path().join("backup");
+    copy_dir(&state, &backup);
+    let freeze = FreezeOrder {
+        action: FreezeAction::Freeze,
+        policy: hash,
+        seq: 0,
+        issued_at_ms: NOW,
+        reason: "drill".to_owned(),
+    };
+    core.submit_freeze(&freeze, &[admin_sig(freeze.digest(), "ivan")])
+        .unwrap();
+    let note = core.sign_checkpoint(1, [7; 32], &[]).unwrap();
+    assert!(note.contains(ORIGIN));
+    drop(core);
+    let open = || signer::open(&state, &secret(), Arc::new(clock.clone()));
+    assert!(open().unwrap().status().unwrap().freeze.frozen);
+
+    // The state directory restored alone: refused.
+    std::fs::remove_dir_all(&state).unwrap();
+    copy_dir(&backup, &state);
+    let err = open().unwrap_err();
+    assert!(
+        matches!(err, CoreError::State(StateError::Rollback(_))),
+        "{err}"
+    );
+    // A wrong passphrase opens nothing.
+    let err = signer::open(
+        &state,
+        &signer::HolderSecret::new("wrong"),
+        Arc::new(clock.clone()),
+    )
+    .unwrap_err();
+    assert!(!err.to_string().contains("wrong\""), "{err}");
+    // The head file edited: its mac is refused.
+    let head = ks_path.with_extension("signer-head");
+    let text = std::fs::read_to_string(&head).unwrap();
+    std::fs::write(&head, text.replace("\"seq\":2", "\"seq\":0")).unwrap();
+    let err = open().unwrap_err();
+    assert!(err.to_string().contains("mac"), "{err}");
+}
