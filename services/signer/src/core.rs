@@ -192,6 +192,10 @@ pub struct SpendSigned {
     pub tier: Option<String>,
     /// The people whose approvals counted.
     pub counted: Vec<String>,
+    /// Approvals the signer first saw with this request (saved as one record with the spend;
+    /// their first-seen time is the record's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first_seen: Vec<Approval>,
 }
 
 /// A signed reserve proof or proof of funds.
@@ -642,6 +646,9 @@ impl SignerCore {
                         s.vault
                     )));
                 }
+                if !s.first_seen.is_empty() {
+                    self.note_seen(&s.request_id, &s.first_seen, at_ms);
+                }
                 self.inner.record_signed(
                     &s.vault,
                     PastSpend {
@@ -860,20 +867,7 @@ impl SignerCore {
     }
 
     fn observe_at(&mut self, auth: &SpendAuthorization, now: i64) -> Result<usize, CoreError> {
-        let policy = self.inner.policy();
-        let fresh: Vec<Approval> = auth
-            .approvals
-            .iter()
-            .map(|ra| &ra.approval)
-            .filter(|a| a.request_id == auth.request_id)
-            .filter(|a| {
-                !self
-                    .seen
-                    .contains_key(&(auth.request_id.clone(), a.approver.clone(), a.signature))
-            })
-            .filter(|a| signature_verifies(policy, a))
-            .cloned()
-            .collect();
+        let fresh = self.fresh_approvals(auth);
         if fresh.is_empty() {
             return Ok(0);
         }
@@ -886,6 +880,26 @@ impl SignerCore {
             now,
         )?;
         Ok(n)
+    }
+
+    /// The approvals of `auth` not seen before whose signature verifies under the key the
+    /// active policy gives the approver.
+    fn fresh_approvals(&self, auth: &SpendAuthorization) -> Vec<Approval> {
+        let policy = self.inner.policy();
+        let mut fresh: Vec<Approval> = Vec::new();
+        for a in auth.approvals.iter().map(|ra| &ra.approval) {
+            let k = (auth.request_id.clone(), a.approver.clone(), a.signature);
+            if a.request_id == auth.request_id
+                && !self.seen.contains_key(&k)
+                && !fresh
+                    .iter()
+                    .any(|f| f.approver == a.approver && f.signature == a.signature)
+                && signature_verifies(policy, a)
+            {
+                fresh.push(a.clone());
+            }
+        }
+        fresh
     }
 
     /// Checks the spend against the signer's own facts and signs it with the policy key:
@@ -910,7 +924,10 @@ impl SignerCore {
                 auth.vault
             )));
         }
-        self.observe_at(auth, now)?;
+        // Approvals seen for the first time now are recorded with the spend (one record, one
+        // fsync and one token update), or alone when the spend is refused.
+        let fresh = self.fresh_approvals(auth);
+        self.note_seen(&auth.request_id, &fresh, now);
         let mut own = auth.clone();
         for ra in &mut own.approvals {
             let k = (
@@ -921,7 +938,21 @@ impl SignerCore {
             ra.received_ms = self.seen.get(&k).copied().unwrap_or(now);
         }
         let mut out = psbt.clone();
-        let sig = self.inner.sign(&mut out, &own, now, tip_height)?;
+        let sig = match self.inner.sign(&mut out, &own, now, tip_height) {
+            Ok(sig) => sig,
+            Err(e) => {
+                if !fresh.is_empty() {
+                    self.record(
+                        &Event::FirstSeen {
+                            request_id: auth.request_id.clone(),
+                            approvals: fresh,
+                        },
+                        now,
+                    )?;
+                }
+                return Err(e.into());
+            }
+        };
         let spend = SpendSigned {
             vault: vault.to_owned(),
             request_id: sig.request_id,
@@ -931,6 +962,7 @@ impl SignerCore {
             inputs: sig.inputs,
             tier: sig.tier,
             counted: sig.counted,
+            first_seen: fresh,
         };
         let r = self.record(&Event::SpendSigned(spend.clone()), now)?;
         self.spends = self.spends.saturating_add(1);
