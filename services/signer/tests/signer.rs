@@ -603,7 +603,7 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
         return;
     };
     const N: usize = 60;
-    let cases: Vec<_> = (0..3 * N)
+    let cases: Vec<_> = (0..4 * N)
         .map(|i| {
             let p = spend(&f, BTC / 100);
             let id = format!("lat-{i}");
@@ -640,6 +640,33 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
         t_bare.push(t.elapsed().as_micros());
     }
 
+    // The core on a memory state (no fsync, no token head): the core's own overhead.
+    let key = hsm::Pkcs11Signer::open(hsm::Pkcs11Config::new(
+        softhsm::module(),
+        softhsm::TOKEN,
+        "latency-policy",
+        hsm::Pkcs11Pin::new(softhsm::PIN),
+    ))
+    .unwrap();
+    let mut mem = signer::SignerCore::genesis(
+        Box::new(signer::state::MemoryState::new()),
+        signer::holder::PolicyKey::new(Arc::new(key)),
+        Box::new(custody::ledger::KeyFileSigner::from_secret_bytes(&[5; 32]).unwrap()),
+        Arc::new(f.clock.clone()),
+        bitcoin::Network::Regtest,
+        EXAMPLE,
+        ORIGIN,
+    )
+    .unwrap();
+    mem.register_vault("main", &f.external.to_string(), &f.internal.to_string())
+        .unwrap();
+    let mut t_mem = Vec::new();
+    for (p, a) in &cases[3 * N..] {
+        let t = Instant::now();
+        mem.sign_spend("main", p, a, TIP).unwrap();
+        t_mem.push(t.elapsed().as_micros());
+    }
+
     let shared = Arc::new(Mutex::new(core));
     let mut t_core = Vec::new();
     for (p, a) in &cases[N..2 * N] {
@@ -673,7 +700,7 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
         let client = SignerClient::new(&socket);
         client.status().await.unwrap();
         let mut v = Vec::new();
-        for (p, a) in &cases[2 * N..] {
+        for (p, a) in &cases[2 * N..3 * N] {
             let t = Instant::now();
             client.sign_spend("main", p, a, TIP).await.unwrap();
             v.push(t.elapsed().as_micros());
@@ -684,9 +711,11 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
     rt.block_on(server).unwrap();
     let (b50, b99) = stats(t_bare);
     let (c50, c99) = stats(t_core);
+    let (m50, m99) = stats(t_mem);
     let (s50, s99) = stats(t_socket);
     println!("sign_spend latency over {N} calls (microseconds):");
     println!("  PolicySigner::sign in-process (no state): median {b50}, p99 {b99}");
+    println!("  SignerCore::sign_spend in-process on a memory state: median {m50}, p99 {m99}");
     println!(
         "  SignerCore::sign_spend in-process (log fsync + token head): median {c50}, p99 {c99}"
     );
