@@ -1,5 +1,5 @@
-//! The service's client of the policy signer: one connection kept open, re-opened when it
-//! broke.
+//! The service's client of the policy signer (Unix socket, or mutual TLS across hosts): one
+//! connection kept open, re-opened when it broke.
 //!
 //! A call on a kept connection that fails at the transport (the signer restarted) is retried
 //! once on a new connection. Every operation is safe to repeat: a spend signed twice is one
@@ -13,8 +13,10 @@ use hsm::policy_signer::SpendAuthorization;
 use policies::freeze::{AdminSignature, FreezeOrder, FreezeState};
 use policies::governance::{Activation, ChangeOrder};
 use policies::Approval;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
+use tokio_rustls::TlsConnector;
 
 use crate::core::{ProofReceipt, SpendReceipt, Status};
 use crate::proto::{
@@ -28,8 +30,8 @@ pub enum ClientError {
     /// The signer could not be reached or the connection failed.
     #[error("policy signer at {path}: {source}")]
     Transport {
-        /// The socket.
-        path: PathBuf,
+        /// The socket path or address.
+        path: String,
         /// What failed.
         #[source]
         source: ProtoError,
@@ -52,28 +54,102 @@ impl ClientError {
     }
 }
 
-/// A client of the policy signer over a Unix socket.
-#[derive(Debug)]
+/// A byte stream to the signer.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+enum Endpoint {
+    Unix(PathBuf),
+    Tls {
+        addr: String,
+        name: rustls_pki_types::ServerName<'static>,
+        connector: TlsConnector,
+    },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tls { addr, .. } => write!(f, "tls:{addr}"),
+        }
+    }
+}
+
+/// A client of the policy signer over a Unix socket or mutual TLS.
 pub struct SignerClient {
-    path: PathBuf,
-    conn: Mutex<Option<UnixStream>>,
+    endpoint: Endpoint,
+    conn: Mutex<Option<Box<dyn Stream>>>,
+}
+
+impl std::fmt::Debug for SignerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignerClient")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SignerClient {
-    /// A client for the socket `path` (connects at the first call).
+    /// A client for the Unix socket `path` (connects at the first call).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SignerClient {
-            path: path.into(),
+            endpoint: Endpoint::Unix(path.into()),
             conn: Mutex::new(None),
         }
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A client for the signer at `addr` (`host:port`) over mutual TLS, expecting its
+    /// certificate to name `server_name` ([`crate::tls::client_config`] builds `config`).
+    ///
+    /// # Errors
+    /// [`ClientError::Unexpected`] for a server name that is not a DNS name or an address.
+    pub fn tls(
+        addr: impl Into<String>,
+        server_name: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, ClientError> {
+        let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| ClientError::Unexpected(format!("server name: {e}")))?;
+        Ok(SignerClient {
+            endpoint: Endpoint::Tls {
+                addr: addr.into(),
+                name,
+                connector: TlsConnector::from(config),
+            },
+            conn: Mutex::new(None),
+        })
     }
 
-    async fn exchange(stream: &mut UnixStream, body: &[u8]) -> Result<Response, ProtoError> {
+    /// Where the signer is (`unix:<path>` or `tls:<addr>`).
+    pub fn endpoint(&self) -> String {
+        format!("{:?}", self.endpoint)
+    }
+
+    /// The socket path, for a Unix socket client.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.endpoint {
+            Endpoint::Unix(p) => Some(p),
+            Endpoint::Tls { .. } => None,
+        }
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Stream>, ProtoError> {
+        match &self.endpoint {
+            Endpoint::Unix(p) => Ok(Box::new(UnixStream::connect(p).await?)),
+            Endpoint::Tls {
+                addr,
+                name,
+                connector,
+            } => {
+                let tcp = TcpStream::connect(addr.as_str()).await?;
+                tcp.set_nodelay(true)?;
+                Ok(Box::new(connector.connect(name.clone(), tcp).await?))
+            }
+        }
+    }
+
+    async fn exchange(stream: &mut Box<dyn Stream>, body: &[u8]) -> Result<Response, ProtoError> {
         write_frame(stream, body).await?;
         let frame = read_frame(stream).await?.ok_or_else(|| {
             ProtoError::Io(std::io::Error::new(
@@ -91,7 +167,7 @@ impl SignerClient {
     /// [`ClientError::Transport`], [`ClientError::Refused`].
     pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
         let transport = |source| ClientError::Transport {
-            path: self.path.clone(),
+            path: self.endpoint(),
             source,
         };
         let body = serde_json::to_vec(req).map_err(|e| transport(e.into()))?;
@@ -100,9 +176,7 @@ impl SignerClient {
         let first = match guard.as_mut() {
             Some(s) => Self::exchange(s, &body).await,
             None => {
-                let mut s = UnixStream::connect(&self.path)
-                    .await
-                    .map_err(|e| transport(e.into()))?;
+                let mut s = self.connect().await.map_err(transport)?;
                 let r = Self::exchange(&mut s, &body).await;
                 *guard = Some(s);
                 r
@@ -112,9 +186,7 @@ impl SignerClient {
             Ok(r) => r,
             Err(ProtoError::Io(_)) if reused => {
                 *guard = None;
-                let mut s = UnixStream::connect(&self.path)
-                    .await
-                    .map_err(|e| transport(e.into()))?;
+                let mut s = self.connect().await.map_err(transport)?;
                 let r = Self::exchange(&mut s, &body).await;
                 if r.is_ok() {
                     *guard = Some(s);
@@ -204,7 +276,7 @@ impl SignerClient {
 
     fn psbt(&self, s: &str) -> Result<Psbt, ClientError> {
         psbt_from_wire(s).map_err(|source| ClientError::Transport {
-            path: self.path.clone(),
+            path: self.endpoint(),
             source,
         })
     }

@@ -10,7 +10,8 @@
 //!   head kept in the HSM token (or a MAC'd head file for a software keystore);
 //! - [`core`]: [`hsm::PolicySigner`] fed only from that state;
 //! - [`holder`]: the keys (PKCS#11 token or software keystore);
-//! - [`proto`], [`server`], [`client`]: length-prefixed JSON frames over a Unix socket.
+//! - [`proto`], [`server`], [`client`], [`tls`]: length-prefixed JSON frames over a Unix
+//!   socket (peer uid checked) or mutual TLS over TCP.
 //!
 //! It depends on neither sqlx, axum nor the treasury crate.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod holder;
 pub mod proto;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 pub use crate::client::{ClientError, SignerClient};
 pub use crate::core::{Clock, CoreError, ManualClock, SignerCore, Status, SystemClock};
