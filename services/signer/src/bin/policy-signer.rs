@@ -6,7 +6,8 @@
 //!   `TREASURY_SIGNER_PIN` holding the passphrase). Generates missing token keys, writes the
 //!   genesis record, prints the policy key and the checkpoint verifier key.
 //! - `serve --dir D --socket S`: verifies and replays the state (refusing a broken chain or a
-//!   rollback by name), then serves the socket (mode 0600, own uid only unless `--allowed-uid`).
+//!   rollback by name), then serves the socket (mode 0600, own uid only unless `--allowed-uid`)
+//!   and, with `--tls-listen ADDR --tls-cert --tls-key --client-ca`, mutual TLS.
 //! - `status --socket S`: asks a running signer for its state (JSON).
 //!
 //! Secrets are read from files or the environment, never from a flag value, never printed.
@@ -100,8 +101,25 @@ struct ServeArgs {
     /// The uid allowed to connect (default: the signer's own).
     #[arg(long)]
     allowed_uid: Option<u32>,
+    /// Also serve mutual TLS on this address (`host:port`), for a service on another host.
+    #[arg(long, requires_all = ["tls_cert", "tls_key", "client_ca"])]
+    tls_listen: Option<String>,
+    /// The signer's TLS certificate chain (PEM).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The signer's TLS key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The CA whose client certificates may connect (PEM; keep one CA for the signer only).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
     #[command(flatten)]
     secret: SecretArgs,
+}
+
+fn read(path: Option<&PathBuf>, what: &str) -> Result<Vec<u8>, String> {
+    let path = path.ok_or_else(|| format!("--{what} is required with --tls-listen"))?;
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 fn read_secret(file: Option<&Path>) -> Result<HolderSecret, String> {
@@ -178,13 +196,41 @@ async fn serve(a: &ServeArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("refusing to start: {e}"))?;
     let shared = Arc::new(std::sync::Mutex::new(core));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tls_task = None;
+    if let Some(addr) = &a.tls_listen {
+        let cfg = signer::tls::server_config(
+            &read(a.tls_cert.as_ref(), "tls-cert")?,
+            &read(a.tls_key.as_ref(), "tls-key")?,
+            &read(a.client_ca.as_ref(), "client-ca")?,
+        )
+        .map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        eprintln!("policy signer serving mutual tls on {addr}");
+        let mut rx = stop_rx.clone();
+        tls_task = Some(tokio::spawn(signer::tls::serve_tls(
+            shared.clone(),
+            listener,
+            cfg,
+            async move {
+                let _ = rx.changed().await;
+            },
+        )));
+    }
     eprintln!("policy signer serving {}", a.socket.display());
-    let shutdown = async {
+    let shutdown = async move {
         let _ = tokio::signal::ctrl_c().await;
+        let _ = stop_tx.send(true);
     };
-    signer::server::serve_unix(shared, &a.socket, a.allowed_uid, shutdown)
+    let r = signer::server::serve_unix(shared, &a.socket, a.allowed_uid, shutdown)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
+    r
 }
 
 async fn status(socket: &Path) -> Result<(), String> {
