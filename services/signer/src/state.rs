@@ -79,6 +79,9 @@ pub enum StateError {
         /// Why.
         reason: String,
     },
+    /// Another process holds the state directory.
+    #[error("state directory {0} is in use by another signer process")]
+    Locked(PathBuf),
     /// A record body could not be encoded.
     #[error("cannot encode a state record: {0}")]
     Encode(String),
@@ -398,6 +401,24 @@ pub struct StateLog {
     anchor: Box<dyn HeadAnchor>,
     /// The head to give the anchor once the replay accepted the record it lacks.
     behind: Option<Head>,
+    /// The directory's lock, held while the log is open.
+    _lock: File,
+}
+
+/// Takes the exclusive lock of `dir` (file `lock`): one signer process per state.
+fn lock_dir(dir: &Path) -> Result<File, StateError> {
+    let path = dir.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
 }
 
 impl std::fmt::Debug for StateLog {
@@ -424,6 +445,7 @@ impl StateLog {
             .mode(0o700)
             .create(dir)
             .map_err(io_err(dir))?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(LOG_FILE);
         if path.exists() {
             return Err(StateError::Exists(path));
@@ -452,6 +474,7 @@ impl StateLog {
             records: Vec::new(),
             anchor,
             behind: None,
+            _lock: lock,
         })
     }
 
@@ -468,6 +491,7 @@ impl StateLog {
         if !path.exists() {
             return Err(StateError::Missing(path));
         }
+        let lock = lock_dir(dir)?;
         let records = read_log(&path)?;
         let last = records.last().ok_or_else(|| StateError::ChainBroken {
             seq: 0,
@@ -499,6 +523,7 @@ impl StateLog {
             records,
             anchor,
             behind,
+            _lock: lock,
         })
     }
 

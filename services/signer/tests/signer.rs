@@ -94,7 +94,15 @@ fn honest_flow_signs_a_spend_through_the_socket_and_it_verifies() {
     });
     let _ = stop.send(());
     rt.block_on(server).unwrap();
-    drop(shared);
+
+    // One process per state directory: while the server's core lives, a second open fails.
+    let err = f.open().unwrap_err();
+    assert!(
+        matches!(err, CoreError::State(StateError::Locked(_))),
+        "{err}"
+    );
+    // The process ends: its connections and the core with them.
+    drop((shared, client, rt));
 
     // The state replays after a restart, with the spend in it.
     let mut again = f.open().unwrap();
