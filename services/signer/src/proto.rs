@@ -78,9 +78,6 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Resu
 }
 
 /// A PSBT as base64 of its serialization.
-///
-/// # Errors
-/// None in practice; kept as a function for symmetry.
 pub fn psbt_to_wire(psbt: &Psbt) -> String {
     B64.encode(psbt.serialize())
 }
