@@ -922,3 +922,35 @@ fn mutual_tls_serves_a_known_client_and_refuses_a_foreign_one() {
     let _ = stop.send(());
     rt.block_on(server).unwrap();
 }
+
+#[test]
+fn the_client_reconnects_after_the_signer_restarts() {
+    let Some((f, core)) = fixture("reconnect") else {
+        return;
+    };
+    let socket = f.dir.path().join("r.sock");
+    let shared = Arc::new(Mutex::new(core));
+    let start = || {
+        let rt = runtime();
+        let shared = shared.clone();
+        let socket2 = socket.clone();
+        rt.spawn(async move {
+            let _ =
+                signer::server::serve_unix(shared, &socket2, None, std::future::pending()).await;
+        });
+        while !socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        rt
+    };
+    let client_rt = runtime();
+    let client = SignerClient::new(&socket);
+    let first = start();
+    let seq = client_rt.block_on(client.status()).unwrap().head.seq;
+    // The signer process goes away (its runtime, listener and connections with it) and a new
+    // one listens on the same path: the kept connection is dead, the next call reconnects.
+    drop(first);
+    std::fs::remove_file(&socket).unwrap();
+    let _second = start();
+    assert_eq!(client_rt.block_on(client.status()).unwrap().head.seq, seq);
+}
