@@ -717,6 +717,46 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
     });
     let _ = stop.send(());
     rt.block_on(server).unwrap();
+    // Where the durable cost goes: an fsync'd append, and a token head update.
+    let mut t_fsync = Vec::new();
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f.dir.path().join("fsync-probe"))
+            .unwrap();
+        for _ in 0..N {
+            let t = Instant::now();
+            file.write_all(&[b'x'; 600]).unwrap();
+            file.sync_data().unwrap();
+            t_fsync.push(t.elapsed().as_micros());
+        }
+    }
+    let mut t_token = Vec::new();
+    {
+        use signer::state::HeadAnchor;
+        let key = hsm::Pkcs11Signer::open(hsm::Pkcs11Config::new(
+            softhsm::module(),
+            softhsm::TOKEN,
+            "latency-policy",
+            hsm::Pkcs11Pin::new(softhsm::PIN),
+        ))
+        .unwrap();
+        let mut anchor = signer::state::TokenAnchor::new(Arc::new(key), "latency-probe");
+        for i in 0..N {
+            let t = Instant::now();
+            anchor
+                .store(&signer::state::Head {
+                    seq: i as u64,
+                    hash: [1; 32],
+                })
+                .unwrap();
+            t_token.push(t.elapsed().as_micros());
+        }
+    }
+    let (f50, f99) = stats(t_fsync);
+    let (k50, k99) = stats(t_token);
     let (b50, b99) = stats(t_bare);
     let (c50, c99) = stats(t_core);
     let (m50, m99) = stats(t_mem);
@@ -728,6 +768,8 @@ fn latency_of_sign_spend_over_the_socket_and_in_process() {
         "  SignerCore::sign_spend in-process (log fsync + token head): median {c50}, p99 {c99}"
     );
     println!("  SignerClient::sign_spend over the unix socket: median {s50}, p99 {s99}");
+    println!("  of which: an fsync'd 600-byte append: median {f50}, p99 {f99}");
+    println!("  of which: a token head update (create + destroy): median {k50}, p99 {k99}");
 }
 
 #[test]
