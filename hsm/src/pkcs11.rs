@@ -97,6 +97,10 @@ impl Pkcs11Config {
     }
 }
 
+/// One object creation (key generation, data object) at a time in this process: SoftHSM2's
+/// file store fails creations racing on one token (seen as `CKR_GENERAL_ERROR`).
+static TOKEN_WRITES: Mutex<()> = Mutex::new(());
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -316,8 +320,7 @@ impl Pkcs11Signer {
         // One generation at a time in this process: the label check and the generation are
         // then atomic here, and SoftHSM2's file store fails generations racing on one token
         // (seen as CKR_GENERAL_ERROR). A key ceremony is rare; nothing waits long.
-        static GENERATE: Mutex<()> = Mutex::new(());
-        let _one_at_a_time = lock(&GENERATE);
+        let _one_at_a_time = lock(&TOKEN_WRITES);
         let conn = connect(&config)?;
         let exists = find_key(&conn.session, ObjectClass::PRIVATE_KEY, &config)?.is_some()
             || find_key(&conn.session, ObjectClass::PUBLIC_KEY, &config)?.is_some();
@@ -478,6 +481,69 @@ impl Pkcs11Signer {
             })?;
         Ok(sig)
     }
+}
+
+impl Pkcs11Signer {
+    /// Reads the values of the token data objects (`CKO_DATA`, `CKA_TOKEN` true) labelled
+    /// `label` (normally one; two after a crash inside [`Pkcs11Signer::replace_data_object`]).
+    /// The policy signer keeps the head of its state log there, so that a restored older copy
+    /// of its state directory is noticed.
+    ///
+    /// # Errors
+    /// [`HsmError::Pkcs11`] when the token fails.
+    pub fn read_data_objects(&self, label: &str) -> Result<Vec<Vec<u8>>, HsmError> {
+        self.with_session(|s| {
+            let mut out = Vec::new();
+            for h in find_data_objects(s, label)? {
+                let attrs = s
+                    .get_attributes(h, &[AttributeType::Value])
+                    .map_err(HsmError::pkcs11("read data object"))?;
+                out.extend(attrs.into_iter().filter_map(|a| match a {
+                    Attribute::Value(v) => Some(v),
+                    _ => None,
+                }));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Replaces the private token data objects labelled `label` by one holding `value`: the
+    /// new object is created first, then the old ones are destroyed (tokens such as SoftHSM2
+    /// do not let `CKA_VALUE` be changed), so a crash in between leaves both, never none.
+    ///
+    /// # Errors
+    /// [`HsmError::Pkcs11`] when the token fails.
+    pub fn replace_data_object(&self, label: &str, value: &[u8]) -> Result<(), HsmError> {
+        let _one_at_a_time = lock(&TOKEN_WRITES);
+        self.with_session(|s| {
+            let old = find_data_objects(s, label)?;
+            let new = s
+                .create_object(&[
+                    Attribute::Class(ObjectClass::DATA),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Value(value.to_vec()),
+                ])
+                .map_err(HsmError::pkcs11("create data object"))?;
+            for h in old.into_iter().filter(|h| *h != new) {
+                s.destroy_object(h)
+                    .map_err(HsmError::pkcs11("destroy data object"))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn find_data_objects(session: &Session, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {
+    let template = [
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    session
+        .find_objects(&template)
+        .map_err(HsmError::pkcs11("find objects"))
 }
 
 impl KeyOps for Pkcs11Signer {
