@@ -97,7 +97,7 @@ impl Pkcs11Config {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -211,10 +211,10 @@ impl fmt::Debug for Pkcs11Signer {
     }
 }
 
-struct Connection {
+pub(crate) struct Connection {
     ctx: Pkcs11,
     slot: Slot,
-    session: Session,
+    pub(crate) session: Session,
 }
 
 fn login(session: &Session, pin: &Pkcs11Pin, token: &str) -> Result<(), HsmError> {
@@ -234,7 +234,7 @@ fn login(session: &Session, pin: &Pkcs11Pin, token: &str) -> Result<(), HsmError
     }
 }
 
-fn connect(config: &Pkcs11Config) -> Result<Connection, HsmError> {
+pub(crate) fn connect(config: &Pkcs11Config) -> Result<Connection, HsmError> {
     let ctx = module(&config.module)?;
     let slot = find_slot(&ctx, &config.token_label)?;
     let session = ctx
