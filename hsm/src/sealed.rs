@@ -51,8 +51,11 @@ struct SealedFile {
     ciphertext: String,
 }
 
-/// A secp256k1 policy key for taproot vaults, sealed under a PKCS#11 token's AES key: see the
-/// [module documentation](self).
+/// A secp256k1 policy key for taproot vaults (PKCS#11 has no Schnorr), sealed under a PKCS#11
+/// token's non-extractable AES-256 key with `CKM_AES_GCM` and stored only as ciphertext; the
+/// plaintext lives only in this value's zeroizing buffer (redacted in `Debug`). It signs
+/// taproot script-path inputs (BIP-340) through the same PSBT checks as every signer, never
+/// ECDSA.
 pub struct SealedKey {
     id: String,
     path: PathBuf,
