@@ -305,3 +305,141 @@ fn the_policy_signer_registers_only_taproot_vaults_that_need_the_sealed_key() {
         .unwrap_err();
     assert!(err.to_string().contains(&keys[3]), "{err}");
 }
+
+/// The whole path for a taproot vault: the policy signer in front of the sealed key checks an
+/// approved request and signs the policy leaf; two officers complete it; miniscript finalizes
+/// and its interpreter verifies the transaction.
+#[test]
+fn the_policy_signer_signs_an_approved_taproot_spend_with_the_sealed_key() {
+    use bitcoin::secp256k1::SecretKey;
+    use hsm::policy_signer::SpendAuthorization;
+    use hsm::PolicySigner;
+    use policies::approval::{sign, ApprovalSubject, Verdict};
+    use policies::evaluate::ReceivedApproval;
+    const NOW: i64 = 1_800_000_000_000;
+    const TIP: u32 = 900_000;
+    const HOUR: i64 = 3_600_000;
+    if softhsm().is_none() {
+        return;
+    }
+    let dir = tmp();
+    let path = dir.path().join("policy.sealed");
+    let sealed = SealedKey::generate(&config(TOKEN, "wrap-spend", PIN), &path).unwrap();
+    let p = sealed.descriptor_key();
+    let account = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
+    let keys: Vec<SoftwareKeystore> = (0..4)
+        .map(|i| {
+            SoftwareKeystore::generate(format!("s{i}"), NetworkKind::Test, account.clone()).unwrap()
+        })
+        .collect();
+    let officers: Vec<String> = keys[..3].iter().map(|k| k.descriptor_key()).collect();
+    let text = |c| template(&p, &officers, &keys[3].descriptor_key(), c);
+    let external = Descriptor::<DescriptorPublicKey>::from_str(&text(0)).unwrap();
+    let internal = Descriptor::<DescriptorPublicKey>::from_str(&text(1)).unwrap();
+    let policy = policies::Policy::from_toml(EXAMPLE).unwrap();
+    let mut signer = PolicySigner::new(sealed, policy, bitcoin::Network::Regtest).unwrap();
+    signer
+        .add_vault("main", &external.to_string(), &internal.to_string())
+        .unwrap();
+
+    // 1 BTC in; 0.5 BTC to a stranger, the rest less a 5,000 sat fee back as change.
+    let coin = external.at_derivation_index(3).unwrap();
+    let change = internal.at_derivation_index(0).unwrap();
+    let funding = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn::default()],
+        output: vec![TxOut {
+            value: Amount::from_sat(100_000_000),
+            script_pubkey: coin.script_pubkey(),
+        }],
+    };
+    let secp = Secp256k1::new();
+    let stranger =
+        bitcoin::CompressedPublicKey(SecretKey::from_slice(&[42; 32]).unwrap().public_key(&secp));
+    let tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(funding.compute_txid(), 0),
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+            witness: Witness::new(),
+        }],
+        output: vec![
+            TxOut {
+                value: Amount::from_sat(50_000_000),
+                script_pubkey: ScriptBuf::new_p2wpkh(&stranger.wpubkey_hash()),
+            },
+            TxOut {
+                value: Amount::from_sat(49_995_000),
+                script_pubkey: change.script_pubkey(),
+            },
+        ],
+    };
+    let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+    psbt.inputs[0].witness_utxo = Some(funding.output[0].clone());
+    psbt.update_input_with_descriptor(0, &coin).unwrap();
+    psbt.update_output_with_descriptor(1, &change).unwrap();
+
+    let subject = ApprovalSubject {
+        request_id: "r-tr".to_owned(),
+        vault: "main".to_owned(),
+        txid: psbt.unsigned_tx.compute_txid(),
+        inputs: vec![(
+            psbt.unsigned_tx.input[0].previous_output,
+            Amount::from_sat(100_000_000),
+        )],
+        outputs: psbt
+            .unsigned_tx
+            .output
+            .iter()
+            .map(|o| (o.script_pubkey.clone(), o.value))
+            .collect(),
+        fee: Amount::from_sat(5_000),
+        policy: signer.policy().hash(),
+        decision: Verdict::Approve,
+        expires_at_ms: NOW + 48 * HOUR,
+        expires_at_height: Some(TIP + 288),
+    };
+    let bob = SecretKey::from_slice(&[2; 32]).unwrap();
+    let auth = SpendAuthorization {
+        request_id: "r-tr".to_owned(),
+        vault: "main".to_owned(),
+        initiator: "alice".to_owned(),
+        created_ms: NOW,
+        created_height: TIP,
+        requested_fee_rate: None,
+        approvals: vec![ReceivedApproval {
+            approval: sign(&subject, "bob", &bob),
+            received_ms: NOW,
+        }],
+        subject,
+        change_outputs: vec![1],
+        history: Vec::new(),
+    };
+    signer.observe(&auth, NOW);
+    let signed = signer.sign(&mut psbt, &auth, NOW + 1, TIP).unwrap();
+    assert_eq!(signed.inputs, vec![0]);
+    assert_eq!(psbt.inputs[0].tap_script_sigs.len(), 1);
+
+    keys[0].sign_psbt(&mut psbt).unwrap();
+    keys[1].sign_psbt(&mut psbt).unwrap();
+    let verify = Secp256k1::verification_only();
+    psbt.finalize_mut(&verify).unwrap();
+    let tx = psbt.extract_tx().unwrap();
+    let prevouts = [funding.output[0].clone()];
+    let interp = Interpreter::from_txdata(
+        &funding.output[0].script_pubkey,
+        &tx.input[0].script_sig,
+        &tx.input[0].witness,
+        tx.input[0].sequence,
+        tx.lock_time,
+    )
+    .unwrap();
+    let satisfied: Vec<_> = interp
+        .iter(&verify, &tx, 0, &Prevouts::All(&prevouts))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!satisfied.is_empty());
+}
