@@ -6,13 +6,14 @@
 //!
 //! What else an officer's PSBT may not bring (refused whole, nothing stored): a signature with
 //! a sighash type other than `SIGHASH_ALL` (or `SIGHASH_DEFAULT` for taproot), which would let
-//! others change the transaction under it; a `PSBT_IN_SIGHASH_TYPE` other than the request's;
+//! others change the transaction under it; a `PSBT_IN_SIGHASH_TYPE` other than ALL/DEFAULT
+//! that the request's PSBT does not hold;
 //! and any unknown or proprietary field the request's PSBT does not already hold, which would
 //! ride along to the next signer (the policy signer included) unchecked.
 
 use std::collections::BTreeMap;
 
-use bdk_wallet::bitcoin::psbt::{Psbt, PsbtSighashType};
+use bdk_wallet::bitcoin::psbt::Psbt;
 use bdk_wallet::bitcoin::secp256k1::{Message, Secp256k1};
 use bdk_wallet::bitcoin::sighash::{Prevouts, SighashCache};
 use bdk_wallet::bitcoin::{EcdsaSighashType, TapSighashType, TxOut};
@@ -217,7 +218,8 @@ pub fn combine(base: &mut Psbt, incoming: Psbt) -> Result<usize, CombineError> {
 }
 
 /// Refuses unknown and proprietary fields (global, per input, per output) that `base` does not
-/// already hold with the same value, and a `PSBT_IN_SIGHASH_TYPE` other than `base`'s.
+/// already hold with the same value, and a `PSBT_IN_SIGHASH_TYPE` other than ALL/DEFAULT that
+/// is not `base`'s.
 fn check_no_new_fields(base: &Psbt, incoming: &Psbt) -> Result<(), CombineError> {
     fn subset<K: Ord, V: PartialEq>(
         base: &BTreeMap<K, V>,
@@ -258,12 +260,16 @@ fn check_no_new_fields(base: &Psbt, incoming: &Psbt) -> Result<(), CombineError>
             place,
             "a proprietary field",
         )?;
-        if inc.sighash_type.is_some() && inc.sighash_type != b.sighash_type {
-            let shown = inc.sighash_type.map_or(0, PsbtSighashType::to_u32);
-            return Err(CombineError::UnexpectedField {
-                place: place(),
-                what: format!("sighash type {shown:#x}"),
-            });
+        // A signer may state ALL (or DEFAULT) explicitly; anything else the request did not
+        // ask for is refused.
+        if let Some(ty) = inc.sighash_type {
+            let plain = matches!(ty.to_u32(), 0x00 | 0x01);
+            if !plain && inc.sighash_type != b.sighash_type {
+                return Err(CombineError::UnexpectedField {
+                    place: place(),
+                    what: format!("sighash type {:#x}", ty.to_u32()),
+                });
+            }
         }
     }
     for (o, inc) in incoming.outputs.iter().enumerate() {
@@ -292,6 +298,7 @@ mod tests {
     use bdk_wallet::bitcoin::absolute::LockTime;
     use bdk_wallet::bitcoin::hashes::Hash;
     use bdk_wallet::bitcoin::psbt::raw::{Key as RawKey, ProprietaryKey};
+    use bdk_wallet::bitcoin::psbt::PsbtSighashType;
     use bdk_wallet::bitcoin::secp256k1::SecretKey;
     use bdk_wallet::bitcoin::transaction::Version;
     use bdk_wallet::bitcoin::{
@@ -420,6 +427,10 @@ mod tests {
         let err = refused(&mut c, incoming);
         assert!(matches!(err, CombineError::UnexpectedField { .. }), "{err}");
         assert!(err.to_string().contains("sighash type 0x82"), "{err}");
+        // an explicit ALL (as some signers write it) is fine
+        let mut incoming = c.signed.clone();
+        incoming.inputs[0].sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::All));
+        combine(&mut c.base, incoming).unwrap();
     }
 
     #[test]
