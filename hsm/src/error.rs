@@ -150,6 +150,22 @@ pub enum HsmError {
         reason: String,
     },
 
+    /// A sealed key file that the token's wrapping key does not open: another token, another
+    /// wrapping key, or an altered file.
+    #[error("sealed key {path} cannot be unsealed: the token's wrapping key does not open it (wrong token, or the file was altered)")]
+    Unseal {
+        /// The sealed key file.
+        path: PathBuf,
+    },
+    /// A sealed key file this crate does not understand.
+    #[error("invalid sealed key file {path}: {reason}")]
+    InvalidSealedKey {
+        /// The sealed key file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
     /// The keystore passphrase is wrong (or the file was altered).
     #[error("wrong passphrase for keystore (or the file was altered)")]
     WrongPassphrase,

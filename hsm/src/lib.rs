@@ -10,6 +10,9 @@
 //!   script that is not what the output commits to, a sighash type other than ALL/DEFAULT.
 //! - [`Pkcs11Signer`]: a single static secp256k1 key generated inside a PKCS#11 token (no
 //!   BIP-32 and no Schnorr in PKCS#11: it cosigns segwit v0 `wsh` inputs only).
+//! - [`SealedKey`]: the taproot policy key, a secp256k1 secret sealed under the token's
+//!   AES-256 key (`CKM_AES_GCM`; the AES key never leaves the token), unsealed only inside the
+//!   signer process; signs taproot script-path inputs (BIP-340) only.
 //! - [`SoftwareKeystore`]: an officer's master `Xpriv` encrypted at rest (argon2id +
 //!   XChaCha20-Poly1305); signs `wsh` (ECDSA) and taproot script-path (Schnorr) inputs.
 //!
@@ -25,6 +28,7 @@ mod keystore;
 mod pkcs11;
 pub mod policy_signer;
 mod psbt_sign;
+mod sealed;
 
 use bitcoin::secp256k1::XOnlyPublicKey;
 use bitcoin::taproot::TapLeafHash;
@@ -35,6 +39,7 @@ pub use pkcs11::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 pub use policy_signer::{
     PolicySignature, PolicySigner, PolicySignerError, ProofSignature, SpendAuthorization,
 };
+pub use sealed::{SealedKey, SEALED_KEY_VERSION};
 
 /// A public key a signer holds, as it appears in a descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,9 +99,9 @@ impl Pkcs11Config {
 
 /// One object creation (key generation, data object) at a time in this process: SoftHSM2's
 /// file store fails creations racing on one token (seen as `CKR_GENERAL_ERROR`).
-static TOKEN_WRITES: Mutex<()> = Mutex::new(());
+pub(crate) static TOKEN_WRITES: Mutex<()> = Mutex::new(());
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -215,10 +215,10 @@ impl fmt::Debug for Pkcs11Signer {
     }
 }
 
-struct Connection {
+pub(crate) struct Connection {
     ctx: Pkcs11,
     slot: Slot,
-    session: Session,
+    pub(crate) session: Session,
 }
 
 fn login(session: &Session, pin: &Pkcs11Pin, token: &str) -> Result<(), HsmError> {
@@ -238,7 +238,7 @@ fn login(session: &Session, pin: &Pkcs11Pin, token: &str) -> Result<(), HsmError
     }
 }
 
-fn connect(config: &Pkcs11Config) -> Result<Connection, HsmError> {
+pub(crate) fn connect(config: &Pkcs11Config) -> Result<Connection, HsmError> {
     let ctx = module(&config.module)?;
     let slot = find_slot(&ctx, &config.token_label)?;
     let session = ctx

@@ -96,6 +96,16 @@ pub enum PolicySignerError {
     /// The vault's descriptor does not contain the policy key.
     #[error("vault {0:?}: its descriptor does not contain the policy key")]
     KeyNotInVault(String),
+    /// A path of the vault without a relative timelock does not need the policy key (or a
+    /// taproot key path is not NUMS): the signer does not cosign for, and never signs for, it.
+    #[error("vault {vault:?} refused: {source}")]
+    PolicyKeyBypass {
+        /// The vault.
+        vault: String,
+        /// The path that spends without the policy key.
+        #[source]
+        source: policies::policy_key::PolicyKeyError,
+    },
     /// The request is bound to another policy version than the active one.
     #[error("request is bound to policy {request}, but the active policy is {active}")]
     PolicyNotActive {
@@ -357,6 +367,18 @@ struct VaultScripts {
     internal: Descriptor<DescriptorPublicKey>,
 }
 
+/// The x-only public key a descriptor key stands for (an extended key's own key).
+fn x_only_of(k: &DescriptorPublicKey) -> [u8; 32] {
+    match k {
+        DescriptorPublicKey::Single(s) => match s.key {
+            SinglePubKey::FullKey(pk) => pk.inner.x_only_public_key().0.serialize(),
+            SinglePubKey::XOnly(x) => x.serialize(),
+        },
+        DescriptorPublicKey::XPub(x) => x.xkey.public_key.x_only_public_key().0.serialize(),
+        DescriptorPublicKey::MultiXPub(x) => x.xkey.public_key.x_only_public_key().0.serialize(),
+    }
+}
+
 /// The largest derivation index the signer derives (BIP-32 normal indices are below 2^31).
 const MAX_INDEX: u32 = (1 << 31) - 1;
 
@@ -425,9 +447,15 @@ impl<S: Signer> PolicySigner<S> {
     /// Registers a vault the policy key cosigns for, from its public descriptors (receive and
     /// change keychains).
     ///
+    /// Every spending path without a relative timelock must need the policy key, and a taproot
+    /// internal key must be the NUMS point ([`policies::policy_key::require_policy_key`]): a
+    /// vault some keys could spend from without the policy key is refused, never registered,
+    /// so the signer never signs for it (nor counts it in a reserve proof).
+    ///
     /// # Errors
     /// [`PolicySignerError::Descriptor`] for a descriptor that does not parse or has no wildcard;
-    /// [`PolicySignerError::KeyNotInVault`] when the policy key is not in it.
+    /// [`PolicySignerError::KeyNotInVault`] when the policy key is not in it;
+    /// [`PolicySignerError::PolicyKeyBypass`] naming the keys that could spend without it.
     pub fn add_vault(
         &mut self,
         name: &str,
@@ -447,9 +475,26 @@ impl<S: Signer> PolicySigner<S> {
                     reason: "a single-path ranged descriptor (with /*) is needed".to_owned(),
                 });
             }
-            if !d.for_any_key(|k| self.holds(k)) {
+            // Taproot scripts compare x-only keys; segwit v0 scripts the full key.
+            let taproot = matches!(d, Descriptor::Tr(_));
+            let ours = |k: &DescriptorPublicKey| {
+                if taproot {
+                    self.holds_x_only(k)
+                } else {
+                    self.holds(k)
+                }
+            };
+            if !d.for_any_key(ours) {
                 return Err(PolicySignerError::KeyNotInVault(name.to_owned()));
             }
+            policies::policy_key::require_policy_key(&d, ours, |k| {
+                matches!(k, DescriptorPublicKey::Single(_))
+                    && policies::policy_key::is_nums(&x_only_of(k))
+            })
+            .map_err(|source| PolicySignerError::PolicyKeyBypass {
+                vault: name.to_owned(),
+                source,
+            })?;
             Ok(d)
         };
         let external = parse(external)?;
@@ -465,6 +510,20 @@ impl<S: Signer> PolicySigner<S> {
                 s.key == SinglePubKey::FullKey(*key)
             }
             (HeldKey::Extended { xpub, .. }, DescriptorPublicKey::XPub(x)) => x.xkey == *xpub,
+            _ => false,
+        })
+    }
+
+    /// Whether `k` is a key we hold, compared by x-only key (the way taproot scripts compare).
+    fn holds_x_only(&self, k: &DescriptorPublicKey) -> bool {
+        let x = x_only_of(k);
+        self.held.iter().any(|h| match (h, k) {
+            (HeldKey::Single { key, .. }, DescriptorPublicKey::Single(_)) => {
+                key.inner.x_only_public_key().0.serialize() == x
+            }
+            (HeldKey::Extended { xpub, .. }, DescriptorPublicKey::XPub(d)) => {
+                d.xkey.public_key == xpub.public_key
+            }
             _ => false,
         })
     }
@@ -1122,17 +1181,32 @@ impl<S: Signer> PolicySigner<S> {
                     input: i,
                     reason: "missing witness_utxo".to_owned(),
                 })?;
-            if let Some(prev) = &input.non_witness_utxo {
-                let vout = usize::try_from(txin.previous_output.vout).unwrap_or(usize::MAX);
-                if prev.compute_txid() != txin.previous_output.txid
-                    || prev.output.get(vout) != Some(utxo)
-                {
+            // Segwit v0 sighashes commit only to this input's amount, so a `witness_utxo` can
+            // lie (two requests over one txid with complementary false amounts): the full
+            // previous transaction is required, and must agree. Taproot commits to every
+            // spent output, so a lie there only makes the signature invalid.
+            match &input.non_witness_utxo {
+                Some(prev) => {
+                    let vout = usize::try_from(txin.previous_output.vout).unwrap_or(usize::MAX);
+                    if prev.compute_txid() != txin.previous_output.txid
+                        || prev.output.get(vout) != Some(utxo)
+                    {
+                        return Err(PolicySignerError::Input {
+                            input: i,
+                            reason: "non_witness_utxo does not match the outpoint or witness_utxo"
+                                .to_owned(),
+                        });
+                    }
+                }
+                None if !utxo.script_pubkey.is_p2tr() => {
                     return Err(PolicySignerError::Input {
                         input: i,
-                        reason: "non_witness_utxo does not match the outpoint or witness_utxo"
+                        reason: "segwit v0 input without non_witness_utxo: its amount cannot be \
+                                 checked against the previous transaction"
                             .to_owned(),
                     });
                 }
+                None => {}
             }
             total_in = total_in
                 .checked_add(utxo.value)

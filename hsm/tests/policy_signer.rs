@@ -397,6 +397,28 @@ fn refuses_a_swapped_output_a_raised_fee_and_false_change() {
         "{err}"
     );
 
+    // A segwit v0 input without its previous transaction: its amount cannot be checked (two
+    // requests over one txid could lie with complementary amounts), so nothing is signed.
+    let mut bare = p.clone();
+    bare.inputs[0].non_witness_utxo = None;
+    let err = f.signer.sign(&mut bare, &a, NOW, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::Input { input: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("non_witness_utxo"), "{err}");
+    assert!(bare.inputs.iter().all(|i| i.partial_sigs.is_empty()));
+    // ...nor with a witness_utxo amount the previous transaction disagrees with.
+    let mut lying = p.clone();
+    lying.inputs[1].witness_utxo.as_mut().unwrap().value -= Amount::from_sat(1_000);
+    let err = f.signer.sign(&mut lying, &a, NOW, TIP).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::Input { input: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("non_witness_utxo"), "{err}");
+    assert!(lying.inputs.iter().all(|i| i.partial_sigs.is_empty()));
+
     // A vault the signer does not cosign for.
     let mut unknown = a.clone();
     unknown.vault = "other".to_owned();
@@ -662,6 +684,36 @@ fn refuses_a_vault_without_the_policy_key_and_a_reserve_proof() {
         .add_vault("bad", "wsh(pk(nonsense))", "x")
         .unwrap_err();
     assert!(matches!(err, PolicySignerError::Descriptor { .. }), "{err}");
+    // A vault the officers can spend from without the policy key is refused, naming them.
+    let p = f.external.to_string();
+    let start = p.find("pk(").unwrap() + 3;
+    let policy_key = &p[start..start + p[start..].find(')').unwrap()];
+    let officer = |chain: u32| format!("{}/{chain}/*", f.officers[0].descriptor_key());
+    let officer2 = |chain: u32| format!("{}/{chain}/*", f.officers[1].descriptor_key());
+    let solo = |chain: u32| {
+        format!(
+            "wsh(sortedmulti(2,{policy_key},{},{}))",
+            officer(chain),
+            officer2(chain)
+        )
+    };
+    let err = f.signer.add_vault("solo", &solo(0), &solo(1)).unwrap_err();
+    assert!(
+        matches!(err, PolicySignerError::PolicyKeyBypass { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("can spend without the policy key"), "{msg}");
+    assert!(msg.contains(&f.officers[0].descriptor_key()), "{msg}");
+    // With every key required, the same shape is accepted.
+    let all = |chain: u32| {
+        format!(
+            "wsh(sortedmulti(3,{policy_key},{},{}))",
+            officer(chain),
+            officer2(chain)
+        )
+    };
+    f.signer.add_vault("all", &all(0), &all(1)).unwrap();
 
     // A PSBT carrying a proof-of-reserves commitment is not signed as a spend.
     let mut p = small(&f);

@@ -13,6 +13,8 @@
 //! - [`governance`]: comparing versions (tightening or loosening) and activating a new version.
 //! - [`proof`]: the shape of a BIP-127 reserve proof that the reserve-proof rule lets the quorum
 //!   sign without spend approvals (shared by `custody` and the HSM policy signer).
+//! - [`policy_key`]: the check that every vault path without a relative timelock needs the
+//!   policy key (shared by `custody`'s vault validation and the HSM policy signer).
 #![forbid(unsafe_code)]
 
 pub mod approval;
@@ -22,6 +24,7 @@ pub mod evaluate;
 pub mod freeze;
 pub mod governance;
 pub mod model;
+pub mod policy_key;
 pub mod proof;
 pub mod proof_of_funds;
 mod quorum;

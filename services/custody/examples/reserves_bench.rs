@@ -31,7 +31,7 @@ use custody::reserves::bip322::{self, Challenge};
 use custody::reserves::{
     build_proof, finalize_proof, verify_proof_tx, verify_proof_tx_with_threads, ProofMessage,
 };
-use custody::vault::descriptor::{Template, TemplateKey};
+use custody::vault::descriptor::{AllowWithoutPolicyKey, Template, TemplateKey};
 use custody::vault::{Keychain, Vault, VaultConfig};
 use std::num::NonZeroUsize;
 
@@ -58,7 +58,12 @@ fn vault(kind: &str) -> Vault {
             keys: vec![account(4).1, account(5).1, account(6).1],
         },
     };
-    let d = t.build(Network::Regtest).unwrap();
+    let d = t
+        .build_without_policy_key_guard(
+            Network::Regtest,
+            AllowWithoutPolicyKey::officers_can_spend_without_the_policy_key(),
+        )
+        .unwrap();
     Vault::create(VaultConfig::new(kind, d, 0).unwrap()).unwrap()
 }
 

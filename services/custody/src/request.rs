@@ -231,6 +231,10 @@ pub enum RequestError {
     /// A PSBT input lacks its previous output (its amount is unknown).
     #[error("psbt input {0} has no previous output")]
     MissingInputAmount(usize),
+    /// A PSBT input's `non_witness_utxo` is not the transaction its outpoint names, or its
+    /// output disagrees with `witness_utxo` (a false amount).
+    #[error("psbt input {0}: non_witness_utxo does not match the spent outpoint or witness_utxo")]
+    UtxoMismatch(usize),
     /// The outputs spend more than the inputs.
     #[error("outputs exceed inputs")]
     NegativeFee,
@@ -446,14 +450,30 @@ pub struct SpendRequest {
     pub replaces: Option<String>,
 }
 
-fn prev_amount(psbt: &Psbt, i: usize, op: &OutPoint) -> Option<Amount> {
-    let input = psbt.inputs.get(i)?;
-    if let Some(w) = &input.witness_utxo {
-        return Some(w.value);
+/// The amount an input spends. When the PSBT carries both the full previous transaction and
+/// `witness_utxo`, they must agree (and the transaction must be the one the outpoint names).
+fn prev_amount(psbt: &Psbt, i: usize, op: &OutPoint) -> Result<Amount, RequestError> {
+    let input = psbt
+        .inputs
+        .get(i)
+        .ok_or(RequestError::MissingInputAmount(i))?;
+    let full = match &input.non_witness_utxo {
+        Some(prev) => {
+            let out = usize::try_from(op.vout)
+                .ok()
+                .and_then(|v| prev.output.get(v))
+                .filter(|_| prev.compute_txid() == op.txid)
+                .ok_or(RequestError::UtxoMismatch(i))?;
+            Some(out)
+        }
+        None => None,
+    };
+    match (&input.witness_utxo, full) {
+        (Some(w), Some(f)) if w != f => Err(RequestError::UtxoMismatch(i)),
+        (Some(w), _) => Ok(w.value),
+        (None, Some(f)) => Ok(f.value),
+        (None, None) => Err(RequestError::MissingInputAmount(i)),
     }
-    let prev = input.non_witness_utxo.as_ref()?;
-    let vout = usize::try_from(op.vout).ok()?;
-    prev.output.get(vout).map(|o| o.value)
 }
 
 impl SpendRequest {
@@ -461,6 +481,8 @@ impl SpendRequest {
     ///
     /// # Errors
     /// [`RequestError::MissingInputAmount`] when an input lacks its previous output,
+    /// [`RequestError::UtxoMismatch`] when its full previous transaction disagrees with its
+    /// `witness_utxo` or outpoint,
     /// [`RequestError::NegativeFee`] when outputs exceed inputs,
     /// [`RequestError::ZeroConfirmations`] when `confirmations_required` is 0.
     pub fn new(n: NewRequest) -> Result<Self, RequestError> {
@@ -471,8 +493,7 @@ impl SpendRequest {
         let mut inputs = Vec::with_capacity(tx.input.len());
         let mut total_in = Amount::ZERO;
         for (i, txin) in tx.input.iter().enumerate() {
-            let amount = prev_amount(&n.psbt, i, &txin.previous_output)
-                .ok_or(RequestError::MissingInputAmount(i))?;
+            let amount = prev_amount(&n.psbt, i, &txin.previous_output)?;
             total_in = total_in
                 .checked_add(amount)
                 .ok_or(RequestError::NegativeFee)?;

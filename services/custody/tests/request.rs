@@ -770,6 +770,56 @@ fn new_request_needs_input_amounts() {
     assert_eq!(err, RequestError::MissingInputAmount(0));
 }
 
+#[test]
+fn new_request_refuses_a_previous_transaction_that_disagrees_with_witness_utxo() {
+    let p = policy();
+    let (expires_at_ms, expires_at_height) = ApprovalSubject::max_expiry(&p, NOW, TIP);
+    let new = |ps: Psbt| {
+        SpendRequest::new(NewRequest {
+            id: "r".into(),
+            vault: "main".into(),
+            initiator: "dave".into(),
+            created_ms: NOW,
+            created_height: TIP,
+            psbt: ps,
+            network: Network::Bitcoin,
+            change_scripts: vec![],
+            fee_rate: FeeRate::from_sat_per_vb(20).unwrap(),
+            requested_fee_rate: None,
+            policy: p.hash(),
+            expires_at_ms,
+            expires_at_height,
+            confirmations_required: 1,
+            replaces: None,
+        })
+    };
+    let mut ps = psbt(btc(1), DEST, FEE, 0);
+    let utxo = ps.inputs[0].witness_utxo.clone().unwrap();
+    let prev = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn::default()],
+        output: vec![utxo.clone()],
+    };
+    ps.unsigned_tx.input[0].previous_output = OutPoint::new(prev.compute_txid(), 0);
+    ps.inputs[0].non_witness_utxo = Some(prev.clone());
+    new(ps.clone()).unwrap();
+    // witness_utxo claims another amount than the previous transaction's output
+    let mut lie = ps.clone();
+    lie.inputs[0].witness_utxo.as_mut().unwrap().value += Amount::from_sat(1);
+    assert_eq!(new(lie).unwrap_err(), RequestError::UtxoMismatch(0));
+    // the previous transaction is not the one the outpoint names
+    let mut other = ps.clone();
+    let mut wrong = prev.clone();
+    wrong.lock_time = LockTime::from_consensus(1);
+    other.inputs[0].non_witness_utxo = Some(wrong);
+    assert_eq!(new(other).unwrap_err(), RequestError::UtxoMismatch(0));
+    // only the previous transaction: its output gives the amount
+    let mut full_only = ps;
+    full_only.inputs[0].witness_utxo = None;
+    new(full_only).unwrap();
+}
+
 fn arb_event() -> impl Strategy<Value = (u8, u8, i64)> {
     // Mostly short steps (so quorums form before the 48 h expiry), sometimes long ones.
     let dt = prop_oneof![4 => 0i64..(2 * HOUR), 1 => 0i64..(60 * HOUR)];

@@ -20,7 +20,7 @@ use custody::reserves::{
     build_proof, check_proof_shape, commitment_outpoint, commitment_txid, finalize_proof,
     verify_proof_tx, ProofMessage, ReserveError, COMMITMENT_PREFIX, PSBT_IN_POR_COMMITMENT,
 };
-use custody::vault::descriptor::{Template, TemplateKey};
+use custody::vault::descriptor::{AllowWithoutPolicyKey, Template, TemplateKey};
 use custody::vault::{Keychain, Vault, VaultConfig};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -42,7 +42,12 @@ fn wsh_vault() -> Vault {
         officers: vec![account(1).1, account(2).1],
         policy_key: account(3).1,
     };
-    let d = t.build(Network::Regtest).unwrap();
+    let d = t
+        .build_without_policy_key_guard(
+            Network::Regtest,
+            AllowWithoutPolicyKey::officers_can_spend_without_the_policy_key(),
+        )
+        .unwrap();
     Vault::create(VaultConfig::new("wsh", d, 0).unwrap()).unwrap()
 }
 
@@ -74,7 +79,12 @@ fn tr_vault() -> Vault {
         k: 2,
         keys: vec![account(4).1, account(5).1, account(6).1],
     };
-    let d = t.build(Network::Regtest).unwrap();
+    let d = t
+        .build_without_policy_key_guard(
+            Network::Regtest,
+            AllowWithoutPolicyKey::officers_can_spend_without_the_policy_key(),
+        )
+        .unwrap();
     Vault::create(VaultConfig::new("tr", d, 0).unwrap()).unwrap()
 }
 

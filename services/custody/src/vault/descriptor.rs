@@ -15,10 +15,11 @@ use bdk_wallet::bitcoin::{Network, NetworkKind};
 use bdk_wallet::descriptor::calc_checksum;
 use bdk_wallet::miniscript::descriptor::{DescriptorType, SinglePubKey, Wildcard};
 use bdk_wallet::miniscript::{Descriptor, DescriptorPublicKey, ForEachKey};
+pub use policies::policy_key::PolicyKeyError;
 
 /// The BIP-341 "nothing up my sleeve" point: an x-only key nobody knows the secret of, used as
 /// the internal key of taproot vaults so that only the script path can spend.
-pub const NUMS_POINT: &str = "50929b74c1a04954b78b4b6035e97a5e078a5a0f28ec96d547bfee9ace803ac0";
+pub const NUMS_POINT: &str = policies::policy_key::NUMS_POINT;
 
 /// Largest witness script that Bitcoin Core relays (standardness, `MAX_STANDARD_P2WSH_SCRIPT_SIZE`).
 const MAX_STANDARD_P2WSH_SCRIPT_SIZE: usize = 3600;
@@ -95,6 +96,29 @@ pub enum DescriptorError {
     /// An empty key list.
     #[error("a template needs at least one key in every group")]
     NoKeys,
+    /// A path without a relative timelock does not need the policy key (see
+    /// [`VaultDescriptor::require_policy_key`]).
+    #[error(transparent)]
+    PolicyKey(#[from] PolicyKeyError),
+}
+
+/// Explicit, loud consent to build a vault in which some keys can spend **without the policy
+/// key** and without a timelock, so that the policy signer's rules do not bind those spends.
+///
+/// Every vault of the reserve needs the policy key on every path without `older` (issue 16);
+/// [`Template::build`] enforces it. Only [`Template::build_without_policy_key_guard`] takes this
+/// token, and the only way to get one is to spell out what it means:
+/// [`AllowWithoutPolicyKey::officers_can_spend_without_the_policy_key`]. Use it for test
+/// fixtures and for watch-only proofs over legacy vaults, never for a vault the service creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowWithoutPolicyKey(());
+
+impl AllowWithoutPolicyKey {
+    /// The consent token: the vault's officers (or other keys) may spend without the policy
+    /// key, bypassing every rule the policy signer enforces.
+    pub const fn officers_can_spend_without_the_policy_key() -> Self {
+        AllowWithoutPolicyKey(())
+    }
 }
 
 /// A vault's two validated public descriptors.
@@ -189,10 +213,50 @@ impl VaultDescriptor {
         }
     }
 
+    /// Checks the policy-key promise on both keychains: every spending path without a relative
+    /// timelock (`older`) needs `policy_key`, and a taproot internal key is the unspendable
+    /// [`NUMS_POINT`]. Keys are compared by their x-only public key (for an extended key, the
+    /// account key), the way taproot scripts compare them.
+    ///
+    /// [`VaultDescriptor::parse`] does not run this check (an imported descriptor is parsed
+    /// first, then checked against the policy key the caller expects); a vault the service
+    /// creates or imports must pass it.
+    ///
+    /// # Errors
+    /// [`PolicyKeyError::SpendsWithout`] naming a minimal set of keys that spends without the
+    /// policy key (e.g. "keys O1, O2 can spend without the policy key"),
+    /// [`PolicyKeyError::KeyPath`] for a taproot internal key other than NUMS,
+    /// [`PolicyKeyError::Lift`] when a descriptor has no semantic policy.
+    pub fn require_policy_key(&self, policy_key: &TemplateKey) -> Result<(), PolicyKeyError> {
+        let policy = key_identity(&policy_key.0);
+        for desc in [&self.external, &self.internal] {
+            policies::policy_key::require_policy_key(desc, |k| key_identity(k) == policy, is_nums)?;
+        }
+        Ok(())
+    }
+
     /// The spending-path shape of this vault (primary only, or with a recovery timelock).
     pub fn recovery_older(&self) -> Option<u32> {
         older_values(&self.external.to_string()).into_iter().max()
     }
+}
+
+/// The x-only public key a descriptor key stands for (the account key of an extended key).
+fn key_identity(key: &DescriptorPublicKey) -> [u8; 32] {
+    match key {
+        DescriptorPublicKey::Single(single) => match single.key {
+            SinglePubKey::FullKey(pk) => pk.inner.x_only_public_key().0.serialize(),
+            SinglePubKey::XOnly(x) => x.serialize(),
+        },
+        DescriptorPublicKey::XPub(x) => x.xkey.public_key.x_only_public_key().0.serialize(),
+        DescriptorPublicKey::MultiXPub(x) => x.xkey.public_key.x_only_public_key().0.serialize(),
+    }
+}
+
+/// Whether a key is the unspendable BIP-341 NUMS point.
+fn is_nums(key: &DescriptorPublicKey) -> bool {
+    matches!(key, DescriptorPublicKey::Single(_))
+        && policies::policy_key::is_nums(&key_identity(key))
 }
 
 /// The descriptor text without its checksum.
@@ -470,7 +534,9 @@ impl FromStr for TemplateKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Template {
     /// `wsh(sortedmulti(k, officers…, policy_key))`: the policy key is one more cosigner and the
-    /// threshold counts it (pass `k` including the policy key if it must always sign).
+    /// threshold counts it. [`Template::build`] accepts it only with `k` = every key (officers
+    /// plus the policy key); with `k` at most the number of officers, officers could spend
+    /// alone, and only [`Template::build_without_policy_key_guard`] builds it.
     SortedMulti {
         /// Signatures required.
         k: usize,
@@ -496,12 +562,35 @@ pub enum Template {
         older: u32,
     },
     /// `tr(NUMS, multi_a(k, …))` for vaults without an HSM key. Keys are put in canonical order
-    /// (by account public key) because there is no `sortedmulti_a`.
+    /// (by account public key) because there is no `sortedmulti_a`. It has no policy key, so
+    /// [`Template::build`] refuses it; only [`Template::build_without_policy_key_guard`] builds
+    /// it (legacy vaults, fixtures).
     TaprootMultiA {
         /// Signatures required.
         k: usize,
         /// Signers' account keys (extended keys only).
         keys: Vec<TemplateKey>,
+    },
+    /// The taproot vault with a mandatory policy key: the policy key AND k of the officers in
+    /// one leaf, OR after `older` blocks r of the recovery keys in the other, and the
+    /// unspendable NUMS point as internal key (no key path):
+    /// `tr(NUMS,{and_v(v:pk(P),multi_a(k,O…)),and_v(v:multi_a(r,R…),older(N))})`.
+    /// Keys inside `multi_a` are in canonical order (by account public key). The policy key
+    /// signs with BIP-340 Schnorr, which PKCS#11 tokens lack: it is held sealed under the
+    /// token's AES key (`hsm::SealedKey`).
+    TaprootPolicyWithRecovery {
+        /// The policy key (a single key with origin, `[fingerprint]02…`).
+        policy_key: TemplateKey,
+        /// Officer signatures required beside the policy key.
+        k: usize,
+        /// Officers' account keys.
+        officers: Vec<TemplateKey>,
+        /// Recovery signatures required.
+        r: usize,
+        /// Recovery keys.
+        recovery: Vec<TemplateKey>,
+        /// Relative timelock of the recovery path, in blocks.
+        older: u32,
     },
 }
 
@@ -560,15 +649,79 @@ impl Template {
                 let ks: Vec<String> = canonical(keys).iter().map(|k| k.ranged()).collect();
                 format!("tr({NUMS_POINT},multi_a({k},{}))", ks.join(","))
             }
+            Template::TaprootPolicyWithRecovery {
+                policy_key,
+                k,
+                officers,
+                r,
+                recovery,
+                older,
+            } => {
+                if officers.is_empty() || recovery.is_empty() {
+                    return Err(DescriptorError::NoKeys);
+                }
+                check_threshold(*k, officers.len())?;
+                check_threshold(*r, recovery.len())?;
+                if *older == 0 || *older > MAX_OLDER_BLOCKS {
+                    return Err(DescriptorError::Timelock(format!("older({older})")));
+                }
+                let o: Vec<String> = canonical(officers).iter().map(|k| k.ranged()).collect();
+                let rk: Vec<String> = canonical(recovery).iter().map(|k| k.ranged()).collect();
+                format!(
+                    "tr({NUMS_POINT},{{and_v(v:pk({}),multi_a({k},{})),and_v(v:multi_a({r},{}),older({older}))}})",
+                    policy_key.ranged(),
+                    o.join(","),
+                    rk.join(",")
+                )
+            }
         };
         Ok(with_checksum(&text))
     }
 
-    /// Builds and validates the vault descriptor of this template.
+    /// The template's policy key, if it has one ([`Template::TaprootMultiA`] has none).
+    pub fn policy_key(&self) -> Option<&TemplateKey> {
+        match self {
+            Template::SortedMulti { policy_key, .. }
+            | Template::PolicyWithRecovery { policy_key, .. }
+            | Template::TaprootPolicyWithRecovery { policy_key, .. } => Some(policy_key),
+            Template::TaprootMultiA { .. } => None,
+        }
+    }
+
+    /// Builds and validates the vault descriptor of this template, and checks that every path
+    /// without a relative timelock needs the template's policy key
+    /// ([`VaultDescriptor::require_policy_key`]).
+    ///
+    /// # Errors
+    /// See [`Template::descriptor_text`] and [`VaultDescriptor::parse`];
+    /// [`DescriptorError::PolicyKey`] for [`Template::TaprootMultiA`] (no policy key) and for
+    /// [`Template::SortedMulti`] with `k` at most the number of officers, naming the keys that
+    /// could spend alone.
+    pub fn build(&self, network: Network) -> Result<VaultDescriptor, DescriptorError> {
+        let vault = VaultDescriptor::parse(&self.descriptor_text()?, None, network)?;
+        match self.policy_key() {
+            Some(key) => vault.require_policy_key(key)?,
+            None => {
+                // No policy key at all: name the keys that spend without one.
+                for desc in [&vault.external, &vault.internal] {
+                    policies::policy_key::require_policy_key(desc, |_| false, is_nums)?;
+                }
+            }
+        }
+        Ok(vault)
+    }
+
+    /// Builds and validates the vault descriptor of this template **without** the policy-key
+    /// check of [`Template::build`]: some keys may spend without the policy key. Every other
+    /// check of [`VaultDescriptor::parse`] still runs. See [`AllowWithoutPolicyKey`].
     ///
     /// # Errors
     /// See [`Template::descriptor_text`] and [`VaultDescriptor::parse`].
-    pub fn build(&self, network: Network) -> Result<VaultDescriptor, DescriptorError> {
+    pub fn build_without_policy_key_guard(
+        &self,
+        network: Network,
+        _consent: AllowWithoutPolicyKey,
+    ) -> Result<VaultDescriptor, DescriptorError> {
         VaultDescriptor::parse(&self.descriptor_text()?, None, network)
     }
 }

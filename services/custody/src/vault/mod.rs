@@ -27,7 +27,9 @@ use bdk_wallet::{ChangeSet, KeychainKind, LocalOutput, Wallet};
 use crate::ledger::{Actor, EntryDraft, EntryError, Kind, Payload};
 use serde_json::json;
 
-pub use descriptor::{DescriptorError, Template, TemplateKey, VaultDescriptor};
+pub use descriptor::{
+    AllowWithoutPolicyKey, DescriptorError, PolicyKeyError, Template, TemplateKey, VaultDescriptor,
+};
 
 /// Default gap limit: how many unused receive addresses may be handed out in a row.
 pub const DEFAULT_GAP_LIMIT: u32 = 100;

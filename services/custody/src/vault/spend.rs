@@ -128,6 +128,15 @@ pub enum SpendError {
         /// What is missing.
         what: &'static str,
     },
+    /// A built PSBT's `non_witness_utxo` is not the spent transaction or disagrees with its
+    /// `witness_utxo`.
+    #[error(
+        "psbt input {input}: non_witness_utxo does not match the spent outpoint or witness_utxo"
+    )]
+    UtxoMismatch {
+        /// Input index.
+        input: usize,
+    },
     /// Finalization failed (missing or invalid signatures).
     #[error("psbt cannot be finalized: {0}")]
     Finalize(String),
@@ -400,6 +409,29 @@ fn check_mature(u: &VaultUtxo, needed: u32) -> Result<(), SpendError> {
     Ok(())
 }
 
+/// The full previous transaction of input `i`, when present, must be the one its outpoint names
+/// and agree with `witness_utxo`: segwit v0 sighashes commit only to this input's amount, so a
+/// false `witness_utxo` would go unnoticed by a signer that trusts it.
+fn check_previous_transaction(psbt: &Psbt, i: usize) -> Result<(), SpendError> {
+    let (Some(input), Some(txin)) = (psbt.inputs.get(i), psbt.unsigned_tx.input.get(i)) else {
+        return Ok(());
+    };
+    let (Some(prev), Some(utxo)) = (&input.non_witness_utxo, &input.witness_utxo) else {
+        return Ok(());
+    };
+    let op = txin.previous_output;
+    let agrees = prev.compute_txid() == op.txid
+        && usize::try_from(op.vout)
+            .ok()
+            .and_then(|v| prev.output.get(v))
+            == Some(utxo);
+    if agrees {
+        Ok(())
+    } else {
+        Err(SpendError::UtxoMismatch { input: i })
+    }
+}
+
 fn finish(
     vault: &Vault,
     psbt: Psbt,
@@ -439,6 +471,7 @@ fn finish(
                 what: "non_witness_utxo",
             });
         }
+        check_previous_transaction(&psbt, i)?;
         if segwit_v0 && input.bip32_derivation.is_empty() {
             return Err(SpendError::Incomplete {
                 input: i,
@@ -524,4 +557,53 @@ pub fn finalize(mut psbt: Psbt) -> Result<Transaction, SpendError> {
     })?;
     psbt.extract(&secp)
         .map_err(|e| SpendError::Finalize(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bdk_wallet::bitcoin::absolute::LockTime;
+    use bdk_wallet::bitcoin::transaction::Version;
+    use bdk_wallet::bitcoin::{Amount, ScriptBuf, Transaction, TxIn, TxOut};
+
+    use super::*;
+
+    #[test]
+    fn previous_transaction_must_agree_with_witness_utxo() {
+        let utxo = TxOut {
+            value: Amount::from_sat(50_000),
+            script_pubkey: ScriptBuf::new_op_return([1u8; 2]),
+        };
+        let prev = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn::default()],
+            output: vec![utxo.clone()],
+        };
+        let tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint::new(prev.compute_txid(), 0),
+                ..TxIn::default()
+            }],
+            output: vec![],
+        };
+        let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+        psbt.inputs[0].witness_utxo = Some(utxo);
+        psbt.inputs[0].non_witness_utxo = Some(prev.clone());
+        check_previous_transaction(&psbt, 0).unwrap();
+        let mut lie = psbt.clone();
+        lie.inputs[0].witness_utxo.as_mut().unwrap().value = Amount::from_sat(1);
+        assert!(matches!(
+            check_previous_transaction(&lie, 0),
+            Err(SpendError::UtxoMismatch { input: 0 })
+        ));
+        let mut other = psbt;
+        let mut wrong = prev;
+        wrong.lock_time = LockTime::from_consensus(7);
+        other.inputs[0].non_witness_utxo = Some(wrong);
+        assert!(check_previous_transaction(&other, 0).is_err());
+    }
 }
