@@ -16,6 +16,7 @@
 //! It depends on neither sqlx, axum nor the treasury crate.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod client;
 pub mod core;
 pub mod holder;

@@ -18,6 +18,7 @@
 //! it is stopped through RPC `stop` when the demo ends (Ctrl-C or SIGTERM), after the API
 //! server has shut down gracefully.
 
+mod policy_signer;
 mod walkthrough;
 
 use std::collections::BTreeMap;
@@ -187,6 +188,14 @@ impl Layout {
     pub fn ceremony(&self) -> PathBuf {
         self.p("hsm/ceremony.json")
     }
+    /// The policy signer process's state directory.
+    pub fn signer_dir(&self) -> PathBuf {
+        self.p("signer")
+    }
+    /// The policy signer process's socket.
+    pub fn signer_socket(&self) -> PathBuf {
+        self.signer_dir().join("signer.sock")
+    }
     /// The software keystore of the policy key (only without SoftHSM2).
     pub fn policy_keystore(&self) -> PathBuf {
         self.p("hsm/policy-key.json")
@@ -295,6 +304,8 @@ pub struct Setup {
     pub reused: bool,
     /// A regtest address outside the vault for the walk-through's payment.
     pub destination: String,
+    /// The policy signer process (ADR 0017), stopped on drop.
+    pub signer: crate::signer::process::SignerProcess,
 }
 
 fn progress(msg: &str) {
@@ -618,12 +629,16 @@ async fn reserve(
     policy_key: &str,
     officers: &[String],
     recovery: &[String],
+    client: &::signer::SignerClient,
 ) -> Result<(Amount, bool), DemoError> {
     let s = |st: &'static str| step(st);
     let ledger = LedgerStore::open(&layout.db_url())
         .await
         .map_err(|e| s("database")(e.to_string()))?;
-    let out = reserve_in(layout, node, &ledger, policy_key, officers, recovery).await;
+    let out = reserve_in(
+        layout, node, &ledger, policy_key, officers, recovery, client,
+    )
+    .await;
     ledger.close().await;
     out
 }
@@ -635,6 +650,7 @@ async fn reserve_in(
     policy_key: &str,
     officers: &[String],
     recovery: &[String],
+    client: &::signer::SignerClient,
 ) -> Result<(Amount, bool), DemoError> {
     let s = |st: &'static str| step(st);
     let governance = Governance::new(ledger.clone());
@@ -673,7 +689,7 @@ async fn reserve_in(
         let birthday = u32::try_from(node.height()?).unwrap_or(0);
         let config = VaultConfig::new(VAULT, descriptor, birthday)
             .map_err(|e| s("vault config")(e.to_string()))?;
-        svc.create(config, "treasury demo")
+        svc.create_registered(config, "treasury demo", Some(client))
             .await
             .map_err(|e| s("vault create")(e.to_string()))?;
     }
@@ -777,14 +793,15 @@ pub fn serve_config_text(
     rpc_url: &str,
     holder: &PolicyKeyHolder,
 ) -> String {
+    let socket = format!("socket = {}\n", toml_str(&layout.signer_socket()));
     let signer = match holder {
         PolicyKeyHolder::SoftHsm => format!(
-            "[signer]\nkind = \"pkcs11\"\nmodule = {}\ntoken_label = \"{TOKEN_LABEL}\"\nkey_label = \"{POLICY_KEY_LABEL}\"\npin_file = {}\n",
+            "[signer]\n{socket}kind = \"pkcs11\"\nmodule = {}\ntoken_label = \"{TOKEN_LABEL}\"\nkey_label = \"{POLICY_KEY_LABEL}\"\npin_file = {}\n",
             toml_str(Path::new(SOFTHSM_MODULE)),
             toml_str(&layout.hsm_pin())
         ),
         PolicyKeyHolder::Software => format!(
-            "[signer]\nkind = \"software\"\nkeystore = {}\npassphrase_file = {}\n",
+            "[signer]\n{socket}kind = \"software\"\nkeystore = {}\npassphrase_file = {}\n",
             toml_str(&layout.policy_keystore()),
             toml_str(&layout.policy_passphrase())
         ),
@@ -849,7 +866,16 @@ pub fn setup(opts: &DemoOptions) -> Result<Setup, DemoError> {
         replace_file(&layout.policy(), &demo_policy(&approval_keys)?, 0o644)?;
     }
 
-    let (balance, reused) = block_on(reserve(&layout, &node, &policy_key, &officers, &recovery))??;
+    let signer = policy_signer::start(&layout, &holder)?;
+    let client = signer.client();
+    let (balance, reused) = block_on(reserve(
+        &layout,
+        &node,
+        &policy_key,
+        &officers,
+        &recovery,
+        &client,
+    ))??;
     progress(&format!(
         "vault {VAULT}: {} sat confirmed{}",
         balance.to_sat(),
@@ -868,6 +894,7 @@ pub fn setup(opts: &DemoOptions) -> Result<Setup, DemoError> {
         destination: regtest::test_key("strategic-reserve demo / destination")
             .1
             .to_string(),
+        signer,
     })
 }
 
@@ -887,12 +914,13 @@ fn write_files(setup: &Setup, url: &str, listen: SocketAddr) -> Result<String, D
         "# Written by `treasury demo`; source it: . {}\n\
          export TREASURY_DB={}\nexport TREASURY_NETWORK=regtest\n\
          export TREASURY_RPC_URL={}\nexport TREASURY_RPC_COOKIE={}\n\
-         export API={url}\nexport CACERT={}\n",
+         export API={url}\nexport CACERT={}\nexport TREASURY_SIGNER_SOCKET={}\n",
         l.env_sh().display(),
         sh_quote(&l.db_url()),
         sh_quote(&setup.node.rpc_url()),
         sh_quote(&l.cookie().display().to_string()),
         sh_quote(&l.tls_cert().display().to_string()),
+        sh_quote(&l.signer_socket().display().to_string()),
     );
     env.push_str(&format!(
         "treasury() {{ {} \"$@\"; }}\nbtc() {{ {} -regtest -rpcport={} -rpccookiefile={} \"$@\"; }}\n",

@@ -1,6 +1,7 @@
 //! The path from an approved spend request to a confirmed transaction, on the real parts: a
 //! Bitcoin Core regtest node, SQLite, and the policy key in a SoftHSM2 token (a temporary token
-//! directory and our own SOFTHSM2_CONF, never a system token).
+//! directory and our own SOFTHSM2_CONF, never a system token) held by the policy signer process
+//! (`treasury signer serve`, ADR 0017), which decides from its own state.
 //!
 //! The vault is the policy key AND 2 of 3 officers, OR after 5 blocks 2 of 3 recovery keys. A
 //! spend request of the service under the example policy (medium tier: 2 of 3 duty officers)
@@ -15,7 +16,8 @@
 
 mod common;
 
-use common::{node_config, officer, rpc, softhsm_token, NET};
+use common::signer::SpawnedSigner;
+use common::{node_config, officer, rpc, NET};
 use std::process::Command;
 use std::str::FromStr;
 
@@ -26,21 +28,20 @@ use custody::request::State;
 use custody::vault::descriptor::with_checksum;
 use custody::vault::spend::{FeeCaps, Payment};
 use custody::vault::{combine, Template, TemplateKey, VaultConfig};
-use hsm::policy_signer::PolicySignerError;
-use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 use policies::approval::sign;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::node_or_skip;
 use serde_json::{json, Value};
+use treasury::service::policy_signer::PolicySignError;
 use treasury::service::signing::SigningError;
 use treasury::service::spend::{At, CreateSpend, SpendService};
 use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
 const PIN: &str = "2718";
+const MODULE: &str = common::signer::MODULE;
 
 /// The example policy's fixed test secrets ([n; 32]).
 fn approval_secret(person: &str) -> SecretKey {
@@ -57,13 +58,13 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let Some(conf) = softhsm_token(dir.path(), "policy_signer_regtest", PIN) else {
+    let Some(spawned) = SpawnedSigner::start(dir.path(), "policy_signer_regtest", EXAMPLE).await
+    else {
         return;
     };
-    // Before the first C_Initialize of this process (the only test of this binary).
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let hsm_cfg = Pkcs11Config::new(MODULE, "reserve", "policy-key", Pkcs11Pin::new(PIN));
-    let hsm_key = Pkcs11Signer::generate(hsm_cfg).unwrap();
+    let conf = spawned.softhsm_conf.clone();
+    let client = spawned.client();
+    let socket = spawned.socket().to_str().unwrap().to_owned();
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
     let cli = |args: &[&str], passphrase: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_treasury"));
@@ -104,7 +105,7 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     assert!(ok, "{err}");
     let (o1, o3) = (officer(11), officer(13));
     let template = Template::PolicyWithRecovery {
-        policy_key: TemplateKey::parse(&hsm_key.descriptor_key()).unwrap(),
+        policy_key: spawned.template_key(),
         k: 2,
         officers: vec![
             TemplateKey::parse(&o1.public).unwrap(),
@@ -124,7 +125,11 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     let svc = SpendService::new(VaultService::new(ledger.clone()));
     let now = treasury::clock::now_ms();
     svc.vaults
-        .create(VaultConfig::new("reserve", d.clone(), 0).unwrap(), "create")
+        .create_registered(
+            VaultConfig::new("reserve", d.clone(), 0).unwrap(),
+            "create",
+            Some(&client),
+        )
         .await
         .unwrap();
     svc.governance.init(EXAMPLE, "admins", now).await.unwrap();
@@ -170,18 +175,12 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
     )
     .await
     .unwrap();
-    let mut signer = svc.policy_signer(hsm_key, NET, now + 2).await.unwrap();
+    assert_eq!(svc.forward_approvals("req-1", &client).await.unwrap(), 1);
     let err = svc
-        .policy_sign("req-1", &mut signer, At::ms(now + 2))
+        .policy_sign("req-1", &client, At::ms(now + 2))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SigningError::Refused(PolicySignerError::MissingApprovals { .. })
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, PolicySignError::Refused { .. }), "{err}");
     assert!(err.to_string().contains("duty-officers"), "{err}");
     assert_eq!(svc.signed_psbt("req-1").await.unwrap().signatures, 0);
 
@@ -195,8 +194,10 @@ async fn approved_request_to_confirmed_transaction_with_the_hsm_policy_key() {
         .await
         .unwrap();
     assert_eq!(s.request.state, State::ReadyToSign);
-    drop(signer);
-    let (ok, signed_b64, err) = cli(&["spend", "sign-policy", "--id", "req-1"], None);
+    let (ok, signed_b64, err) = cli(
+        &["spend", "sign-policy", "--id", "req-1", "--signer", &socket],
+        None,
+    );
     assert!(ok, "{err}");
     assert!(err.contains("tier medium"), "{err}");
     assert!(!err.contains(PIN) && !signed_b64.contains(PIN));

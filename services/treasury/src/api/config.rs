@@ -237,8 +237,14 @@ pub enum SignerKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerSection {
-    /// `pkcs11` or `software`.
-    pub kind: SignerKind,
+    /// The policy signer process's Unix socket (`treasury signer serve --socket`): the policy
+    /// key signs spends only there (ADR 0017).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// `pkcs11` or `software`: a policy key opened in this process, for reserve proofs only
+    /// (omit it to sign spends through `socket` alone).
+    #[serde(default)]
+    pub kind: Option<SignerKind>,
     /// PKCS#11 module path (`pkcs11`).
     #[serde(default)]
     pub module: Option<PathBuf>,
@@ -414,7 +420,12 @@ impl ServeConfig {
         }
         if let Some(g) = &self.signer {
             match g.kind {
-                SignerKind::Pkcs11 => {
+                None => {
+                    if g.socket.is_none() {
+                        return bad("signer: give socket (the policy signer process) or kind");
+                    }
+                }
+                Some(SignerKind::Pkcs11) => {
                     if g.module.is_none() || g.token_label.is_none() || g.key_label.is_none() {
                         return bad("signer: pkcs11 needs module, token_label and key_label");
                     }
@@ -428,7 +439,7 @@ impl ServeConfig {
                         return bad("signer: keystore fields do not go with kind = \"pkcs11\"");
                     }
                 }
-                SignerKind::Software => {
+                Some(SignerKind::Software) => {
                     if g.keystore.is_none() {
                         return bad("signer: software needs keystore");
                     }

@@ -88,6 +88,7 @@ pub fn op_problem(e: &OpError) -> Problem {
     match e {
         OpError::Store(s) => vault_store_problem(s),
         OpError::Vault(_) | OpError::Spend(_) => Problem::validation(e.to_string()),
+        OpError::SignerRefused { .. } => Problem::new(ProblemKind::Refused, e.to_string()),
         OpError::Sync(s) => sync_problem(s),
         OpError::Ledger(crate::store::StoreError::Conflict(_)) => Problem::new(
             ProblemKind::Conflict,

@@ -20,6 +20,7 @@ pub mod json;
 pub mod metrics;
 mod middleware;
 pub mod openapi;
+pub mod policy_signer;
 pub mod problem;
 pub mod ratelimit;
 pub mod routes;

@@ -72,6 +72,7 @@ pub(super) struct Inner {
     pub(super) node: Option<NodeConfig>,
     pub(super) network: Option<Network>,
     pub(super) policy_signer: Option<SharedSigner>,
+    pub(super) signer_client: Option<Arc<::signer::SignerClient>>,
     pub(super) ledger_origin: String,
     pub(super) ledger_key: Option<Arc<zeroize::Zeroizing<String>>>,
     pub(super) limits: Limits,
@@ -100,6 +101,10 @@ impl std::fmt::Debug for AppState {
                 "policy_signer",
                 &self.inner.policy_signer.as_ref().map(|s| s.id().to_owned()),
             )
+            .field(
+                "signer",
+                &self.inner.signer_client.as_ref().map(|c| c.endpoint()),
+            )
             .field("ledger_origin", &self.inner.ledger_origin)
             .field("ledger_key", &self.inner.ledger_key.is_some())
             .field("limits", &self.inner.limits)
@@ -113,6 +118,7 @@ impl std::fmt::Debug for AppState {
 pub struct AppStateBuilder {
     node: Option<(NodeConfig, Network)>,
     policy_signer: Option<SharedSigner>,
+    signer_client: Option<Arc<::signer::SignerClient>>,
     ledger_origin: Option<String>,
     ledger_key: Option<zeroize::Zeroizing<String>>,
     limits: Limits,
@@ -137,6 +143,13 @@ impl AppStateBuilder {
     /// The policy key's signer.
     pub fn policy_signer(mut self, signer: SharedSigner) -> Self {
         self.policy_signer = Some(signer);
+        self
+    }
+
+    /// The policy signer process (ADR 0017): spends' policy signatures, approvals forwarded,
+    /// vaults registered.
+    pub fn signer_client(mut self, client: ::signer::SignerClient) -> Self {
+        self.signer_client = Some(Arc::new(client));
         self
     }
 
@@ -175,6 +188,7 @@ impl AppStateBuilder {
                 node,
                 network,
                 policy_signer: self.policy_signer,
+                signer_client: self.signer_client,
                 ledger_origin: self
                     .ledger_origin
                     .unwrap_or_else(|| crate::service::DEFAULT_ORIGIN.to_owned()),
@@ -243,7 +257,12 @@ impl AppState {
         };
         b = b.ledger(&config.ledger.origin, key);
         if let Some(sig) = &config.signer {
-            b = b.policy_signer(open_signer(sig).await?);
+            if sig.kind.is_some() {
+                b = b.policy_signer(open_signer(sig).await?);
+            }
+            if let Some(socket) = &sig.socket {
+                b = b.signer_client(::signer::SignerClient::new(socket));
+            }
         }
         Ok(b.build(store))
     }
@@ -261,6 +280,11 @@ impl AppState {
     /// The node, when configured.
     pub fn node(&self) -> Option<&NodeConfig> {
         self.inner.node.as_ref()
+    }
+
+    /// The policy signer process, when configured.
+    pub fn signer_client(&self) -> Option<&::signer::SignerClient> {
+        self.inner.signer_client.as_deref()
     }
 
     /// The metrics.
@@ -298,7 +322,7 @@ pub async fn open_signer(sig: &config::SignerSection) -> Result<SharedSigner, Se
     use config::{read_secret, SignerKind};
     let missing =
         |f: &str| ServeError::Config(config::ConfigError::Invalid(format!("signer: {f} missing")));
-    match sig.kind {
+    match sig.kind.ok_or_else(|| missing("kind"))? {
         SignerKind::Pkcs11 => {
             let pin = read_secret(
                 "signer pin",

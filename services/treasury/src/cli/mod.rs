@@ -14,6 +14,7 @@ pub mod opts;
 pub mod policy;
 pub mod reserves;
 pub mod serve;
+pub mod signer;
 pub mod spend;
 pub mod vault;
 
@@ -27,6 +28,7 @@ use self::opts::{ClockOpts, VaultOpts};
 use self::policy::{run_policy, PolicyCommand};
 use self::reserves::{run_reserves, ReservesCommand, ReservesOpts};
 use self::serve::{run_serve, run_token, ServeOpts, TokenCommand};
+use self::signer::{run_signer, SignerCommand};
 use self::spend::{run_freeze, run_spend, FreezeCommand, SpendCommand};
 use self::vault::{run_psbt, run_vault, PsbtCommand, VaultCommand};
 use clap::{Parser, Subcommand};
@@ -118,6 +120,12 @@ enum Command {
         #[command(flatten)]
         opts: ServeOpts,
     },
+    /// The policy signer as its own process (ADR 0017): `init`, `serve`, `status`; the same
+    /// commands as the `policy-signer` binary.
+    Signer {
+        #[command(subcommand)]
+        command: SignerCommand,
+    },
     /// Print the API's OpenAPI 3.1 document (docs/openapi.json is this output).
     Openapi,
     /// API tokens: create (printed once, stored as a hash).
@@ -200,6 +208,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Serve { opts } => run_serve(&opts),
+        Command::Signer { command } => run_signer(&command),
         Command::Openapi => {
             print!("{}", crate::api::openapi::openapi_json());
             Ok(())

@@ -30,6 +30,9 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Database, network, node and fee-cap options shared by vault and PSBT commands.
 #[derive(Debug, Clone, Args)]
 pub struct VaultOpts {
+    /// The policy signer process (ADR 0017).
+    #[command(flatten)]
+    pub signer: SignerClientOpts,
     /// Database URL: sqlite://PATH or postgres://...
     #[arg(long, env = "TREASURY_DB", default_value = DEFAULT_DB, global = true)]
     pub db: String,
@@ -124,5 +127,30 @@ impl ClockOpts {
             now_ms: self.now_ms.unwrap_or_else(crate::clock::now_ms),
             tip_height: self.tip_height,
         }
+    }
+}
+
+/// Where the policy signer process listens (ADR 0017).
+#[derive(Debug, Clone, Args)]
+pub struct SignerClientOpts {
+    /// The policy signer's Unix socket (`treasury signer serve --socket ...`).
+    #[arg(long = "signer", env = "TREASURY_SIGNER_SOCKET", global = true)]
+    pub socket: Option<PathBuf>,
+}
+
+impl SignerClientOpts {
+    /// A client of the signer, when a socket is given.
+    pub fn client(&self) -> Option<::signer::SignerClient> {
+        self.socket.as_ref().map(::signer::SignerClient::new)
+    }
+
+    /// A client of the signer; an error when no socket is given.
+    ///
+    /// # Errors
+    /// A message asking for `--signer`.
+    pub fn require(&self) -> Result<::signer::SignerClient, String> {
+        self.client().ok_or_else(|| {
+            "no policy signer: give --signer <socket> (or TREASURY_SIGNER_SOCKET)".to_owned()
+        })
     }
 }

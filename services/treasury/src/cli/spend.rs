@@ -123,17 +123,12 @@ pub enum SpendCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// The policy key (PKCS#11 token) signs through the policy signer, which re-checks the
-    /// request itself; prints the PSBT signed so far. The PIN comes from a PIN file
-    /// (`--pin-file`, `TREASURY_HSM_PIN_FILE`) or `TREASURY_HSM_PIN`. With `--keystore` the
-    /// policy key is a software keystore instead (the demo without SoftHSM2; not an HSM).
+    /// The policy signer process (`--signer <socket>`, `treasury signer serve`) adds the
+    /// policy key's signature if its own state allows it; prints the PSBT signed so far.
     SignPolicy {
         /// Request id.
         #[arg(long)]
         id: String,
-        /// Where the policy key is.
-        #[command(flatten)]
-        key: crate::cli::hsm::PolicyKeyArgs,
     },
     /// Print the request's PSBT with every signature accepted so far.
     Psbt {
@@ -324,6 +319,15 @@ async fn spend_db(
                     .await
                     .map_err(|e| format!("{}: {e}", f.display()))?;
             }
+            // With --signer the policy signer process is told at once (its delays count from
+            // when it first sees an approval).
+            if let Some(client) = opts.signer.client() {
+                // The approvals are recorded; a signer that cannot be told now counts them from
+                // when it first sees them (the safe direction).
+                if let Err(err) = svc.forward_approvals(&id, &client).await {
+                    eprintln!("warning: the policy signer was not told about the approvals: {err}");
+                }
+            }
             let v = svc.show(&id, at).await.map_err(e)?;
             Ok(describe(&v))
         }
@@ -377,9 +381,9 @@ async fn spend_db(
             let signed = svc.signed_psbt(&id).await.map_err(|err| err.to_string())?;
             Ok(format!("{}\n", signed.psbt))
         }
-        SpendCommand::SignPolicy { id, key } => {
-            let key = key.open().await?;
-            sign_policy_with(opts, svc, &id, key, at).await
+        SpendCommand::SignPolicy { id } => {
+            let client = opts.signer.require()?;
+            sign_policy_with(svc, &id, &client, at).await
         }
         SpendCommand::Psbt { id } => {
             let signed = svc.signed_psbt(&id).await.map_err(|err| err.to_string())?;
@@ -407,29 +411,25 @@ async fn spend_db(
     }
 }
 
-/// The policy signer over `key` signs request `id`; returns the PSBT signed so far.
-async fn sign_policy_with<S: hsm::Signer>(
-    opts: &VaultOpts,
+/// The policy signer process signs request `id`; returns the PSBT signed so far.
+async fn sign_policy_with(
     svc: &SpendService,
     id: &str,
-    key: S,
+    signer: &::signer::SignerClient,
     at: At,
 ) -> Result<String, String> {
-    let mut signer = svc
-        .policy_signer(key, opts.network, at.now_ms)
+    let receipt = svc
+        .policy_sign(id, signer, at)
         .await
         .map_err(|err| err.to_string())?;
-    let sig = svc
-        .policy_sign(id, &mut signer, at)
-        .await
-        .map_err(|err| err.to_string())?;
+    let s = &receipt.spend;
     eprintln!(
-        "policy key {} signed inputs {:?} of {} (tier {}, counted {})",
-        sig.key,
-        sig.inputs,
-        sig.txid,
-        sig.tier.as_deref().unwrap_or("-"),
-        sig.counted.join(", ")
+        "policy signer {} signed inputs {:?} of {} (tier {}, counted {})",
+        signer.endpoint(),
+        s.inputs,
+        s.txid,
+        s.tier.as_deref().unwrap_or("-"),
+        s.counted.join(", ")
     );
     let signed = svc.signed_psbt(id).await.map_err(|err| err.to_string())?;
     Ok(format!("{}\n", signed.psbt))

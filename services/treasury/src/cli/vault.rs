@@ -341,7 +341,9 @@ async fn vault_db(
             };
             let mut cfg = VaultConfig::new(&name, desc, birthday)?;
             cfg.gap_limit = gap_limit;
-            let vault = svc.create(cfg, "create").await?;
+            let vault = svc
+                .create_registered(cfg, "create", opts.signer.client().as_ref())
+                .await?;
             Ok(describe(&vault))
         }
         VaultCommand::List => {
@@ -387,7 +389,9 @@ async fn vault_db(
             let desc = crate::files::vault_formats::import(&text, format.into(), opts.network)
                 .map_err(msg)?;
             let cfg = VaultConfig::new(&name, desc, birthday)?;
-            let vault = svc.create(cfg, format_name(format)).await?;
+            let vault = svc
+                .create_registered(cfg, format_name(format), opts.signer.client().as_ref())
+                .await?;
             Ok(describe(&vault))
         }
         VaultCommand::Address { vault, verify } => match verify {

@@ -95,17 +95,17 @@ pub(crate) fn steps(setup: &Setup, _url: &str) -> Vec<Step> {
         lines: approve,
     });
 
-    let policy = match setup.holder {
-        PolicyKeyHolder::SoftHsm => run("TREASURY_HSM_PIN=$(cat \"$TREASURY_HSM_PIN_FILE\") treasury spend sign-policy --id \"$ID\" > /dev/null".into()),
-        PolicyKeyHolder::Software => run("treasury spend sign-policy --id \"$ID\" --keystore \"$TREASURY_POLICY_KEYSTORE\" --passphrase-file \"$TREASURY_POLICY_PASSPHRASE_FILE\" > /dev/null".into()),
-    };
+    let policy = run(
+        "treasury spend sign-policy --id \"$ID\" --signer \"$TREASURY_SIGNER_SOCKET\" > /dev/null"
+            .into(),
+    );
     out.push(Step {
         title:
-            "3. The policy key signs through the policy signer, which re-checks the request by itself:"
+            "3. The policy key signs in the policy signer process, which judges the request from its own state:"
                 .into(),
         lines: vec![
             policy,
-            note("or through the API (the server's own signer, [signer] in treasury.toml):"),
+            note("or through the API (the server asks the same signer, [signer] socket in treasury.toml):"),
             note(&format!(
                 "  {CURL} {admin} -X POST \"$API/v1/spends/$ID/policy-sign\""
             )),

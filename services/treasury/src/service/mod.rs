@@ -7,10 +7,13 @@
 
 pub mod governance;
 pub mod policy;
+pub mod policy_signer;
+pub mod proof_signer;
 pub mod render;
 pub mod reserves;
 pub mod signing;
 pub mod spend;
+pub mod vault_signer;
 pub mod vaults;
 /// The default log origin when neither `--origin` nor `TREASURY_LEDGER_ORIGIN` is given.
 pub const DEFAULT_ORIGIN: &str = "reserve.example/ledger";

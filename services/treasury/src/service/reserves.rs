@@ -1455,14 +1455,14 @@ impl ReserveService {
     /// The policy signer for `key`, built from what the service stores (as for spends).
     ///
     /// # Errors
-    /// As [`SpendService::policy_signer`].
+    /// As [`SpendService::proof_signer`].
     pub async fn policy_signer<S: Signer>(
         &self,
         key: S,
         network: Network,
         now_ms: i64,
     ) -> Result<PolicySigner<S>> {
-        Ok(self.spend.policy_signer(key, network, now_ms).await?)
+        Ok(self.spend.proof_signer(key, network, now_ms).await?)
     }
 
     /// Asks the policy signer to sign proof `id`: the BIP-127 form

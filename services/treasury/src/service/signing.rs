@@ -2,11 +2,9 @@
 //! officers' partial signatures, finalization, broadcast and confirmations.
 //!
 //! Why like this:
-//! - The policy key signs only through [`hsm::PolicySigner`], which re-checks the request by
-//!   itself (ADR 0008). The service builds the signer from what it stores (the active policy
-//!   version, every vault whose descriptor holds the key, the freeze orders with their admin
-//!   signatures, re-verified on replay, the approvals with their receive times, and the
-//!   earlier policy signatures for velocity), then asks it to sign the request's current PSBT.
+//! - The policy key signs only in the policy signer process, from its own state
+//!   ([`crate::service::policy_signer`], ADR 0017): the service's database is not an input to
+//!   the rules the policy key obeys.
 //! - Officers sign on their own devices (Core, hardware wallets, `treasury officer sign`); the
 //!   service accepts their PSBTs only for the request's exact unsigned transaction, and
 //!   verifies every new partial signature against its sighash on arrival
@@ -24,13 +22,10 @@ use bdk_wallet::bitcoin::Txid;
 use custody::ledger::Kind;
 use custody::request::{Event, State};
 use custody::vault::{combine, ledger_record, spend};
-use hsm::policy_signer::{PolicySignature, PolicySigner, PolicySignerError, SpendAuthorization};
-use hsm::Signer;
-use policies::evaluate::PastSpend;
+use hsm::policy_signer::PolicySignerError;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::actor::POLICY_SIGNER_ACTOR;
 use crate::node::NodeConfig;
 use crate::service::spend::{At, SpendService, SpendServiceError, StoredRequest};
 use crate::store::{on_db, SqlValue, Write};
@@ -113,7 +108,7 @@ pub struct SignedPsbt {
 
 /// Stores `psbt` as request `id`'s signed PSBT, provided it still holds the `before`
 /// signatures it was read with (another writer's update makes the write a conflict).
-fn signed_psbt_write(id: &str, psbt: &Psbt, before: usize, at: At) -> Write {
+pub(crate) fn signed_psbt_write(id: &str, psbt: &Psbt, before: usize, at: At) -> Write {
     Write::new(
         "INSERT INTO spend_signed_psbts (request_id, psbt, signatures, updated_ms) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO UPDATE SET psbt = $2, \
@@ -240,179 +235,6 @@ impl SpendService {
         self.store_signed(id, current.signatures, &psbt, body, by, at)
             .await?;
         Ok(added)
-    }
-
-    /// The policy signer for `key`, built from what the service stores: the active policy
-    /// version, every vault whose descriptors hold the key, the freeze orders (their admin
-    /// signatures re-verified), and the spends the policy key signed before (for velocity).
-    ///
-    /// # Errors
-    /// [`SigningError::Refused`] when a stored freeze order does not verify, and store errors.
-    pub async fn policy_signer<S: Signer>(
-        &self,
-        key: S,
-        network: bdk_wallet::bitcoin::Network,
-        now_ms: i64,
-    ) -> Result<PolicySigner<S>> {
-        let active = self
-            .governance
-            .active(now_ms)
-            .await
-            .map_err(SpendServiceError::from)?;
-        let mut signer = PolicySigner::new(key, active.policy.clone(), network)?;
-        for cfg in self
-            .vaults
-            .vaults
-            .list()
-            .await
-            .map_err(SpendServiceError::from)?
-        {
-            // Vaults without the policy key are not the policy signer's.
-            let _ = signer.add_vault(
-                &cfg.name,
-                &cfg.descriptor.external_string(),
-                &cfg.descriptor.internal_string(),
-            );
-        }
-        let q = "SELECT order_json, signatures FROM freeze_orders ORDER BY seq";
-        let orders: Vec<(String, String)> = on_db!(self.vaults.ledger.db(), p => {
-            sqlx::query(q)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<std::result::Result<_, sqlx::Error>>()?
-        });
-        for (order, sigs) in orders {
-            let order: policies::freeze::FreezeOrder =
-                serde_json::from_str(&order).map_err(corrupt)?;
-            let sigs: Vec<policies::freeze::AdminSignature> =
-                serde_json::from_str(&sigs).map_err(corrupt)?;
-            if order.policy == active.hash {
-                signer.apply_freeze(&order, &sigs)?;
-            } else {
-                // An order of an earlier policy version was verified under that version when
-                // it was applied; the signer holds the active version only and resumes from
-                // the state that order left.
-                signer.resume_freeze(policies::freeze::FreezeState {
-                    frozen: order.action == policies::freeze::FreezeAction::Freeze,
-                    seq: order.seq.saturating_add(1),
-                    since_ms: Some(order.issued_at_ms),
-                });
-            }
-        }
-        let q = "SELECT s.request_id, r.vault, r.amount_sat, s.signed_ms FROM spend_policy_signatures s \
-                 JOIN spend_requests r ON r.id = s.request_id ORDER BY s.signed_ms";
-        let past: Vec<(String, String, i64, i64)> = on_db!(self.vaults.ledger.db(), p => {
-            sqlx::query(q)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-                .collect::<std::result::Result<_, sqlx::Error>>()?
-        });
-        for (request_id, vault, amount, at_ms) in past {
-            signer.record_signed(
-                &vault,
-                PastSpend {
-                    request_id,
-                    amount: bdk_wallet::bitcoin::Amount::from_sat(
-                        u64::try_from(amount).map_err(corrupt)?,
-                    ),
-                    at_ms,
-                    state: policies::evaluate::SpendState::Pending,
-                },
-            );
-        }
-        Ok(signer)
-    }
-
-    /// Asks the policy signer to add the policy key's signature to request `id`'s PSBT. The
-    /// request is evaluated again first; the signer then checks everything itself. Records a
-    /// `signature` ledger entry with the key, request, txid, tier and who counted.
-    ///
-    /// # Errors
-    /// [`SigningError::Refused`] with the signer's reason; [`SigningError::WrongState`] when
-    /// the request is not ready to sign.
-    pub async fn policy_sign<S: Signer>(
-        &self,
-        id: &str,
-        signer: &mut PolicySigner<S>,
-        at: At,
-    ) -> Result<PolicySignature> {
-        let stored = self.reevaluate(id, at).await?;
-        let tip = match at.tip_height {
-            Some(h) => h,
-            None => self
-                .vaults
-                .vaults
-                .load(&stored.request.vault)
-                .await
-                .map_err(SpendServiceError::from)?
-                .tip_height(),
-        };
-        let r = &stored.request;
-        let auth = SpendAuthorization {
-            request_id: r.id.clone(),
-            vault: r.vault.clone(),
-            initiator: r.initiator.clone(),
-            created_ms: r.created_ms,
-            created_height: r.created_height,
-            requested_fee_rate: r.requested_fee_rate,
-            subject: r.subject.clone(),
-            change_outputs: stored
-                .change_outputs
-                .iter()
-                .filter_map(|i| usize::try_from(*i).ok())
-                .collect(),
-            approvals: r.approvals.iter().chain(&r.rejections).cloned().collect(),
-            history: self.velocity_history(&r.vault).await?,
-        };
-        // The service received these approvals at the stored times (the signer runs in this
-        // process and takes them as its own observations).
-        for a in &auth.approvals {
-            signer.observe(
-                &SpendAuthorization {
-                    approvals: vec![a.clone()],
-                    ..auth.clone()
-                },
-                a.received_ms,
-            );
-        }
-        let current = self.signed_psbt(id).await?;
-        if r.state != State::ReadyToSign {
-            // The signer's own reason is the most precise one.
-            signer.check(&current.psbt, &auth, at.now_ms, tip)?;
-            return Err(wrong_state(
-                &stored,
-                "the policy key signs only a request that is ready to sign",
-            ));
-        }
-        let mut psbt = current.psbt.clone();
-        let sig = signer.sign(&mut psbt, &auth, at.now_ms, tip)?;
-        let body = json!({
-            "request": sig.request_id, "vault": sig.vault, "txid": sig.txid.to_string(),
-            "key": sig.key, "signer": sig.signer, "inputs": sig.inputs,
-            "policy": sig.policy.to_string(), "amount_sat": sig.amount.to_sat(),
-            "tier": sig.tier, "counted": sig.counted,
-        });
-        let upsert = signed_psbt_write(id, &psbt, current.signatures, at);
-        let record = Write::new(
-            "INSERT INTO spend_policy_signatures (request_id, txid, key, signed_ms) \
-             VALUES ($1, $2, $3, $4)",
-            vec![
-                SqlValue::Text(id.to_owned()),
-                SqlValue::Text(sig.txid.to_string()),
-                SqlValue::Text(sig.key.clone()),
-                SqlValue::Int(at.now_ms),
-            ],
-        );
-        let draft = ledger_record(Kind::Signature, POLICY_SIGNER_ACTOR, &body, at.now_ms)?;
-        self.vaults
-            .ledger
-            .append_with_writes(vec![draft], &[upsert, record])
-            .await?;
-        Ok(sig)
     }
 
     /// Finalizes request `id`'s fully signed PSBT (miniscript's interpreter checks every

@@ -51,6 +51,14 @@ pub enum OpError {
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The policy signer process refused to register the vault (the vault is not created).
+    #[error("the policy signer refused vault {vault}: {reason}")]
+    SignerRefused {
+        /// The vault.
+        vault: String,
+        /// The signer's reason.
+        reason: String,
+    },
 }
 
 /// What a PSBT build produced and reserved.

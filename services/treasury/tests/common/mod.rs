@@ -8,6 +8,8 @@
     clippy::panic
 )]
 
+pub mod signer;
+
 use std::str::FromStr;
 
 use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};

@@ -486,6 +486,13 @@ pub async fn approve(
     }
     state.spend().approve(&id, approval, now()).await?;
     state.metrics().ledger_appended(1);
+    if let Some(client) = state.signer_client() {
+        // The approval is recorded; a signer that cannot be told now counts it from when it
+        // first sees it (the safe direction).
+        if let Err(e) = state.spend().forward_approvals(&id, client).await {
+            tracing::warn!(request = %id, error = %e, "the policy signer was not told about an approval");
+        }
+    }
     Ok(Json(view(&state, &id).await?))
 }
 
@@ -541,37 +548,28 @@ pub async fn policy_sign(
     Path(id): Path<String>,
 ) -> ApiResult<Json<PolicySigned>> {
     caller.require(&[Role::Admin, Role::Officer])?;
-    let stored = scoped(&state, &caller, &id).await?;
-    let key = state
+    scoped(&state, &caller, &id).await?;
+    let client = state
         .inner
-        .policy_signer
+        .signer_client
         .clone()
         .ok_or_else(|| Problem::unavailable("no policy signer is configured"))?;
-    let spend = state.spend().clone();
-    let network = stored.network;
-    let handle = tokio::runtime::Handle::current();
-    let rid = id.clone();
     let actor = custody::ledger::Actor::new(caller.0.name.clone()).map_err(Problem::internal)?;
-    // PKCS#11 calls block: the whole signing step runs on a blocking thread, still as the
-    // caller (a new task does not inherit the request's principal).
-    let sig = tokio::task::spawn_blocking(move || {
-        handle.block_on(crate::actor::acting_as(actor, async move {
-            let at = now();
-            let mut signer = spend
-                .policy_signer(SharedKey(key), network, at.now_ms)
-                .await?;
-            spend.policy_sign(&rid, &mut signer, at).await
-        }))
-    })
-    .await
-    .map_err(Problem::internal)??;
+    let receipt = crate::actor::acting_as(actor, state.spend().policy_sign(&id, &client, now()))
+        .await
+        .map_err(|e| crate::api::policy_signer::policy_sign_problem(&e))?;
     state.metrics().ledger_appended(1);
+    let key = match client.status().await {
+        Ok(s) => s.policy_key,
+        Err(_) => "unknown".to_owned(),
+    };
+    let s = receipt.spend;
     Ok(Json(PolicySigned {
         id,
-        key: sig.key,
-        inputs: sig.inputs.len(),
-        tier: sig.tier.clone(),
-        counted: sig.counted.clone(),
+        key,
+        inputs: s.inputs.len(),
+        tier: s.tier,
+        counted: s.counted,
     }))
 }
 
