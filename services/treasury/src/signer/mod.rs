@@ -6,3 +6,4 @@
 //! replaces one folder.
 
 pub mod checkpoint;
+pub mod open;
