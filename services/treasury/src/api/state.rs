@@ -337,9 +337,8 @@ pub async fn open_signer(sig: &config::SignerSection) -> Result<SharedSigner, Se
                 sig.key_label.clone().ok_or_else(|| missing("key_label"))?,
                 hsm::Pkcs11Pin::new(pin.expose().to_owned()),
             );
-            let s = tokio::task::spawn_blocking(move || hsm::Pkcs11Signer::open(cfg))
+            let s = crate::signer::open::open_pkcs11(cfg)
                 .await
-                .map_err(|e| ServeError::Signer(e.to_string()))?
                 .map_err(|e| ServeError::Signer(e.to_string()))?;
             Ok(Arc::new(s))
         }

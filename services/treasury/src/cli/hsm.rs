@@ -3,16 +3,17 @@
 //! from a PIN file (`--pin-file`, `TREASURY_HSM_PIN_FILE`) or `TREASURY_HSM_PIN`, never from
 //! the command line, and is never printed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bdk_wallet::bitcoin::hashes::{sha256, Hash};
 use clap::{Args, Subcommand};
 use custody::ledger::Kind;
-use hsm::{list_key_labels, Pkcs11Config, Pkcs11Pin, Pkcs11Signer, Signer};
+use hsm::{list_key_labels, Pkcs11Config, Pkcs11Signer};
 
 use crate::cli::opts::{runtime, DEFAULT_DB};
 use crate::service::DEFAULT_ORIGIN;
 use crate::signer::checkpoint::HsmCheckpointSigner;
+use crate::signer::open::{open_pkcs11, pin, OpenError, PolicyKey};
 use crate::store::LedgerStore;
 
 /// The default PKCS#11 module.
@@ -108,27 +109,6 @@ impl HsmKeyOpts {
         let signer = Pkcs11Signer::open(cfg).map_err(|e| e.to_string())?;
         Ok(Some(HsmCheckpointSigner::new(signer)))
     }
-}
-
-/// The user PIN: from `pin_file` if given (its first line), else from `TREASURY_HSM_PIN`.
-///
-/// # Errors
-/// A message naming the missing source or the unreadable file (never the PIN).
-pub fn pin(pin_file: Option<&Path>) -> Result<Pkcs11Pin, String> {
-    if let Some(path) = pin_file {
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read pin file {}: {e}", path.display()))?,
-        );
-        let line = text.lines().next().unwrap_or("");
-        if line.is_empty() {
-            return Err(format!("pin file {} is empty", path.display()));
-        }
-        return Ok(Pkcs11Pin::new(line));
-    }
-    std::env::var("TREASURY_HSM_PIN")
-        .map(Pkcs11Pin::new)
-        .map_err(|_| "no PIN: set TREASURY_HSM_PIN or give a pin file".to_string())
 }
 
 /// Runs a `treasury hsm` command; returns what to print on standard output.
@@ -269,41 +249,6 @@ pub struct PolicyKeyArgs {
     pub passphrase_file: Option<PathBuf>,
 }
 
-/// The policy key, opened.
-#[derive(Debug)]
-pub enum PolicyKey {
-    /// In a PKCS#11 token.
-    Token(Pkcs11Signer),
-    /// In a software keystore.
-    Software(hsm::SoftwareKeystore),
-}
-
-impl Signer for PolicyKey {
-    fn id(&self) -> &str {
-        match self {
-            PolicyKey::Token(k) => k.id(),
-            PolicyKey::Software(k) => k.id(),
-        }
-    }
-
-    fn public_keys(&self) -> Result<Vec<hsm::HeldKey>, hsm::HsmError> {
-        match self {
-            PolicyKey::Token(k) => k.public_keys(),
-            PolicyKey::Software(k) => k.public_keys(),
-        }
-    }
-
-    fn sign_psbt(
-        &self,
-        psbt: &mut bdk_wallet::bitcoin::Psbt,
-    ) -> Result<hsm::SignReport, hsm::HsmError> {
-        match self {
-            PolicyKey::Token(k) => k.sign_psbt(psbt),
-            PolicyKey::Software(k) => k.sign_psbt(psbt),
-        }
-    }
-}
-
 impl PolicyKeyArgs {
     /// Opens the key (on a blocking thread: PKCS#11 login or the keystore's KDF).
     ///
@@ -324,10 +269,10 @@ impl PolicyKeyArgs {
             self.key_label,
             pin(self.pin_file.as_deref())?,
         );
-        tokio::task::spawn_blocking(move || Pkcs11Signer::open(cfg))
-            .await
-            .map_err(|e| format!("hsm task: {e}"))?
-            .map(PolicyKey::Token)
-            .map_err(|e| e.to_string())
+        match open_pkcs11(cfg).await {
+            Ok(k) => Ok(PolicyKey::Token(k)),
+            Err(OpenError::Task(e)) => Err(format!("hsm task: {e}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }

@@ -6,4 +6,5 @@
 //! replaces one folder.
 
 pub mod checkpoint;
+pub mod open;
 pub mod process;

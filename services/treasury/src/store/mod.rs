@@ -11,6 +11,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+pub mod idempotency;
 pub mod vaults;
 
 use custody::ledger::{ChainError, CheckpointError, EntryError};

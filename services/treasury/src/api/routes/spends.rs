@@ -21,7 +21,6 @@ use bdk_wallet::bitcoin::{Address, Amount, FeeRate};
 use custody::vault::spend::Payment;
 use policies::approval::Approval;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::json::ApiJson;
@@ -29,7 +28,7 @@ use crate::api::problem::{ApiResult, Problem, ProblemKind};
 use crate::api::{AppState, Caller, Role};
 use crate::service::render::verdict_text;
 use crate::service::spend::{At, Bump, CreateSpend};
-use crate::store::on_db;
+use crate::store::idempotency;
 
 /// The header carrying an idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -263,20 +262,11 @@ async fn claim_key(
     key: &str,
     body_hash: &str,
 ) -> ApiResult<KeyState> {
-    let db = state.store().db();
+    let store = state.store();
     for _ in 0..3 {
-        let q = "SELECT body_hash, request_id, created_ms FROM api_idempotency \
-                 WHERE principal = $1 AND idem_key = $2";
-        let row: Option<(String, String, i64)> = on_db!(db, p => {
-            match sqlx::query(q).bind(principal).bind(key).fetch_optional(p).await.map_err(Problem::internal)? {
-                Some(r) => Some((
-                    r.try_get(0).map_err(Problem::internal)?,
-                    r.try_get(1).map_err(Problem::internal)?,
-                    r.try_get(2).map_err(Problem::internal)?,
-                )),
-                None => None,
-            }
-        });
+        let row = idempotency::find_key(store, principal, key)
+            .await
+            .map_err(Problem::internal)?;
         if let Some((hash, id, created)) = row {
             if hash != body_hash {
                 return Err(Problem::new(
@@ -301,21 +291,16 @@ async fn claim_key(
             }
         }
         let id = random_id();
-        let ins =
-            "INSERT INTO api_idempotency (principal, idem_key, body_hash, request_id, created_ms) \
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
-        let n = on_db!(db, p => {
-            sqlx::query(ins)
-                .bind(principal)
-                .bind(key)
-                .bind(body_hash)
-                .bind(&id)
-                .bind(crate::clock::now_ms())
-                .execute(p)
-                .await
-                .map_err(Problem::internal)?
-                .rows_affected()
-        });
+        let n = idempotency::insert_key(
+            store,
+            principal,
+            key,
+            body_hash,
+            &id,
+            crate::clock::now_ms(),
+        )
+        .await
+        .map_err(Problem::internal)?;
         if n == 1 {
             return Ok(KeyState::Fresh(id));
         }
@@ -327,11 +312,7 @@ async fn claim_key(
 }
 
 async fn release_key(state: &AppState, principal: &str, key: &str, id: &str) {
-    let q =
-        "DELETE FROM api_idempotency WHERE principal = $1 AND idem_key = $2 AND request_id = $3";
-    let r = on_db!(state.store().db(), p => {
-        sqlx::query(q).bind(principal).bind(key).bind(id).execute(p).await.map(|_| ())
-    });
+    let r = idempotency::delete_key(state.store(), principal, key, id).await;
     if let Err(e) = r {
         tracing::error!(error = %e, "cannot release an idempotency key");
     }
