@@ -51,8 +51,9 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let svc = VaultService::new(LedgerStore::open(&url).await.unwrap());
+    // k = every key: the policy key signs every spend
     let d = Template::SortedMulti {
-        k: 2,
+        k: 3,
         officers: vec![key(1), key(2)],
         policy_key: key(3),
     }

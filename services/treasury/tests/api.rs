@@ -52,8 +52,9 @@ impl World {
     /// The same world on `store` (e.g. a PostgreSQL schema).
     async fn on(limits: Limits, store: LedgerStore, dir: tempfile::TempDir) -> World {
         let svc = treasury::service::vaults::VaultService::new(store.clone());
+        // k = every key: the policy key signs every spend
         let t = Template::SortedMulti {
-            k: 2,
+            k: 3,
             officers: vec![officer_key(1), officer_key(2)],
             policy_key: officer_key(3),
         };

@@ -1,6 +1,7 @@
-//! BIP-322 proofs of funds against a real regtest node: a wsh 2-of-3 vault and a tr multi_a
-//! vault funded from outside and synced by the `VaultService`; the `to_sign` PSBT built for the
-//! proof message at the tip, read by Core's `decodepsbt`, signed by two officers through Core's
+//! BIP-322 proofs of funds against a real regtest node: a wsh 3-of-3 vault (the policy key is
+//! one of the three) and a taproot policy-key-with-recovery vault funded from outside and synced
+//! by the `VaultService`; the `to_sign` PSBT built for the proof message at the tip, read by
+//! Core's `decodepsbt`, signed by an officer and the policy key through Core's
 //! `descriptorprocesspsbt` with private descriptors, finalized by us and by Core's
 //! `finalizepsbt`, and verified against the spent outputs as the node reports them
 //! (`gettxout`). Core's `testmempoolaccept` refuses it (its input 0 does not exist). Then each way
@@ -27,10 +28,11 @@ use serde_json::json;
 use treasury::service::vaults::VaultService;
 use treasury::store::LedgerStore;
 
-fn wsh_2_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
+/// wsh(sortedmulti(3, o0, o1, policy key o2)): k = every key, so the policy key signs.
+fn wsh_3_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
     let o = [officer(seed), officer(seed + 1), officer(seed + 2)];
     let t = Template::SortedMulti {
-        k: 2,
+        k: 3,
         officers: vec![
             TemplateKey::parse(&o[0].public).unwrap(),
             TemplateKey::parse(&o[1].public).unwrap(),
@@ -40,14 +42,23 @@ fn wsh_2_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
     (t.build(NET).unwrap(), o)
 }
 
-fn tr_2_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
-    let o = [officer(seed), officer(seed + 1), officer(seed + 2)];
-    let t = Template::TaprootMultiA {
-        k: 2,
-        keys: o
-            .iter()
-            .map(|o| TemplateKey::parse(&o.public).unwrap())
-            .collect(),
+/// The taproot vault: the policy key o2 AND 1 of the officers o0, o1 in one leaf, the recovery
+/// key o3 after 144 blocks in the other.
+fn tr_policy_recovery(seed: u8) -> (VaultDescriptor, [Officer; 4]) {
+    let o = [
+        officer(seed),
+        officer(seed + 1),
+        officer(seed + 2),
+        officer(seed + 3),
+    ];
+    let key = |o: &Officer| TemplateKey::parse(&o.public).unwrap();
+    let t = Template::TaprootPolicyWithRecovery {
+        policy_key: key(&o[2]),
+        k: 1,
+        officers: vec![key(&o[0]), key(&o[1])],
+        r: 1,
+        recovery: vec![key(&o[3])],
+        older: 144,
     };
     (t.build(NET).unwrap(), o)
 }
@@ -205,8 +216,8 @@ async fn proofs_of_funds_signed_by_core_verify_and_each_fault_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let svc = VaultService::new(LedgerStore::open(&url).await.unwrap());
-    let (dw, ow) = wsh_2_of_3(111);
-    let (dt, ot) = tr_2_of_3(121);
+    let (dw, ow) = wsh_3_of_3(111);
+    let (dt, ot) = tr_policy_recovery(121);
     let birthday = u32::try_from(node.height().unwrap()).unwrap();
     for (name, d) in [("w", &dw), ("t", &dt)] {
         svc.create(VaultConfig::new(name, d.clone(), birthday).unwrap(), "t")
@@ -225,7 +236,7 @@ async fn proofs_of_funds_signed_by_core_verify_and_each_fault_is_named() {
     }
     node.mine_blocks(1, &node.new_address()).unwrap();
 
-    let w = prove(&node, &svc, "w", &dw, &[&ow[0], &ow[1]], false).await;
+    let w = prove(&node, &svc, "w", &dw, &[&ow[0], &ow[1], &ow[2]], false).await;
     assert_eq!(w.total, Amount::from_sat(3_5000_0000));
     let t = prove(&node, &svc, "t", &dt, &[&ot[0], &ot[2]], true).await;
     assert_eq!(t.total, Amount::from_sat(7_3000_0000));

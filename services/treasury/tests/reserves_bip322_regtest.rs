@@ -5,7 +5,7 @@
 //! `reserves submit-psbt` tells the forms apart; `reserves sign-policy` has the HSM policy key
 //! sign both; the bundle carries both; `treasury audit reserves` verifies both. Two vaults: a
 //! `wsh(sortedmulti)` vault with the HSM key (all through the `treasury` binary) and a taproot
-//! `multi_a` vault (through the service; its BIP-322 form half-signed first, which stops the
+//! policy-key-with-recovery vault (through the service; its BIP-322 form half-signed first, which stops the
 //! finalization). Then each way the BIP-322 form can be wrong, each failing the audit with its
 //! own reason while the BIP-127 form still holds: other UTXOs than the BIP-127 proof, a changed
 //! message, a forged and a truncated taproot witness in `to_sign`, an extra output, and the
@@ -183,16 +183,24 @@ async fn both_forms_are_signed_bundled_and_audited_and_each_bip322_fault_is_name
         .unwrap();
     let o: Vec<Officer> = (121..130).map(officer).collect();
     let tk = |i: usize| TemplateKey::parse(&o[i].public).unwrap();
+    // k = every key (officer o0 and the HSM policy key): the policy key signs every spend.
     let d_wsh = Template::SortedMulti {
         k: 2,
-        officers: vec![tk(0), tk(1)],
+        officers: vec![tk(0)],
         policy_key,
     }
     .build(NET)
     .unwrap();
-    let d_tr = Template::TaprootMultiA {
-        k: 2,
-        keys: vec![tk(6), tk(7), tk(8)],
+    // The taproot vault: o8 stands in for the policy key (a taproot policy key signs BIP-340,
+    // which the SoftHSM ECDSA key above does not; Core signs for it here), AND 1 of o6, o7;
+    // recovery by o5 after 144 blocks.
+    let d_tr = Template::TaprootPolicyWithRecovery {
+        policy_key: tk(8),
+        k: 1,
+        officers: vec![tk(6), tk(7)],
+        r: 1,
+        recovery: vec![tk(5)],
+        older: 144,
     }
     .build(NET)
     .unwrap();
@@ -395,7 +403,7 @@ async fn both_forms_are_signed_bundled_and_audited_and_each_bip322_fault_is_name
     );
     assert_eq!(test[0]["allowed"], json!(false), "{test}");
 
-    // --- 2. tr(NUMS, multi_a(2, three officers)) through the service; the BIP-322 form
+    // --- 2. tr(NUMS, {pk(o8) AND 1 of o6, o7; recovery}) through the service; the BIP-322 form
     // half-signed first.
     let sign_src = CheckpointSource::Sign {
         origin: ORIGIN,

@@ -7,7 +7,7 @@
 //! a ledger checkpoint signed by the SoftHSM2 checkpoint key (`--hsm-key-label`), and its
 //! audit checks that signature. Three vaults: `wsh(sortedmulti)` with the HSM key (all through the
 //! `treasury` binary), the policy key plus officers with a timelocked recovery path, and a
-//! taproot `multi_a` vault. Then each way a bundle can be wrong, each failing the audit with
+//! taproot policy-key vault. Then each way a bundle can be wrong, each failing the audit with
 //! its own reason: a changed message, a commitment input that does not match, an extra
 //! output, a non-zero fee, a forged and a truncated taproot witness, a UTXO spent before H, a
 //! UTXO confirmed after H, a UTXO outside the declared descriptors, the wrong network,
@@ -288,8 +288,9 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     let o: Vec<Officer> = (101..110).map(officer).collect();
     let tk = |i: usize| TemplateKey::parse(&o[i].public).unwrap();
     let alice_key = TemplateKey::parse(&officers[0].1.descriptor_key()).unwrap();
+    // k = every key (alice, o1 and the HSM policy key): the policy key signs every spend.
     let d_wsh = Template::SortedMulti {
-        k: 2,
+        k: 3,
         officers: vec![alice_key, tk(1)],
         policy_key: policy_key.clone(),
     }
@@ -305,9 +306,16 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     }
     .build(NET)
     .unwrap();
-    let d_tr = Template::TaprootMultiA {
-        k: 2,
-        keys: vec![tk(6), tk(7), tk(8)],
+    // The taproot vault: o8 stands in for the policy key (a taproot policy key signs BIP-340,
+    // which the SoftHSM ECDSA key does not; Core signs for it here) AND 1 of o6, o7; recovery
+    // by o0 after 144 blocks.
+    let d_tr = Template::TaprootPolicyWithRecovery {
+        policy_key: tk(8),
+        k: 1,
+        officers: vec![tk(6), tk(7)],
+        r: 1,
+        recovery: vec![tk(0)],
+        older: 144,
     }
     .build(NET)
     .unwrap();
@@ -509,6 +517,15 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("accepted 2 new signatures"), "{out}");
+    // The second officer (o1) signs through Core: the vault needs every key.
+    let unsigned = Psbt::from_str(std::fs::read_to_string(&pfile).unwrap().trim()).unwrap();
+    let signed1 = core_sign(&node, &unsigned, private_descriptors(&d_wsh, &[&o[1]]));
+    assert_eq!(
+        svc.submit_psbt("por-wsh", signed1, "officer-1", now)
+            .await
+            .unwrap(),
+        2
+    );
     let (ok, _, err) = cli(&["reserves", "sign-policy", "por-wsh"]);
     assert!(ok, "{err}");
     assert!(err.contains("signed inputs [1, 2]"), "{err}");
@@ -822,12 +839,12 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     // The bundle also travels as one JSON document (the API's download).
     assert_eq!(Bundle::from_json(&rec.to_json()).unwrap(), rec);
 
-    // --- 3. tr(NUMS, multi_a(2, three officers)).
+    // --- 3. tr(NUMS, {pk(o8) AND 1 of o6, o7; recovery by o0}).
     let p = svc
         .prove(&req("por-tr", "taproot"), &cfg, sign_src, now + 6)
         .await
         .unwrap();
-    // No policy key in this vault, but the auditor still checks the proof quorum.
+    // The policy key here is o8 (signed through Core); the auditor still checks the proof quorum.
     assert!(approve_proof(&svc, "por-tr", &officers, now + 6)
         .await
         .complete());
@@ -1081,7 +1098,7 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     let spend = rpc(
         &node,
         "descriptorprocesspsbt",
-        &[spend, json!(private_descriptors(&d_tr, &[&o[6], &o[7]]))],
+        &[spend, json!(private_descriptors(&d_tr, &[&o[7], &o[8]]))],
     );
     rpc(&node, "sendrawtransaction", &[spend["hex"].clone()]);
     node.mine_blocks(1, &node.new_address()).unwrap();
@@ -1197,6 +1214,16 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
             .await
             .unwrap(),
         6
+    );
+    // Alice signs the wsh inputs with her keystore: the wsh vault needs every key.
+    let mut by_alice = p.psbt.clone();
+    let report = hsm::Signer::sign_psbt(&officers[0].1, &mut by_alice).unwrap();
+    assert!(!report.is_empty());
+    assert_eq!(
+        svc.submit_psbt("por-hsm", by_alice, "alice", now + 9)
+            .await
+            .unwrap(),
+        report.signed.len()
     );
     let (ok, _, err) = cli(&["reserves", "sign-policy", "por-hsm"]);
     assert!(ok, "{err}");

@@ -62,8 +62,9 @@ async fn node_round_trips_of_the_verifier_per_utxo() {
     let svc = VaultService::new(LedgerStore::open(&url).await.unwrap());
     let cfg = node_config(&node);
     let o = [officer(131), officer(132), officer(133)];
+    // k = every key: the policy key signs every spend (and every proof)
     let t = Template::SortedMulti {
-        k: 2,
+        k: 3,
         officers: vec![
             TemplateKey::parse(&o[0].public).unwrap(),
             TemplateKey::parse(&o[1].public).unwrap(),
@@ -107,7 +108,7 @@ async fn node_round_trips_of_the_verifier_per_utxo() {
     let msg = ProofMessage::for_vaults(&[&v], NET, h, h_hash, "checkpoint size=1 root=00 sig=00")
         .unwrap();
     let text = msg.encode();
-    let private = private_descriptors(&d, &[&o[0], &o[1]]);
+    let private = private_descriptors(&d, &[&o[0], &o[1], &o[2]]);
 
     // BIP-127 through the full node-side verifier.
     let built = build_proof(&[(&v, &utxos)], &msg).unwrap();

@@ -1,6 +1,7 @@
 //! The proof-of-reserves service on PostgreSQL (the production database) against a regtest
-//! node: a taproot `multi_a` vault proven, approved by the policy's proof quorum (migration
-//! 0007: a duplicate and a tampered approval refused, nothing stored), signed by two officers
+//! node: a taproot policy-key-with-recovery vault proven, approved by the policy's proof quorum
+//! (migration 0007: a duplicate and a tampered approval refused, nothing stored), signed by an
+//! officer and the policy key
 //! through Core, refused a duplicate id and a foreign PSBT, bundled and audited; the ledger
 //! (with the request, approval, signature and finalization entries written with their rows)
 //! verifies.
@@ -64,13 +65,17 @@ async fn a_taproot_proof_on_postgres_bundles_and_audits() {
         actor: "ledger",
         signer: &signer,
     };
-    let o: Vec<Officer> = (121..124).map(officer).collect();
-    let d = Template::TaprootMultiA {
-        k: 2,
-        keys: o
-            .iter()
-            .map(|x| TemplateKey::parse(&x.public).unwrap())
-            .collect(),
+    let o: Vec<Officer> = (121..125).map(officer).collect();
+    let tk = |i: usize| TemplateKey::parse(&o[i].public).unwrap();
+    // The taproot vault: the policy key o2 (Core signs for it here) AND 1 of o0, o1; recovery
+    // by o3 after 144 blocks.
+    let d = Template::TaprootPolicyWithRecovery {
+        policy_key: tk(2),
+        k: 1,
+        officers: vec![tk(0), tk(1)],
+        r: 1,
+        recovery: vec![tk(3)],
+        older: 144,
     }
     .build(NET)
     .unwrap();

@@ -1,7 +1,7 @@
-//! BIP-127 proofs of reserves against a real regtest node: a wsh 2-of-3 vault funded from
-//! outside and synced by the `VaultService`; a proof built at the tip H, checked by Core's
-//! `decodepsbt`, signed by two officers through Core's `descriptorprocesspsbt`, finalized,
-//! written as a protobuf proof file, read back and verified against the node. Then each way it
+//! BIP-127 proofs of reserves against a real regtest node: a wsh 3-of-3 vault (the policy key
+//! signs) funded from outside and synced by the `VaultService`; a proof built at the tip H,
+//! checked by Core's `decodepsbt`, signed by the officers and the policy key through Core's
+//! `descriptorprocesspsbt`, finalized, written as a protobuf proof file, read back and verified against the node. Then each way it
 //! can be wrong, each with its reason: a changed message, the wrong network, a UTXO outside the
 //! declared descriptors, a UTXO confirmed after H, a UTXO spent before H. A spend after H does
 //! not spoil a proof at H.
@@ -27,10 +27,11 @@ use treasury::store::LedgerStore;
 
 const GAP: u32 = 30;
 
-fn wsh_2_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
+fn wsh_3_of_3(seed: u8) -> (VaultDescriptor, [Officer; 3]) {
     let o = [officer(seed), officer(seed + 1), officer(seed + 2)];
+    // k = every key: the policy key (o[2]) signs every spend and every proof
     let t = Template::SortedMulti {
-        k: 2,
+        k: 3,
         officers: vec![
             TemplateKey::parse(&o[0].public).unwrap(),
             TemplateKey::parse(&o[1].public).unwrap(),
@@ -44,7 +45,7 @@ fn public_descriptors(d: &VaultDescriptor) -> Vec<String> {
     vec![d.external_string(), d.internal_string()]
 }
 
-/// Core checks the proof PSBT (`decodepsbt` sees the 0x09 field), then two officers sign it
+/// Core checks the proof PSBT (`decodepsbt` sees the 0x09 field), then the officers and the policy key sign it
 /// through `descriptorprocesspsbt`; we finalize it.
 fn sign_and_finalize(
     node: &RegtestNode,
@@ -125,8 +126,8 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let svc = VaultService::new(LedgerStore::open(&url).await.unwrap());
     let cfg = node_config(&node);
-    let (da, oa) = wsh_2_of_3(81);
-    let (db, ob) = wsh_2_of_3(91);
+    let (da, oa) = wsh_3_of_3(81);
+    let (db, ob) = wsh_3_of_3(91);
     let birthday = u32::try_from(node.height().unwrap()).unwrap();
     for (name, d) in [("a", &da), ("b", &db)] {
         svc.create(VaultConfig::new(name, d.clone(), birthday).unwrap(), "t")
@@ -159,7 +160,7 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     let tx = sign_and_finalize(
         &node,
         &built.psbt,
-        private_descriptors(&da, &[&oa[0], &oa[1]]),
+        private_descriptors(&da, &[&oa[0], &oa[1], &oa[2]]),
         &msg,
     );
     let file = proof_file(&node, NET, &msg.encode(), h_hash, tx.clone(), &ua);
@@ -255,8 +256,8 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     // only a's descriptors declared.
     let msg_ab = ProofMessage::for_vaults(&[&va, &vb], NET, h, h_hash, checkpoint).unwrap();
     let built = build_proof(&[(&va, &ua), (&vb, &ub)], &msg_ab).unwrap();
-    let mut keys = private_descriptors(&da, &[&oa[0], &oa[1]]);
-    keys.extend(private_descriptors(&db, &[&ob[0], &ob[2]]));
+    let mut keys = private_descriptors(&da, &[&oa[0], &oa[1], &oa[2]]);
+    keys.extend(private_descriptors(&db, &[&ob[0], &ob[1], &ob[2]]));
     let tx_ab = sign_and_finalize(&node, &built.psbt, keys, &msg_ab);
     let both: Vec<VaultUtxo> = ua.iter().chain(&ub).cloned().collect();
     let file_ab = proof_file(&node, NET, &msg_ab.encode(), h_hash, tx_ab, &both);
@@ -290,7 +291,7 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     let tx_late = sign_and_finalize(
         &node,
         &built.psbt,
-        private_descriptors(&da, &[&oa[1], &oa[2]]),
+        private_descriptors(&da, &[&oa[0], &oa[1], &oa[2]]),
         &msg,
     );
     let late = proof_file(&node, NET, &msg.encode(), h_hash, tx_late, &ua2);
@@ -319,7 +320,10 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     let signed = rpc(
         &node,
         "descriptorprocesspsbt",
-        &[psbt, json!(private_descriptors(&da, &[&oa[0], &oa[2]]))],
+        &[
+            psbt,
+            json!(private_descriptors(&da, &[&oa[0], &oa[1], &oa[2]])),
+        ],
     );
     rpc(&node, "sendrawtransaction", &[signed["hex"].clone()]);
     node.mine_blocks(1, &node.new_address()).unwrap();
@@ -342,7 +346,7 @@ async fn a_proof_at_h_verifies_against_the_node_and_each_fault_is_named() {
     let tx2 = sign_and_finalize(
         &node,
         &built.psbt,
-        private_descriptors(&da, &[&oa[0], &oa[1]]),
+        private_descriptors(&da, &[&oa[0], &oa[1], &oa[2]]),
         &msg2,
     );
     let stale = proof_file(&node, NET, &msg2.encode(), h2_hash, tx2, &ua);

@@ -143,7 +143,7 @@ fn cli_flow(node: &regtest::RegtestNode, dir: &tempfile::TempDir, db: &str) {
             "--template",
             "sortedmulti",
             "--k",
-            "2",
+            "3",
             "--officer",
             &account_key(61),
             "--officer",

@@ -108,7 +108,8 @@ struct World<'a> {
 }
 
 impl World<'_> {
-    /// A 2-of-3 vault `name` funded with `coins` deposits of `each`, mined and synced; returns
+    /// A 3-of-3 vault `name` (two officers and the policy key, which signs every spend)
+    /// funded with `coins` deposits of `each`, mined and synced; returns
     /// its descriptor and the seed of its first officer key (the others are +1 and +2).
     async fn vault(
         &mut self,
@@ -118,7 +119,7 @@ impl World<'_> {
     ) -> (custody::vault::VaultDescriptor, u8) {
         self.seed += 3;
         let t = Template::SortedMulti {
-            k: 2,
+            k: 3,
             officers: vec![officer_key(self.seed), officer_key(self.seed + 1)],
             policy_key: officer_key(self.seed + 2),
         };
@@ -592,7 +593,8 @@ async fn lifecycle(w: &mut World<'_>, p: &str) {
         .iter()
         .map(|s| {
             let mut body = s.split('#').next().unwrap().to_string();
-            for k in [seed, seed + 1] {
+            // the two officers and the policy key
+            for k in [seed, seed + 1, seed + 2] {
                 let (public, private) = officer_strings(k);
                 body = body.replace(&public, &private);
             }

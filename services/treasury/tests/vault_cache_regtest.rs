@@ -49,8 +49,9 @@ async fn two_cached_instances_on_postgres_share_one_vault_state_and_never_share_
             .unwrap(),
     );
     let (o1, o2, policy) = (officer(171), officer(172), officer(179));
+    // k = every key: the policy key signs every spend
     let t = Template::SortedMulti {
-        k: 2,
+        k: 3,
         officers: vec![
             TemplateKey::parse(&o1.public).unwrap(),
             TemplateKey::parse(&o2.public).unwrap(),

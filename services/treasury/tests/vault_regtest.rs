@@ -18,7 +18,9 @@ use bdk_wallet::bitcoin::{Address, Amount, FeeRate, OutPoint};
 use common::{node_config, officer, private_descriptors, rpc, Faucet, Officer, NET};
 use custody::vault::combine;
 use custody::vault::spend::{self, FeeCaps, Payment, SpendError, SpendPath, SpendRequest};
-use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultEvent};
+use custody::vault::{
+    AllowWithoutPolicyKey, Keychain, Template, TemplateKey, VaultConfig, VaultEvent,
+};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use regtest::{node_or_skip, RegtestNode};
@@ -91,10 +93,13 @@ async fn postgres_service(test: &str) -> Option<VaultService> {
     ))
 }
 
+/// One vault of each template the service creates; each needs the policy key on every path
+/// without a timelock ([`Template::build`] checks it).
 fn templates(policy: &Officer) -> Vec<Template> {
     vec![
+        // k = every key: the policy key signs every spend
         Template::SortedMulti {
-            k: 2,
+            k: 3,
             officers: vec![tkey(&officer(1)), tkey(&officer(2))],
             policy_key: tkey(policy),
         },
@@ -105,6 +110,27 @@ fn templates(policy: &Officer) -> Vec<Template> {
             r: 2,
             recovery: vec![tkey(&officer(4)), tkey(&officer(5)), tkey(&officer(6))],
             older: 5,
+        },
+        Template::TaprootPolicyWithRecovery {
+            policy_key: tkey(policy),
+            k: 2,
+            officers: vec![tkey(&officer(1)), tkey(&officer(2)), tkey(&officer(3))],
+            r: 2,
+            recovery: vec![tkey(&officer(4)), tkey(&officer(5)), tkey(&officer(6))],
+            older: 5,
+        },
+    ]
+}
+
+/// The legacy shapes officers could spend without the policy key: refused by
+/// [`Template::build`], built only through the loudly named opt-out (vaults created before the
+/// rule still load and derive the same addresses).
+fn legacy_templates_without_policy_key(policy: &Officer) -> Vec<Template> {
+    vec![
+        Template::SortedMulti {
+            k: 2,
+            officers: vec![tkey(&officer(1)), tkey(&officer(2))],
+            policy_key: tkey(policy),
         },
         Template::TaprootMultiA {
             k: 2,
@@ -126,14 +152,35 @@ fn first_twenty_addresses_equal_core_deriveaddresses() {
         let pk = sk.public_key(&secp);
         TemplateKey::parse(&format!("[0badc0de]{pk}")).unwrap()
     };
-    let mut all = templates(&policy);
-    all.push(Template::SortedMulti {
-        k: 2,
-        officers: vec![tkey(&officer(1)), tkey(&officer(2))],
-        policy_key: hsm,
-    });
-    for t in all {
-        let d = t.build(NET).unwrap();
+    let mut all: Vec<(Template, bool)> =
+        templates(&policy).into_iter().map(|t| (t, false)).collect();
+    all.push((
+        Template::SortedMulti {
+            k: 3,
+            officers: vec![tkey(&officer(1)), tkey(&officer(2))],
+            policy_key: hsm,
+        },
+        false,
+    ));
+    all.extend(
+        legacy_templates_without_policy_key(&policy)
+            .into_iter()
+            .map(|t| (t, true)),
+    );
+    for (t, legacy) in all {
+        let d = if legacy {
+            assert!(matches!(
+                t.build(NET),
+                Err(custody::vault::DescriptorError::PolicyKey(_))
+            ));
+            t.build_without_policy_key_guard(
+                NET,
+                AllowWithoutPolicyKey::officers_can_spend_without_the_policy_key(),
+            )
+            .unwrap()
+        } else {
+            t.build(NET).unwrap()
+        };
         let vault =
             custody::vault::Vault::create(VaultConfig::new("addr", d.clone(), 0).unwrap()).unwrap();
         for (keychain, desc) in [
@@ -179,8 +226,9 @@ async fn fund_sync_build_sign_broadcast_on_sqlite_and_postgres() {
 async fn end_to_end(node: &RegtestNode, svc: &VaultService, name: &'static str, seed: u8) {
     let cfgnode = node_config(node);
     let (o1, o2, policy) = (officer(seed + 1), officer(seed + 2), officer(seed + 9));
+    // k = every key: the policy key signs every spend
     let t = Template::SortedMulti {
-        k: 2,
+        k: 3,
         officers: vec![tkey(&o1), tkey(&o2)],
         policy_key: tkey(&policy),
     };
@@ -404,8 +452,8 @@ async fn end_to_end(node: &RegtestNode, svc: &VaultService, name: &'static str, 
         spend::finalize(one_psbt.clone()),
         Err(SpendError::Finalize(_))
     ));
-    // The second officer signs the first officer's PSBT.
-    let two = core_sign(node, &one["psbt"], &d, &[&o2], "ALL");
+    // The second officer and the policy key sign the first officer's PSBT.
+    let two = core_sign(node, &one["psbt"], &d, &[&o2, &policy], "ALL");
     let signed = Psbt::from_str(two["psbt"].as_str().unwrap()).unwrap();
     // A flipped byte in a signature is caught by our finalizer.
     let mut forged = signed.clone();
@@ -733,7 +781,7 @@ fn cli_create_address_sync_balance_build() {
         "--template",
         "sortedmulti",
         "--k",
-        "2",
+        "3",
         "--officer",
         &o1.public,
         "--officer",
@@ -742,6 +790,7 @@ fn cli_create_address_sync_balance_build() {
         &p.public,
     ]);
     assert!(ok, "{out}{err}");
+    assert!(!err.contains("WARNING"), "{err}");
     // a private key is refused with a clear message, and nothing is stored
     let (ok, _, err) = run(&[
         "vault",
@@ -769,11 +818,19 @@ fn cli_create_address_sync_balance_build() {
         "--name",
         "cli",
         "--template",
-        "taproot",
+        "taproot-recovery",
+        "--policy-key",
+        &p.public,
         "--k",
         "1",
         "--officer",
         &o1.public,
+        "--r",
+        "1",
+        "--recovery-key",
+        &o2.public,
+        "--older",
+        "10",
     ]);
     assert!(!ok && err.contains("already exists"), "{err}");
     // every export imports as the same vault
@@ -792,6 +849,8 @@ fn cli_create_address_sync_balance_build() {
             &name,
             "--format",
             format,
+            "--policy-key",
+            &p.public,
             f.to_str().unwrap(),
         ]);
         assert!(ok, "{format}: {err}");
@@ -833,9 +892,10 @@ fn cli_create_address_sync_balance_build() {
     assert!(err.contains("request"), "{err}");
     let decoded = rpc(&node, "decodepsbt", &[json!(b64.trim())]);
     assert_eq!(decoded["tx"]["vout"].as_array().unwrap().len(), 2);
-    // Two officers sign (through Core), the service combines, verifies and broadcasts.
+    // Both officers and the policy key sign (through Core), the service combines, verifies and
+    // broadcasts.
     let d = Template::SortedMulti {
-        k: 2,
+        k: 3,
         officers: vec![tkey(&o1), tkey(&o2)],
         policy_key: tkey(&p),
     }
@@ -844,7 +904,7 @@ fn cli_create_address_sync_balance_build() {
     let base = dir.path().join("base.psbt");
     std::fs::write(&base, b64.trim()).unwrap();
     let mut files = Vec::new();
-    for (i, o) in [&o1, &p].iter().enumerate() {
+    for (i, o) in [&o1, &o2, &p].iter().enumerate() {
         let out = core_sign(&node, &json!(b64.trim()), &d, &[o], "ALL");
         let f = dir.path().join(format!("s{i}.psbt"));
         std::fs::write(&f, out["psbt"].as_str().unwrap()).unwrap();
@@ -856,6 +916,7 @@ fn cli_create_address_sync_balance_build() {
         base.to_str().unwrap(),
         files[0].to_str().unwrap(),
         files[1].to_str().unwrap(),
+        files[2].to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("signatures verified"), "{err}");
@@ -943,14 +1004,15 @@ async fn taproot_vault_spend_signed_by_core_and_finalized_by_us() {
         decoded["inputs"][0]["taproot_internal_key"],
         json!(custody::vault::descriptor::NUMS_POINT)
     );
+    // two leaves: the policy key with the officers, and the timelocked recovery
     assert_eq!(
         decoded["inputs"][0]["taproot_scripts"]
             .as_array()
             .unwrap()
             .len(),
-        1
+        2
     );
-    for o in [&officer(1), &officer(3)] {
+    for o in [&officer(1), &officer(3), &officer(9)] {
         let out = core_sign(&node, &json!(b64), &d, &[o], "DEFAULT");
         b64 = out["psbt"].as_str().unwrap().to_string();
     }
@@ -1048,7 +1110,7 @@ fn officer_keygen_and_sign_with_the_cli_then_core_cosigns() {
             "--template",
             "sortedmulti",
             "--k",
-            "2",
+            "3",
             "--officer",
             &alice,
             "--officer",
@@ -1090,11 +1152,10 @@ fn officer_keygen_and_sign_with_the_cli_then_core_cosigns() {
     assert!(ok, "{err}");
     let a_file = dir.path().join("alice.psbt");
     std::fs::write(&a_file, &signed).unwrap();
-    // bob signs through Core
     let cfg = VaultConfig::new(
         "x",
         Template::SortedMulti {
-            k: 2,
+            k: 3,
             officers: vec![TemplateKey::parse(&alice).unwrap(), tkey(&bob)],
             policy_key: tkey(&policy),
         }
@@ -1103,7 +1164,8 @@ fn officer_keygen_and_sign_with_the_cli_then_core_cosigns() {
         0,
     )
     .unwrap();
-    let out = core_sign(&node, &json!(b64), &cfg.descriptor, &[&bob], "ALL");
+    // bob and the policy key sign through Core (k = every key)
+    let out = core_sign(&node, &json!(b64), &cfg.descriptor, &[&bob, &policy], "ALL");
     let b_file = dir.path().join("bob.psbt");
     std::fs::write(&b_file, out["psbt"].as_str().unwrap()).unwrap();
     let (ok, combined, err) = run(
@@ -1133,4 +1195,238 @@ fn officer_keygen_and_sign_with_the_cli_then_core_cosigns() {
         confirmed < 43_0000_0000 && confirmed > 42_9000_0000,
         "{bal}"
     );
+}
+
+/// The policy-key rule at the command line: a vault some keys can spend without the policy key
+/// is refused with the library's message naming them (sortedmulti with k at most the officers,
+/// taproot multi_a without the policy key, an imported `tr(<officer key>, …)` whose key path
+/// an officer spends alone), and created only with `--allow-without-policy-key`, which warns
+/// and is recorded in the ledger. The taproot-recovery template derives the addresses Core
+/// derives and receives funds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_refuses_vaults_without_the_policy_key_unless_loudly_allowed() {
+    let Some(node) = node_or_skip("cli_refuses_vaults_without_the_policy_key") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("pk.db").display());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_treasury"))
+            .args(args)
+            .env("TREASURY_DB", &db)
+            .env("TREASURY_RPC_URL", node.rpc_url())
+            .env("TREASURY_RPC_COOKIE", node.cookie_file())
+            .env_remove("TREASURY_POLICY_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (o1, o2, p, rk) = (officer(61), officer(62), officer(69), officer(64));
+    // The account keys as the error names them: `[fp/48'/1'/0'/2']tpub…/<0;1>/*` holds the
+    // origin; the message names the origin and key.
+    let named = |o: &Officer| o.public.split(']').nth(1).unwrap().to_string();
+    let loud = "--allow-without-policy-key";
+
+    // 1. sortedmulti(2, o1, o2, p): o1 and o2 spend alone.
+    let sorted = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "vault",
+            "create",
+            "--name",
+            name,
+            "--template",
+            "sortedmulti",
+            "--k",
+            "2",
+            "--officer",
+            &o1.public,
+            "--officer",
+            &o2.public,
+            "--policy-key",
+            &p.public,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (ok, _, err) = sorted("sorted", &[]);
+    assert!(!ok);
+    assert!(err.contains("can spend without the policy key"), "{err}");
+    assert!(
+        err.contains(&named(&o1)) && err.contains(&named(&o2)),
+        "{err}"
+    );
+    assert!(!err.contains(&named(&p)), "{err}");
+    assert!(err.contains(loud), "{err}");
+    let (ok, out, err) = sorted("sorted", &[loud]);
+    assert!(ok, "{err}");
+    assert!(err.contains("WARNING") && err.contains(loud), "{err}");
+    assert!(err.contains("can spend without the policy key"), "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert!(created["external"]
+        .as_str()
+        .unwrap()
+        .starts_with("wsh(sortedmulti(2,"));
+
+    // 2. tr(NUMS, multi_a(2, o1, o2)): no policy key at all.
+    let taproot = |extra: &[&str]| {
+        let mut args = vec![
+            "vault",
+            "create",
+            "--name",
+            "multi-a",
+            "--template",
+            "taproot",
+            "--k",
+            "2",
+            "--officer",
+            &o1.public,
+            "--officer",
+            &o2.public,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (ok, _, err) = taproot(&[]);
+    assert!(!ok);
+    assert!(err.contains("can spend without the policy key"), "{err}");
+    assert!(
+        err.contains(&named(&o1)) && err.contains(&named(&o2)),
+        "{err}"
+    );
+    let (ok, _, err) = taproot(&[loud]);
+    assert!(ok, "{err}");
+    assert!(err.contains("WARNING"), "{err}");
+
+    // 3. An imported tr(<o1>, and_v(v:pk(p), pk(o2))): o1 spends alone by the key path.
+    let ranged = |o: &Officer| format!("{}/<0;1>/*", o.public);
+    let text = custody::vault::descriptor::with_checksum(&format!(
+        "tr({},and_v(v:pk({}),pk({})))",
+        ranged(&o1),
+        ranged(&p),
+        ranged(&o2)
+    ));
+    let file = dir.path().join("keypath.txt");
+    std::fs::write(&file, format!("{text}\n")).unwrap();
+    let import = |extra: &[&str]| {
+        let mut args = vec![
+            "vault",
+            "import",
+            "--name",
+            "keypath",
+            "--format",
+            "descriptor",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // without a policy key to check against: refused, asking for it
+    let (ok, _, err) = import(&[]);
+    assert!(!ok);
+    assert!(err.contains("--policy-key"), "{err}");
+    let (ok, _, err) = import(&["--policy-key", &p.public]);
+    assert!(!ok);
+    assert!(err.contains("key path"), "{err}");
+    assert!(err.contains(&named(&o1)), "{err}");
+    // the same check on `vault create --descriptor`
+    let (ok, _, err) = run(&[
+        "vault",
+        "create",
+        "--name",
+        "keypath",
+        "--descriptor",
+        &text,
+        "--policy-key",
+        &p.public,
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("key path") && err.contains(&named(&o1)),
+        "{err}"
+    );
+    let (ok, _, err) = import(&["--policy-key", &p.public, loud]);
+    assert!(ok, "{err}");
+    assert!(err.contains("WARNING") && err.contains("key path"), "{err}");
+
+    // Each opt-out is in the ledger's vault_created entry; nothing else is.
+    let ledger = LedgerStore::open(&db).await.unwrap();
+    let bodies: Vec<Value> = ledger
+        .entries()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| serde_json::from_slice(e.payload().as_bytes()).ok())
+        .filter(|b: &Value| b.get("policy_key_guard").is_some())
+        .collect();
+    let names: Vec<&str> = bodies.iter().filter_map(|b| b["vault"].as_str()).collect();
+    assert_eq!(names, ["sorted", "multi-a", "keypath"], "{bodies:?}");
+    for b in &bodies {
+        assert_eq!(
+            b["policy_key_guard"]["disabled"],
+            json!("officers can spend without the policy key"),
+            "{b}"
+        );
+    }
+    ledger.close().await;
+
+    // 4. The taproot-recovery template: no warning, Core derives the same addresses, and it
+    // receives funds.
+    let (ok, out, err) = run(&[
+        "vault",
+        "create",
+        "--name",
+        "tr-recovery",
+        "--template",
+        "taproot-recovery",
+        "--policy-key",
+        &p.public,
+        "--k",
+        "1",
+        "--officer",
+        &o1.public,
+        "--officer",
+        &o2.public,
+        "--r",
+        "1",
+        "--recovery-key",
+        &rk.public,
+        "--older",
+        "144",
+    ]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("WARNING"), "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let external = created["external"].as_str().unwrap().to_string();
+    assert!(
+        external.starts_with(&format!("tr({}", custody::vault::descriptor::NUMS_POINT)),
+        "{external}"
+    );
+    assert!(external.contains("older(144)"), "{external}");
+    let core = rpc(&node, "deriveaddresses", &[json!(external), json!([0, 19])]);
+    let core: Vec<String> = core
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut ours = Vec::new();
+    for _ in 0..20 {
+        let (ok, addr, err) = run(&["vault", "address", "--vault", "tr-recovery"]);
+        assert!(ok, "{err}");
+        ours.push(addr.trim().to_string());
+    }
+    assert_eq!(ours, core);
+    let mut faucet = Faucet::new(&node, 1);
+    let to = Address::from_str(&ours[0]).unwrap().assume_checked();
+    faucet.pay(&node, &to, Amount::from_sat(1_2345_0000));
+    node.mine_blocks(1, &node.new_address()).unwrap();
+    let (ok, out, err) = run(&["vault", "sync", "--vault", "tr-recovery"]);
+    assert!(ok, "{out}{err}");
+    let (_, bal, _) = run(&["vault", "balance", "--vault", "tr-recovery"]);
+    let bal: Value = serde_json::from_str(&bal).unwrap();
+    assert_eq!(bal["confirmed_sat"], json!(1_2345_0000u64));
 }

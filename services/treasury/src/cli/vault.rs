@@ -8,24 +8,31 @@ use std::time::Duration;
 use bdk_wallet::bitcoin::{FeeRate, Network, OutPoint, Txid};
 use clap::{Subcommand, ValueEnum};
 use custody::vault::spend::{self, Payment, SpendPath, SpendRequest};
-use custody::vault::{Keychain, Template, TemplateKey, VaultConfig, VaultDescriptor};
+use custody::vault::{
+    AllowWithoutPolicyKey, DescriptorError, Keychain, Template, TemplateKey, VaultConfig,
+    VaultDescriptor,
+};
 
 use crate::cli::io::read_input;
 use crate::cli::io::read_psbt;
 use crate::cli::opts::runtime;
 use crate::cli::opts::VaultOpts;
-use crate::files::vault_formats::Format;
+use crate::files::vault_formats::{policy_key_guard, Format, Guard};
 use crate::service::vaults::{OpError, VaultService};
 use crate::store::LedgerStore;
 
 /// Vault templates on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TemplateName {
-    /// wsh(sortedmulti(k, officers…, policy key)).
+    /// wsh(sortedmulti(k, officers…, policy key)); k must count every key (officers plus the
+    /// policy key) so that the policy key signs every spend, else --allow-without-policy-key.
     Sortedmulti,
-    /// Policy key AND k of officers, OR after N blocks r of the recovery keys.
+    /// Policy key AND k of officers, OR after N blocks r of the recovery keys (wsh).
     Recovery,
-    /// tr(NUMS, multi_a(k, …)) in canonical key order.
+    /// The taproot vault: tr(NUMS, {policy key AND k of officers, r of the recovery keys after
+    /// N blocks}).
+    TaprootRecovery,
+    /// tr(NUMS, multi_a(k, …)) without the policy key: only with --allow-without-policy-key.
     Taproot,
 }
 
@@ -76,9 +83,15 @@ pub enum VaultCommand {
         /// An officer's account key `[fp/path]xpub` (repeat).
         #[arg(long = "officer")]
         officers: Vec<String>,
-        /// The policy key `[fp]pubkey` or `[fp/path]xpub`.
-        #[arg(long)]
+        /// The policy key `[fp]pubkey` or `[fp/path]xpub`: the key the policy signer holds.
+        /// Every template but `taproot` needs it; a --descriptor is checked against it.
+        #[arg(long, env = "TREASURY_POLICY_KEY")]
         policy_key: Option<String>,
+        /// DANGEROUS: create the vault even though some keys can spend without the policy key
+        /// (and so without every rule of the policy signer). Prints a warning, and the ledger
+        /// entry records it.
+        #[arg(long)]
+        allow_without_policy_key: bool,
         /// A recovery key (repeat).
         #[arg(long = "recovery-key")]
         recovery: Vec<String>,
@@ -125,6 +138,15 @@ pub enum VaultCommand {
         /// Height to sync from.
         #[arg(long, default_value_t = 0)]
         birthday: u32,
+        /// The policy key `[fp]pubkey` or `[fp/path]xpub` the vault is checked against: every
+        /// spending path without a relative timelock must need it.
+        #[arg(long, env = "TREASURY_POLICY_KEY")]
+        policy_key: Option<String>,
+        /// DANGEROUS: import the vault even though some keys can spend without the policy key
+        /// (or without checking, when no --policy-key is given). Prints a warning, and the
+        /// ledger entry records it.
+        #[arg(long)]
+        allow_without_policy_key: bool,
     },
     /// Hand out the next receive address, or verify an address.
     Address {
@@ -243,27 +265,49 @@ fn need<T: Copy>(v: Option<T>, what: &str) -> Result<T, String> {
     v.ok_or_else(|| format!("the template needs --{what}"))
 }
 
+fn policy_key_arg(policy_key: Option<&String>) -> Result<Option<TemplateKey>, String> {
+    policy_key
+        .map(|k| TemplateKey::parse(k).map_err(|e| format!("--policy-key: {e}")))
+        .transpose()
+}
+
+fn need_policy_key(policy_key: Option<&TemplateKey>) -> Result<TemplateKey, String> {
+    policy_key
+        .cloned()
+        .ok_or_else(|| "the template needs --policy-key".to_owned())
+}
+
+/// Builds a template's vault. [`Template::build`] refuses a vault some keys can spend without
+/// the policy key; with `allow_without_policy_key` it is built anyway and the refusal comes
+/// back as [`Guard::Bypassed`].
 #[allow(clippy::too_many_arguments)]
 fn template_descriptor(
     t: TemplateName,
     k: Option<usize>,
     officers: &[String],
-    policy_key: Option<&String>,
+    policy_key: Option<&TemplateKey>,
     recovery: &[String],
     r: Option<usize>,
     older: Option<u32>,
+    allow_without_policy_key: bool,
     network: Network,
-) -> Result<VaultDescriptor, String> {
+) -> Result<(VaultDescriptor, Guard), String> {
     let template = match t {
         TemplateName::Sortedmulti => Template::SortedMulti {
             k: need(k, "k")?,
             officers: keys(officers)?,
-            policy_key: TemplateKey::parse(policy_key.ok_or("the template needs --policy-key")?)
-                .map_err(|e| e.to_string())?,
+            policy_key: need_policy_key(policy_key)?,
         },
         TemplateName::Recovery => Template::PolicyWithRecovery {
-            policy_key: TemplateKey::parse(policy_key.ok_or("the template needs --policy-key")?)
-                .map_err(|e| e.to_string())?,
+            policy_key: need_policy_key(policy_key)?,
+            k: need(k, "k")?,
+            officers: keys(officers)?,
+            r: need(r, "r")?,
+            recovery: keys(recovery)?,
+            older: need(older, "older")?,
+        },
+        TemplateName::TaprootRecovery => Template::TaprootPolicyWithRecovery {
+            policy_key: need_policy_key(policy_key)?,
             k: need(k, "k")?,
             officers: keys(officers)?,
             r: need(r, "r")?,
@@ -275,7 +319,44 @@ fn template_descriptor(
             keys: keys(officers)?,
         },
     };
-    template.build(network).map_err(|e| e.to_string())
+    match template.build(network) {
+        Ok(d) => Ok((d, Guard::Passed)),
+        Err(DescriptorError::PolicyKey(e)) if allow_without_policy_key => {
+            let d = template
+                .build_without_policy_key_guard(
+                    network,
+                    AllowWithoutPolicyKey::officers_can_spend_without_the_policy_key(),
+                )
+                .map_err(|e| e.to_string())?;
+            Ok((d, Guard::Bypassed(format!("vault refused: {e}"))))
+        }
+        Err(e @ DescriptorError::PolicyKey(_)) => Err(format!(
+            "vault refused: {e}; give --allow-without-policy-key to create it anyway"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Creates the vault, loudly when it was let through without the policy-key guard.
+async fn create_guarded(
+    svc: &VaultService,
+    cfg: VaultConfig,
+    source: &str,
+    guard: Guard,
+    signer: Option<&signer::SignerClient>,
+) -> Result<custody::vault::Vault, OpError> {
+    match guard {
+        Guard::Passed => svc.create_registered(cfg, source, signer).await,
+        Guard::Bypassed(why) => {
+            eprintln!(
+                "WARNING: --allow-without-policy-key: {why}. vault {:?} is created anyway: \
+                 keys may spend without the policy key, bypassing every rule of the policy \
+                 signer; the ledger records it",
+                cfg.name
+            );
+            svc.create_without_policy_key_guard(cfg, source, &why).await
+        }
+    }
 }
 
 fn outpoints(list: &[String]) -> Result<Vec<OutPoint>, String> {
@@ -315,16 +396,23 @@ async fn vault_db(
             k,
             officers,
             policy_key,
+            allow_without_policy_key,
             recovery,
             r,
             older,
             birthday,
             gap_limit,
         } => {
-            let desc = match (descriptor, template) {
+            let policy_key = policy_key_arg(policy_key.as_ref()).map_err(msg)?;
+            let (desc, guard) = match (descriptor, template) {
                 (Some(d), _) => {
-                    VaultDescriptor::parse(&d, change_descriptor.as_deref(), opts.network)
-                        .map_err(custody::vault::VaultError::from)?
+                    let desc =
+                        VaultDescriptor::parse(&d, change_descriptor.as_deref(), opts.network)
+                            .map_err(custody::vault::VaultError::from)?;
+                    let guard =
+                        policy_key_guard(&desc, policy_key.as_ref(), allow_without_policy_key)
+                            .map_err(msg)?;
+                    (desc, guard)
                 }
                 (None, Some(t)) => template_descriptor(
                     t,
@@ -334,6 +422,7 @@ async fn vault_db(
                     &recovery,
                     r,
                     older,
+                    allow_without_policy_key,
                     opts.network,
                 )
                 .map_err(msg)?,
@@ -341,9 +430,8 @@ async fn vault_db(
             };
             let mut cfg = VaultConfig::new(&name, desc, birthday)?;
             cfg.gap_limit = gap_limit;
-            let vault = svc
-                .create_registered(cfg, "create", opts.signer.client().as_ref())
-                .await?;
+            let signer = opts.signer.client();
+            let vault = create_guarded(svc, cfg, "create", guard, signer.as_ref()).await?;
             Ok(describe(&vault))
         }
         VaultCommand::List => {
@@ -384,14 +472,19 @@ async fn vault_db(
             format,
             file,
             birthday,
+            policy_key,
+            allow_without_policy_key,
         } => {
+            let policy_key = policy_key_arg(policy_key.as_ref()).map_err(msg)?;
             let text = read_input(&file).map_err(msg)?;
             let desc = crate::files::vault_formats::import(&text, format.into(), opts.network)
                 .map_err(msg)?;
+            let guard = policy_key_guard(&desc, policy_key.as_ref(), allow_without_policy_key)
+                .map_err(msg)?;
             let cfg = VaultConfig::new(&name, desc, birthday)?;
-            let vault = svc
-                .create_registered(cfg, format_name(format), opts.signer.client().as_ref())
-                .await?;
+            let signer = opts.signer.client();
+            let vault =
+                create_guarded(svc, cfg, format_name(format), guard, signer.as_ref()).await?;
             Ok(describe(&vault))
         }
         VaultCommand::Address { vault, verify } => match verify {

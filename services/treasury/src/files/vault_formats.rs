@@ -4,7 +4,7 @@
 
 use bdk_wallet::bitcoin::Network;
 use custody::vault::formats::{self, VaultDescriptors};
-use custody::vault::VaultDescriptor;
+use custody::vault::{TemplateKey, VaultDescriptor};
 
 /// A vault descriptor's interchange format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +83,61 @@ pub fn import(text: &str, format: Format, network: Network) -> Result<VaultDescr
     VaultDescriptor::parse(&ext, Some(&int), network).map_err(|e| e.to_string())
 }
 
+/// What the policy-key check decided about a vault descriptor (see [`policy_key_guard`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// Every path without `older` needs the policy key.
+    Passed,
+    /// The check failed or could not run, and the caller allowed it: the message says why.
+    /// The vault must be recorded as created without the guard.
+    Bypassed(String),
+}
+
+/// The policy-key check every vault the service creates or imports goes through: every
+/// spending path of `d` without a relative timelock must need `policy_key` (the key the policy
+/// signer holds), see [`VaultDescriptor::require_policy_key`].
+///
+/// With `allow_without_policy_key` a failing (or unchecked, when no policy key is given) vault
+/// is let through as [`Guard::Bypassed`]; the caller must warn and record it.
+///
+/// # Errors
+/// The library's message (naming the keys that spend without the policy key, or the taproot
+/// key path) when the vault fails and `allow_without_policy_key` is false, or a message asking
+/// for the policy key when none is given.
+pub fn policy_key_guard(
+    d: &VaultDescriptor,
+    policy_key: Option<&TemplateKey>,
+    allow_without_policy_key: bool,
+) -> Result<Guard, String> {
+    let failure = match policy_key {
+        Some(key) => match d.require_policy_key(key) {
+            Ok(()) => return Ok(Guard::Passed),
+            Err(e) => format!("vault refused: {e} (policy key {key})"),
+        },
+        None => "the policy key was not given, so nobody checked that every path needs it".into(),
+    };
+    if allow_without_policy_key {
+        return Ok(Guard::Bypassed(failure));
+    }
+    match policy_key {
+        Some(_) => Err(format!(
+            "{failure}; give --allow-without-policy-key to create it anyway"
+        )),
+        None => Err(
+            "give --policy-key (the key the policy signer holds) to check the vault \
+             against, or --allow-without-policy-key"
+                .into(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use bdk_wallet::bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
     use bdk_wallet::bitcoin::secp256k1::Secp256k1;
-    use custody::vault::{Keychain, Template, TemplateKey, Vault, VaultConfig};
+    use custody::vault::{Keychain, Template, Vault, VaultConfig};
     use std::str::FromStr;
 
     fn key(seed: u8) -> TemplateKey {
@@ -110,8 +158,9 @@ mod tests {
 
     #[test]
     fn every_export_imports_to_the_same_vault() {
+        // k = every key: the policy key signs every spend
         let d = Template::SortedMulti {
-            k: 2,
+            k: 3,
             officers: vec![key(1), key(2)],
             policy_key: key(3),
         }
@@ -130,9 +179,13 @@ mod tests {
             assert_eq!(addresses(&back), want, "{f:?}");
         }
         // a taproot vault exports as descriptors and BSMS, and is refused by Caravan/Coldcard
-        let t = Template::TaprootMultiA {
-            k: 2,
-            keys: vec![key(1), key(2), key(3)],
+        let t = Template::TaprootPolicyWithRecovery {
+            policy_key: key(3),
+            k: 1,
+            officers: vec![key(1), key(2)],
+            r: 1,
+            recovery: vec![key(4)],
+            older: 144,
         }
         .build(Network::Regtest)
         .unwrap();

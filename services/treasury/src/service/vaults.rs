@@ -84,11 +84,36 @@ impl VaultService {
     /// # Errors
     /// [`OpError`]; nothing is stored when the vault is refused.
     pub async fn create(&self, config: VaultConfig, source: &str) -> Result<Vault, OpError> {
+        self.create_recorded(config, source, None).await
+    }
+
+    /// As [`VaultService::create`] for a vault that was let through **without** the
+    /// policy-key check (`--allow-without-policy-key`): some keys may spend without the policy
+    /// key. The `vault_created` ledger entry says so in `policy_key_guard`, with `why` (the
+    /// check's message, or why it did not run).
+    ///
+    /// # Errors
+    /// As [`VaultService::create`].
+    pub async fn create_without_policy_key_guard(
+        &self,
+        config: VaultConfig,
+        source: &str,
+        why: &str,
+    ) -> Result<Vault, OpError> {
+        self.create_recorded(config, source, Some(why)).await
+    }
+
+    async fn create_recorded(
+        &self,
+        config: VaultConfig,
+        source: &str,
+        without_policy_key: Option<&str>,
+    ) -> Result<Vault, OpError> {
         let mut vault = Vault::create(config)?;
         let now = now_ms();
         self.vaults.create(&mut vault, now).await?;
         let cfg = vault.config();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "vault": cfg.name,
             "network": cfg.descriptor.network.to_string(),
             "external": cfg.descriptor.external_string(),
@@ -97,6 +122,12 @@ impl VaultService {
             "gap_limit": cfg.gap_limit,
             "source": source,
         });
+        if let Some(why) = without_policy_key {
+            body["policy_key_guard"] = serde_json::json!({
+                "disabled": "officers can spend without the policy key",
+                "why": why,
+            });
+        }
         self.ledger
             .append(custody::vault::ledger_record(
                 custody::ledger::Kind::VaultCreated,
