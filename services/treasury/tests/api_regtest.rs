@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use bdk_wallet::bitcoin::secp256k1::SecretKey;
 use bdk_wallet::bitcoin::Address;
-use common::{node_config, officer, private_descriptors, rpc, softhsm_token, NET};
+use common::signer::SpawnedSigner;
+use common::{node_config, officer, private_descriptors, rpc, NET};
 use custody::ledger::{audit_consistency, ConsistencyProofJson, KeyFileSigner, VerifierKey};
 use custody::vault::{Template, TemplateKey, VaultConfig};
 use futures_util::StreamExt;
-use hsm::{Pkcs11Config, Pkcs11Pin, Pkcs11Signer};
 use policies::approval::sign;
 use regtest::{node_or_skip, RegtestNode};
 use serde_json::{json, Value};
@@ -36,7 +36,6 @@ use treasury::store::LedgerStore;
 
 const EXAMPLE: &str = include_str!("../../../policies/examples/strategic-reserve.toml");
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "4321";
 const ORIGIN: &str = "api-test.example/ledger";
 
 fn approval_secret(person: &str) -> SecretKey {
@@ -68,7 +67,7 @@ fn config(
     tls: &Tls,
     db: &str,
     node: &RegtestNode,
-    signer: bool,
+    signer: Option<&std::path::Path>,
     key_file: &std::path::Path,
 ) -> ServeConfig {
     let mut text = format!(
@@ -98,9 +97,10 @@ max_fee_rate_sat_vb = 100
         node.cookie_file().display(),
         key_file.display(),
     );
-    if signer {
+    if let Some(socket) = signer {
         text.push_str(&format!(
-            "[signer]\nkind = \"pkcs11\"\nmodule = \"{MODULE}\"\ntoken_label = \"reserve\"\nkey_label = \"policy-key\"\npin_env = \"API_TEST_HSM_PIN\"\n"
+            "[signer]\nsocket = \"{}\"\nkind = \"pkcs11\"\nmodule = \"{MODULE}\"\ntoken_label = \"reserve\"\nkey_label = \"policy-key\"\npin_env = \"API_TEST_HSM_PIN\"\n",
+            socket.display()
         ));
     }
     ServeConfig::from_toml_str(&text).unwrap()
@@ -180,11 +180,11 @@ async fn setup(
     node: &RegtestNode,
     db: &str,
     dir: tempfile::TempDir,
-    hsm_key: &Pkcs11Signer,
+    signer: &SpawnedSigner,
 ) -> Setup {
     let (o1, o2, o3) = (officer(11), officer(12), officer(13));
     let template = Template::PolicyWithRecovery {
-        policy_key: TemplateKey::parse(&hsm_key.descriptor_key()).unwrap(),
+        policy_key: signer.template_key(),
         k: 2,
         officers: vec![
             TemplateKey::parse(&o1.public).unwrap(),
@@ -201,7 +201,11 @@ async fn setup(
     let store = LedgerStore::open(db).await.unwrap();
     let svc = SpendService::new(VaultService::new(store.clone()));
     svc.vaults
-        .create(VaultConfig::new("reserve", d.clone(), 0).unwrap(), "create")
+        .create_registered(
+            VaultConfig::new("reserve", d.clone(), 0).unwrap(),
+            "create",
+            Some(&signer.client()),
+        )
         .await
         .unwrap();
     svc.governance
@@ -911,13 +915,13 @@ async fn v_psbt(c: &Client, base: &str, id: &str, token: &str) -> String {
     v["request"]["psbt"].as_str().unwrap().to_owned()
 }
 
-fn hsm(dir: &std::path::Path, test: &str) -> Option<Pkcs11Signer> {
-    let conf = softhsm_token(dir, test, PIN)?;
-    // Before the first C_Initialize of this process.
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    std::env::set_var("API_TEST_HSM_PIN", PIN);
-    let cfg = Pkcs11Config::new(MODULE, "reserve", "policy-key", Pkcs11Pin::new(PIN));
-    Some(Pkcs11Signer::generate(cfg).unwrap())
+/// The policy signer process over a fresh SoftHSM2 token; the API opens the same token's
+/// policy key in process for reserve proofs (before the first C_Initialize of this process).
+async fn hsm(dir: &std::path::Path, test: &str) -> Option<SpawnedSigner> {
+    let spawned = SpawnedSigner::start(dir, test, EXAMPLE).await?;
+    std::env::set_var("SOFTHSM2_CONF", &spawned.softhsm_conf);
+    std::env::set_var("API_TEST_HSM_PIN", common::signer::PIN);
+    Some(spawned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -926,7 +930,8 @@ async fn full_flow_over_tls() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let Some(hsm_key) = hsm(dir.path(), "api full_flow_over_tls") else {
+    let sdir = tempfile::tempdir().unwrap();
+    let Some(hsm_key) = hsm(sdir.path(), "api full_flow_over_tls").await else {
         return;
     };
     let mut pg = None;
@@ -942,9 +947,15 @@ async fn full_flow_over_tls() {
     let db = format!("sqlite://{}", dir.path().join("api.db").display());
     let s = setup(&node, &db, dir, &hsm_key).await;
     let tls = tls_files(&s.dir_path);
-    let server = bind(config(&tls, &db, &node, true, &s.key_file))
-        .await
-        .unwrap();
+    let server = bind(config(
+        &tls,
+        &db,
+        &node,
+        Some(hsm_key.socket()),
+        &s.key_file,
+    ))
+    .await
+    .unwrap();
     let base = format!("https://localhost:{}", server.local_addr().port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async move {
@@ -970,7 +981,7 @@ async fn full_flow_over_tls() {
 
 /// Two instances against one PostgreSQL schema, the flow spread across them (the HSM signer
 /// on the first only: PKCS#11 login state is per process).
-async fn two_instances_on_postgres(node: &RegtestNode, url: &str, hsm_key: &Pkcs11Signer) {
+async fn two_instances_on_postgres(node: &RegtestNode, url: &str, hsm_key: &SpawnedSigner) {
     let schema = format!("apitest_{}_{}", std::process::id(), rand::random::<u32>());
     LedgerStore::open_in_schema(url, Some(&schema))
         .await
@@ -983,10 +994,10 @@ async fn two_instances_on_postgres(node: &RegtestNode, url: &str, hsm_key: &Pkcs
     // A fresh vault on the same HSM key; the node's chain moved on, so mine again.
     let s = setup(node, &db, dir, hsm_key).await;
     let tls = tls_files(&s.dir_path);
-    let sa = bind(config(&tls, &db, node, true, &s.key_file))
+    let sa = bind(config(&tls, &db, node, Some(hsm_key.socket()), &s.key_file))
         .await
         .unwrap();
-    let sb = bind(config(&tls, &db, node, false, &s.key_file))
+    let sb = bind(config(&tls, &db, node, None, &s.key_file))
         .await
         .unwrap();
     let a = format!("https://localhost:{}", sa.local_addr().port());

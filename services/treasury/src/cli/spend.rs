@@ -446,7 +446,8 @@ pub fn run_freeze(
 ) -> Result<String, String> {
     runtime()?.block_on(async {
         let svc = service(opts).await?;
-        let out = freeze_db(clock, &svc, cmd).await;
+        let client = opts.signer.client();
+        let out = freeze_db(clock, &svc, client.as_ref(), cmd).await;
         svc.vaults.ledger.close().await;
         out
     })
@@ -455,6 +456,7 @@ pub fn run_freeze(
 async fn freeze_db(
     clock: &ClockOpts,
     svc: &SpendService,
+    client: Option<&::signer::SignerClient>,
     cmd: FreezeCommand,
 ) -> Result<String, String> {
     let now = clock.at().now_ms;
@@ -472,10 +474,10 @@ async fn freeze_db(
             Ok(format!("{text}\n"))
         }
         FreezeCommand::Set { order, sigs } => {
-            apply_order(g, now, &order, &sigs, FreezeAction::Freeze).await
+            apply_order(g, client, now, &order, &sigs, FreezeAction::Freeze).await
         }
         FreezeCommand::Lift { order, sigs } => {
-            apply_order(g, now, &order, &sigs, FreezeAction::Lift).await
+            apply_order(g, client, now, &order, &sigs, FreezeAction::Lift).await
         }
         FreezeCommand::Show => {
             let s = g.freeze_state().await.map_err(e)?;
@@ -490,8 +492,11 @@ async fn freeze_db(
     }
 }
 
+/// Applies a freeze or lift order in the service and, with `--signer`, submits it to the
+/// policy signer process, which verifies it against its own policy and state (ADR 0017).
 async fn apply_order(
     g: &crate::service::governance::Governance,
+    signer: Option<&::signer::SignerClient>,
     now: i64,
     order: &std::path::Path,
     sigs: &[PathBuf],
@@ -516,6 +521,11 @@ async fn apply_order(
         .apply_freeze(&o, &sigs, now)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(client) = signer {
+        client.submit_freeze(&o, &sigs).await.map_err(|e| {
+            format!("the service applied the order, the policy signer did not: {e}")
+        })?;
+    }
     Ok(format!(
         "{} (orders applied {})\n",
         if state.frozen { "frozen" } else { "not frozen" },

@@ -20,6 +20,7 @@ pub(super) fn start(layout: &Layout, holder: &PolicyKeyHolder) -> Result<SignerP
             policy_key_label: POLICY_KEY_LABEL.to_owned(),
             ledger_key_label: "ledger-checkpoint".to_owned(),
             pin_file: layout.hsm_pin(),
+            softhsm_conf: None,
         },
         PolicyKeyHolder::Software => HolderArgs::Keystore {
             keystore: layout.policy_keystore(),

@@ -43,6 +43,8 @@ pub enum HolderArgs {
         ledger_key_label: String,
         /// The user PIN's file.
         pin_file: PathBuf,
+        /// `SOFTHSM2_CONF` for the signer (`None`: inherited).
+        softhsm_conf: Option<PathBuf>,
     },
     /// A software keystore (not an HSM).
     Keystore {
@@ -62,6 +64,7 @@ impl HolderArgs {
                 policy_key_label,
                 ledger_key_label,
                 pin_file,
+                ..
             } => vec![
                 "--pkcs11-module".into(),
                 module.into(),
@@ -83,6 +86,16 @@ impl HolderArgs {
                 "--passphrase-file".into(),
                 passphrase_file.into(),
             ],
+        }
+    }
+
+    fn apply_env(&self, cmd: &mut Command) {
+        if let HolderArgs::Token {
+            softhsm_conf: Some(conf),
+            ..
+        } = self
+        {
+            cmd.env("SOFTHSM2_CONF", conf);
         }
     }
 
@@ -118,7 +131,9 @@ impl SignerProcess {
         holder: &HolderArgs,
     ) -> Result<SignerProcess, ProcessError> {
         if !dir.join("holder.json").exists() {
-            let out = Command::new(exe)
+            let mut cmd = Command::new(exe);
+            holder.apply_env(&mut cmd);
+            let out = cmd
                 .arg("signer")
                 .arg("init")
                 .arg("--dir")
@@ -144,7 +159,9 @@ impl SignerProcess {
         }
         let socket = dir.join("signer.sock");
         let _ = std::fs::remove_file(&socket);
-        let child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        holder.apply_env(&mut cmd);
+        let child = cmd
             .arg("signer")
             .arg("serve")
             .arg("--dir")

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use treasury::signer::process::{HolderArgs, SignerProcess};
 
+/// The user PIN of the test token.
+pub const PIN: &str = "2718";
+
 /// The PKCS#11 module of SoftHSM2.
 pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -14,7 +17,8 @@ pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub struct SpawnedSigner {
     /// The process (killed on drop).
     pub process: SignerProcess,
-    /// The token's SoftHSM2 configuration (also set as `SOFTHSM2_CONF` in this process).
+    /// The token's SoftHSM2 configuration (given to the signer; set it in this process only
+    /// where the test opens the token itself).
     pub softhsm_conf: PathBuf,
     /// The policy key as it goes into a descriptor.
     pub policy_key: String,
@@ -26,9 +30,8 @@ impl SpawnedSigner {
     /// Starts a signer in `dir` (`dir/signer`, a token in `dir/tokens`) with `policy_toml` as
     /// its genesis policy. `None` (the test skips) without SoftHSM2, unless it is required.
     pub async fn start(dir: &Path, test: &str, policy_toml: &str) -> Option<SpawnedSigner> {
-        let pin = "2718";
+        let pin = PIN;
         let conf = super::softhsm_token(dir, test, pin)?;
-        std::env::set_var("SOFTHSM2_CONF", &conf);
         let pin_file = dir.join("signer.pin");
         std::fs::write(&pin_file, format!("{pin}\n")).unwrap();
         let policy = dir.join("signer-genesis-policy.toml");
@@ -39,6 +42,7 @@ impl SpawnedSigner {
             policy_key_label: "policy-key".into(),
             ledger_key_label: "ledger-checkpoint-key".into(),
             pin_file: pin_file.clone(),
+            softhsm_conf: Some(conf.clone()),
         };
         let exe = PathBuf::from(env!("CARGO_BIN_EXE_treasury"));
         let sdir = dir.join("signer");
