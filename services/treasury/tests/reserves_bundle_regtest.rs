@@ -585,9 +585,9 @@ async fn proofs_of_three_vaults_bundle_and_audit_and_every_fault_is_named() {
     let a = audit(&node, &wsh, &vk);
     assert!(a.verdict(), "{:?}", a.reasons());
     assert_eq!(a.proven(), Amount::from_sat(3_0000_0000));
-    // The entries proven: request, three approvals, two signatures, finalization, and the
-    // liabilities root.
-    assert_eq!(a.entries_included, 8);
+    // The entries proven: request, three approvals, three signatures (the wsh vault is 3-of-3
+    // with the policy key), finalization, and the liabilities root.
+    assert_eq!(a.entries_included, 9);
     // The auditor's side of the reserve-proof rule: the bundle carries the policy the request
     // names, and the proven approval entries meet its proof quorum.
     assert_eq!(

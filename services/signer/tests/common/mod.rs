@@ -80,7 +80,12 @@ pub struct Fixture {
     pub external: Descriptor<DescriptorPublicKey>,
     pub internal: Descriptor<DescriptorPublicKey>,
     pub policy_hash: PolicyHash,
+    /// Held for the test's life: the tests share one SoftHSM2 token, whose file store fails a
+    /// key generation racing another test's object reads and writes (`CKR_GENERAL_ERROR`).
+    pub serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_TOKEN_USER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub fn secret() -> HolderSecret {
     HolderSecret::new(softhsm::PIN)
@@ -103,6 +108,9 @@ impl Fixture {
 /// Initializes a signer with keys labelled after `name`, and registers vault "main".
 pub fn fixture(name: &str) -> Option<(Fixture, SignerCore)> {
     softhsm::softhsm()?;
+    let serial = ONE_TOKEN_USER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let config = HolderConfig::Pkcs11 {
         module: softhsm::module(),
@@ -154,6 +162,7 @@ pub fn fixture(name: &str) -> Option<(Fixture, SignerCore)> {
             external,
             internal,
             policy_hash,
+            serial,
         },
         core,
     ))
