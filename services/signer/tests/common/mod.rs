@@ -8,6 +8,8 @@
     clippy::panic
 )]
 
+/// The hsm crate's SoftHSM2 token helper, shared rather than copied.
+#[path = "../../../../hsm/tests/common/softhsm.rs"]
 pub mod softhsm;
 
 use std::path::{Path, PathBuf};
